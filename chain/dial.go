@@ -1,0 +1,217 @@
+package chain
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+)
+
+// sslRequestCode is the magic number of PostgreSQL's SSLRequest.
+const sslRequestCode = 80877103
+
+// DefaultConnectTimeout bounds the TCP connect, the SSLRequest exchange and the
+// TLS handshake together when Dialer.ConnectTimeout is zero.
+const DefaultConnectTimeout = 10 * time.Second
+
+// ContextDialer opens network connections; *net.Dialer is one. Tests inject
+// their own.
+type ContextDialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Dialer opens connections to one upstream PostgreSQL server over TLS that has
+// passed verify-full. Every upstream connection of the proxy (sessions and
+// cancel requests) goes through Dial.
+type Dialer struct {
+	// Host is the upstream host as configured: a DNS name or an IP literal.
+	Host string
+	// Port is the upstream TCP port.
+	Port int
+	// ServerName is the name verified against the certificate and sent as
+	// SNI; empty means Host.
+	ServerName string
+	// Roots are the trust anchors for this upstream.
+	Roots *x509.CertPool
+	// ClientCert, when set, is presented to the server.
+	ClientCert *tls.Certificate
+	// ConnectTimeout bounds connect + SSLRequest + handshake; zero means
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Net opens the TCP connection; nil means a plain *net.Dialer.
+	Net ContextDialer
+	// OnCommonName is called when the host name matched the certificate's CN
+	// only (libpq's fallback for certificates without a SAN of the host's type).
+	OnCommonName func(cert *x509.Certificate)
+}
+
+// Addr returns host:port.
+func (d *Dialer) Addr() string { return net.JoinHostPort(d.Host, strconv.Itoa(d.Port)) }
+
+// VerifyName returns the name checked against the certificate.
+func (d *Dialer) VerifyName() string {
+	if d.ServerName != "" {
+		return d.ServerName
+	}
+	return d.Host
+}
+
+// TLSConfig returns the client TLS configuration for this upstream: TLS 1.2 or
+// later, SNI unless the name is an IP literal, and verify-full done by
+// Verifier in VerifyConnection. Go's own verification is replaced (not
+// skipped) because libpq's host-name rules differ from Go's.
+func (d *Dialer) TLSConfig() *tls.Config {
+	v := &Verifier{Roots: d.Roots, ServerName: d.VerifyName(), OnCommonName: d.OnCommonName}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// crypto/tls omits SNI for IP literals by itself.
+		ServerName: d.VerifyName(),
+		// The chain and the host name are checked by v.VerifyConnection,
+		// which runs on every handshake, including resumed ones.
+		InsecureSkipVerify: true, //nolint:gosec // replaced by VerifyConnection
+		VerifyConnection:   v.VerifyConnection,
+	}
+	if d.ClientCert != nil {
+		cfg.Certificates = []tls.Certificate{*d.ClientCert}
+	}
+	return cfg
+}
+
+// Dial connects to the upstream, asks for TLS with an SSLRequest and returns
+// a connection whose server passed verify-full. Nothing but the SSLRequest is
+// sent before verification succeeds.
+func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
+	if d.Roots == nil {
+		return nil, &DialError{Addr: d.Addr(), Step: StepVerify, Err: &VerifyError{Kind: KindUnknownAuthority, Err: errors.New("no trust anchors configured for this upstream")}}
+	}
+	timeout := d.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	raw, err := d.startTLS(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(raw, d.TLSConfig())
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, d.handshakeError(err)
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+// StartTLS opens the TCP connection and performs the SSLRequest exchange,
+// returning the raw connection on which the TLS handshake must start. It is
+// exported for the chain fetcher, which captures certificates itself.
+func (d *Dialer) StartTLS(ctx context.Context) (net.Conn, error) { return d.startTLS(ctx) }
+
+func (d *Dialer) startTLS(ctx context.Context) (net.Conn, error) {
+	nd := d.Net
+	if nd == nil {
+		nd = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	raw, err := nd.DialContext(ctx, "tcp", d.Addr())
+	if err != nil {
+		return nil, &DialError{Addr: d.Addr(), Step: StepConnect, Err: err}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl)
+	}
+	var req [8]byte
+	binary.BigEndian.PutUint32(req[0:4], 8)
+	binary.BigEndian.PutUint32(req[4:8], sslRequestCode)
+	if _, err := raw.Write(req[:]); err != nil {
+		raw.Close()
+		return nil, &DialError{Addr: d.Addr(), Step: StepSSLRequest, Err: fmt.Errorf("sending SSLRequest: %w", err)}
+	}
+	// Exactly one byte, read straight from the socket: anything the server
+	// (or a man in the middle) sent after it must reach the TLS layer, where
+	// it fails the handshake, never a buffer that is read later as if it had
+	// been protected (CVE-2021-23222).
+	var answer [1]byte
+	if _, err := io.ReadFull(raw, answer[:]); err != nil {
+		raw.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = errors.New("server closed the connection without answering")
+		}
+		return nil, &DialError{Addr: d.Addr(), Step: StepSSLRequest, Err: fmt.Errorf("reading SSLRequest answer: %w", err)}
+	}
+	switch answer[0] {
+	case 'S':
+		return raw, nil
+	case 'N':
+		raw.Close()
+		return nil, &DialError{Addr: d.Addr(), Step: StepSSLRequest, Refused: true,
+			Err: errors.New("server refused TLS (answered 'N' to SSLRequest): the server has ssl=off, or something on the path stripped TLS")}
+	case 'E':
+		raw.Close()
+		// The server is not authenticated yet: its text is not shown.
+		return nil, &DialError{Addr: d.Addr(), Step: StepSSLRequest, Refused: true,
+			Err: errors.New("server answered SSLRequest with an error message (not shown: the server is not authenticated); it may be very old or not PostgreSQL")}
+	default:
+		raw.Close()
+		return nil, &DialError{Addr: d.Addr(), Step: StepSSLRequest, Refused: true,
+			Err: fmt.Errorf("unexpected answer 0x%02x to SSLRequest: not a PostgreSQL server, or the path is tampered with", answer[0])}
+	}
+}
+
+func (d *Dialer) handshakeError(err error) error {
+	var ve *VerifyError
+	if errors.As(err, &ve) {
+		return &DialError{Addr: d.Addr(), Step: StepVerify, Err: ve}
+	}
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Injected: true,
+			Err: errors.New("server sent unencrypted data where the TLS handshake should start (possible man-in-the-middle injecting data after 'S')")}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: errors.New("TLS handshake timed out")}
+	}
+	return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: fmt.Errorf("TLS handshake failed (TLS 1.2 or later required): %w", err)}
+}
+
+// Step names the phase of an upstream connection.
+type Step string
+
+const (
+	// StepConnect is the TCP connect.
+	StepConnect Step = "connecting"
+	// StepSSLRequest is the SSLRequest exchange.
+	StepSSLRequest Step = "requesting TLS"
+	// StepHandshake is the TLS handshake.
+	StepHandshake Step = "TLS handshake"
+	// StepVerify is the verify-full check of the server's certificate.
+	StepVerify Step = "verifying the server certificate"
+)
+
+// DialError is a failed upstream connection.
+type DialError struct {
+	// Addr is the upstream host:port.
+	Addr string
+	// Step is the phase that failed.
+	Step Step
+	// Refused is set when the server (or the path) declined TLS.
+	Refused bool
+	// Injected is set when plaintext arrived where TLS should start.
+	Injected bool
+	// Err is the cause.
+	Err error
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("upstream %s: %s: %v", e.Addr, e.Step, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *DialError) Unwrap() error { return e.Err }

@@ -1,0 +1,153 @@
+package chain
+
+import (
+	"encoding/asn1"
+	"fmt"
+	"net"
+	"strings"
+	"crypto/x509"
+)
+
+// oidCommonName is the X.520 commonName attribute.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// HostnameMatch says how VerifyHostname accepted a certificate.
+type HostnameMatch int
+
+const (
+	// MatchSAN means a subjectAltName entry matched.
+	MatchSAN HostnameMatch = iota + 1
+	// MatchCommonName means the subject CN matched because the certificate has
+	// no subjectAltName of the host's type (libpq's fallback).
+	MatchCommonName
+)
+
+// VerifyHostname checks cert against host with libpq's verify-full rules
+// (PostgreSQL 14 and later, fe-secure-openssl.c):
+//
+//   - every dNSName SAN is compared with host, case-insensitively; a pattern
+//     may hold "*" only as the whole left-most label, and it matches exactly
+//     one non-empty label;
+//   - every iPAddress SAN is compared byte for byte with host when host is an
+//     IP literal of the same family;
+//   - the subject CN is consulted only when the certificate carries no SAN of
+//     the host's type (dNSName for a host name, iPAddress for an IP literal).
+//
+// Go's own crypto/x509 never consults the CN; pgverifyproxy follows libpq so
+// that whatever `sslmode=verify-full` accepts, the proxy accepts, and nothing
+// more. host is the configured name (or server_name), never a resolved address.
+func VerifyHostname(cert *x509.Certificate, host string) (HostnameMatch, error) {
+	if cert == nil {
+		return 0, fmt.Errorf("no certificate to check against host name %q", host)
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	hostIP := net.ParseIP(host)
+	isIP := hostIP != nil
+	hostIsV6 := isIP && strings.Contains(host, ":")
+
+	checkCN := true
+	for _, name := range cert.DNSNames {
+		if !isIP {
+			checkCN = false
+		}
+		if strings.IndexByte(name, 0) >= 0 {
+			return 0, &HostnameError{Host: host, Cert: cert, Reason: "the certificate's name contains an embedded NUL byte"}
+		}
+		if matchName(name, host) {
+			return MatchSAN, nil
+		}
+	}
+	for _, ip := range cert.IPAddresses {
+		if isIP {
+			checkCN = false
+			sanIsV6 := len(ip) == net.IPv6len
+			if sanIsV6 == hostIsV6 && ip.Equal(hostIP) {
+				return MatchSAN, nil
+			}
+		}
+	}
+	if checkCN {
+		if cn, ok := firstCommonName(cert); ok {
+			if strings.IndexByte(cn, 0) >= 0 {
+				return 0, &HostnameError{Host: host, Cert: cert, Reason: "the certificate's common name contains an embedded NUL byte"}
+			}
+			if matchName(cn, host) {
+				return MatchCommonName, nil
+			}
+		}
+	}
+	return 0, &HostnameError{Host: host, Cert: cert}
+}
+
+// matchName compares one certificate name (possibly a wildcard) with host the
+// way libpq does.
+func matchName(pattern, host string) bool {
+	if strings.EqualFold(pattern, host) {
+		return true
+	}
+	return wildcardMatch(pattern, host)
+}
+
+// wildcardMatch implements libpq's wildcard_certificate_match: the pattern must
+// start with "*.", the rest must equal the end of host, and the part of host
+// covered by "*" must be one non-empty label.
+func wildcardMatch(pattern, host string) bool {
+	if len(pattern) < 3 || pattern[0] != '*' || pattern[1] != '.' {
+		return false
+	}
+	suffix := pattern[1:] // ".example.com"
+	if len(host) <= len(suffix) {
+		return false
+	}
+	if !strings.EqualFold(host[len(host)-len(suffix):], suffix) {
+		return false
+	}
+	label := host[:len(host)-len(suffix)]
+	return !strings.Contains(label, ".")
+}
+
+// firstCommonName returns the first CN attribute of the subject, as OpenSSL's
+// X509_NAME_get_index_by_NID(..., -1) does.
+func firstCommonName(cert *x509.Certificate) (string, bool) {
+	for _, atv := range cert.Subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			s, ok := atv.Value.(string)
+			return s, ok
+		}
+	}
+	return "", false
+}
+
+// HostnameError reports a certificate that is not valid for the host name.
+type HostnameError struct {
+	// Host is the name that was checked.
+	Host string
+	// Cert is the leaf certificate.
+	Cert *x509.Certificate
+	// Reason overrides the default explanation when set.
+	Reason string
+}
+
+// CertNames lists the names a certificate carries, SANs first, then the CN.
+func CertNames(cert *x509.Certificate) []string {
+	var names []string
+	names = append(names, cert.DNSNames...)
+	for _, ip := range cert.IPAddresses {
+		names = append(names, ip.String())
+	}
+	if cn, ok := firstCommonName(cert); ok && cn != "" {
+		names = append(names, "CN="+cn)
+	}
+	return names
+}
+
+func (e *HostnameError) Error() string {
+	if e.Reason != "" {
+		return fmt.Sprintf("certificate is not valid for host name %q: %s", e.Host, e.Reason)
+	}
+	names := CertNames(e.Cert)
+	if len(names) == 0 {
+		return fmt.Sprintf("certificate is not valid for host name %q: it carries no names at all", e.Host)
+	}
+	return fmt.Sprintf("certificate is not valid for host name %q: it is valid for %s", e.Host, strings.Join(names, ", "))
+}

@@ -1,0 +1,219 @@
+package chain
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Verifier implements libpq's sslmode=verify-full for one upstream: the
+// presented chain must lead to one of Roots, and the leaf must be valid for
+// ServerName under libpq's host-name rules.
+type Verifier struct {
+	// Roots are the only trust anchors. Never nil in use.
+	Roots *x509.CertPool
+	// ServerName is the name checked against the certificate: the configured
+	// server_name, or the upstream host. Never a resolved address.
+	ServerName string
+	// Now returns the time used for validity checks; nil means time.Now.
+	Now func() time.Time
+	// OnCommonName, when set, is called when the host name matched the CN
+	// only (libpq's fallback), so the caller can log it.
+	OnCommonName func(cert *x509.Certificate)
+}
+
+// VerifyConnection is suitable for tls.Config.VerifyConnection.
+func (v *Verifier) VerifyConnection(cs tls.ConnectionState) error {
+	_, err := v.Verify(cs.PeerCertificates)
+	return err
+}
+
+// Verify checks a presented chain (leaf first) and returns the verified chain
+// from leaf to anchor.
+func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, error) {
+	if v.Roots == nil {
+		return nil, &VerifyError{Kind: KindUnknownAuthority, Err: errors.New("no trust anchors configured")}
+	}
+	if len(presented) == 0 {
+		return nil, &VerifyError{Kind: KindNoCertificate, Err: errors.New("the server presented no certificate")}
+	}
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	leaf := presented[0]
+	inter := x509.NewCertPool()
+	for _, c := range presented[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         v.Roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return nil, classify(err, presented, now)
+	}
+	match, err := VerifyHostname(leaf, v.ServerName)
+	if err != nil {
+		return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err}
+	}
+	if match == MatchCommonName && v.OnCommonName != nil {
+		v.OnCommonName(leaf)
+	}
+	return chains[0], nil
+}
+
+// Kind is the class of a verification failure.
+type Kind int
+
+const (
+	// KindOther is any failure not listed below.
+	KindOther Kind = iota
+	// KindNoCertificate: the server sent no certificate.
+	KindNoCertificate
+	// KindUnknownAuthority: the chain does not lead to a trusted root.
+	KindUnknownAuthority
+	// KindSelfSigned: the leaf is self-signed and not itself trusted.
+	KindSelfSigned
+	// KindExpired: a certificate in the chain has expired.
+	KindExpired
+	// KindNotYetValid: a certificate in the chain is not valid yet.
+	KindNotYetValid
+	// KindHostname: the chain is trusted but not for this host name.
+	KindHostname
+)
+
+// String names the kind in a few words, as used in logs and metrics.
+func (k Kind) String() string {
+	switch k {
+	case KindNoCertificate:
+		return "no certificate"
+	case KindUnknownAuthority:
+		return "unknown authority"
+	case KindSelfSigned:
+		return "self-signed certificate"
+	case KindExpired:
+		return "expired certificate"
+	case KindNotYetValid:
+		return "certificate not yet valid"
+	case KindHostname:
+		return "host name mismatch"
+	default:
+		return "invalid certificate"
+	}
+}
+
+// VerifyError is a failed verify-full check.
+type VerifyError struct {
+	// Kind classifies the failure.
+	Kind Kind
+	// Leaf is the server's certificate, when there was one.
+	Leaf *x509.Certificate
+	// Err is the underlying error.
+	Err error
+}
+
+func (e *VerifyError) Error() string {
+	switch e.Kind {
+	case KindHostname:
+		return e.Err.Error()
+	case KindSelfSigned:
+		return fmt.Sprintf("certificate is self-signed (subject %q, SPKI sha256 %s) and is not a trusted root", e.Leaf.Subject.String(), SPKIHash(e.Leaf))
+	case KindUnknownAuthority:
+		if e.Leaf != nil {
+			return fmt.Sprintf("certificate signed by unknown authority (leaf %q issued by %q): %v", e.Leaf.Subject.String(), e.Leaf.Issuer.String(), e.Err)
+		}
+		return fmt.Sprintf("certificate signed by unknown authority: %v", e.Err)
+	default:
+		return e.Err.Error()
+	}
+}
+
+// Unwrap returns the underlying error.
+func (e *VerifyError) Unwrap() error { return e.Err }
+
+// classify turns a crypto/x509 error into a VerifyError with a kind.
+func classify(err error, presented []*x509.Certificate, now time.Time) error {
+	leaf := presented[0]
+	var inv x509.CertificateInvalidError
+	if errors.As(err, &inv) {
+		switch inv.Reason {
+		case x509.Expired:
+			c := inv.Cert
+			if c == nil {
+				c = leaf
+			}
+			if now.Before(c.NotBefore) {
+				return &VerifyError{Kind: KindNotYetValid, Leaf: leaf, Err: fmt.Errorf("certificate %q is not valid before %s (now %s)", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+			}
+			return &VerifyError{Kind: KindExpired, Leaf: leaf, Err: fmt.Errorf("certificate %q expired at %s (now %s)", c.Subject.String(), c.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+		}
+		return &VerifyError{Kind: KindOther, Leaf: leaf, Err: err}
+	}
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		if isSelfSigned(leaf) {
+			return &VerifyError{Kind: KindSelfSigned, Leaf: leaf, Err: err}
+		}
+		return &VerifyError{Kind: KindUnknownAuthority, Leaf: leaf, Err: err}
+	}
+	return &VerifyError{Kind: KindOther, Leaf: leaf, Err: err}
+}
+
+// isSelfSigned reports whether c names itself as issuer and its own key signs it.
+func isSelfSigned(c *x509.Certificate) bool {
+	if !bytes.Equal(c.RawIssuer, c.RawSubject) {
+		return false
+	}
+	return c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
+}
+
+// SPKIHash returns the base64 SHA-256 of the certificate's public key info,
+// the form used by HPKP and by `openssl ... | openssl dgst -sha256 -binary | base64`.
+func SPKIHash(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// LoadCAFile reads a PEM bundle of trust anchors. It fails when the file holds
+// no certificate, so a wrong path or a key file is caught at start-up.
+func LoadCAFile(path string) (*x509.CertPool, []*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading CA file: %w", err)
+	}
+	var certs []*x509.Certificate
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("parsing CA file %s: certificate %d: %w", path, len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, nil, fmt.Errorf("CA file %s holds no PEM certificate", path)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, certs, nil
+}

@@ -1,0 +1,106 @@
+// Package proxy accepts PostgreSQL clients on local listeners, connects each
+// session to its route's upstream through a verified TLS dialer, relays the
+// authentication phase (removing what cannot cross a TLS-terminating hop) and
+// then copies bytes both ways.
+//
+// The package takes plain structs: it knows nothing of flags or config files.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// ClientTLSMode says how a route answers a client's SSLRequest.
+type ClientTLSMode string
+
+const (
+	// ClientTLSAllow answers 'S' and accepts plaintext clients too (default).
+	ClientTLSAllow ClientTLSMode = "allow"
+	// ClientTLSDisable answers 'N': clients speak plaintext.
+	ClientTLSDisable ClientTLSMode = "disable"
+	// ClientTLSRequire answers 'S' and refuses plaintext startup messages.
+	ClientTLSRequire ClientTLSMode = "require"
+)
+
+// ParseClientTLSMode validates a mode name; "" means allow.
+func ParseClientTLSMode(s string) (ClientTLSMode, error) {
+	switch ClientTLSMode(s) {
+	case "", ClientTLSAllow:
+		return ClientTLSAllow, nil
+	case ClientTLSDisable, ClientTLSRequire:
+		return ClientTLSMode(s), nil
+	}
+	return "", fmt.Errorf("client_tls must be allow, disable or require, not %q", s)
+}
+
+// DefaultStartupTimeout bounds everything before the relay starts: the
+// client's first packets, the upstream dial and the authentication exchange.
+// It matches PostgreSQL's authentication_timeout default.
+const DefaultStartupTimeout = 60 * time.Second
+
+// MaxStartupPacket is the largest first packet accepted from a client, the
+// same limit as the PostgreSQL server's MAX_STARTUP_PACKET_LENGTH.
+const MaxStartupPacket = 10000
+
+// DialFunc opens a connection to the upstream that has passed verify-full.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// Route is one upstream and the local listeners that lead to it.
+type Route struct {
+	// Name identifies the route in logs; defaults to the upstream address.
+	Name string
+	// Listen are TCP addresses ("127.0.0.1:5432").
+	Listen []string
+	// Listeners are already-open listeners used in addition to Listen
+	// (tests, socket activation).
+	Listeners []net.Listener
+	// UpstreamAddr is the upstream host:port, shown in messages.
+	UpstreamAddr string
+	// Trust describes the trust anchors in a few words for hints, e.g.
+	// "the roots in --ca-file /etc/pg/root.crt".
+	Trust string
+	// Dial opens a verified upstream connection. Required.
+	Dial DialFunc
+	// ClientTLS is the client-side TLS mode; "" means allow.
+	ClientTLS ClientTLSMode
+	// TLSConfig is the server-side TLS configuration for clients. Required
+	// unless ClientTLS is disable.
+	TLSConfig *tls.Config
+	// StartupTimeout bounds the phases before the relay; zero means
+	// DefaultStartupTimeout.
+	StartupTimeout time.Duration
+}
+
+// Config is the whole proxy.
+type Config struct {
+	// Routes to serve; at least one.
+	Routes []Route
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (r *Route) validate() error {
+	if r.Dial == nil {
+		return fmt.Errorf("route %s: no upstream dialer", r.Name)
+	}
+	if len(r.Listen) == 0 && len(r.Listeners) == 0 {
+		return fmt.Errorf("route %s: no listen address", r.Name)
+	}
+	mode, err := ParseClientTLSMode(string(r.ClientTLS))
+	if err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	r.ClientTLS = mode
+	if mode != ClientTLSDisable && r.TLSConfig == nil {
+		return fmt.Errorf("route %s: client_tls=%s needs a TLS certificate", r.Name, mode)
+	}
+	if r.StartupTimeout <= 0 {
+		r.StartupTimeout = DefaultStartupTimeout
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+)
+
+// SQLSTATE codes the proxy sends in its own FATAL errors.
+const (
+	codeProtocolViolation    = "08P01" // protocol_violation
+	codeUnableToConnect      = "08001" // sqlclient_unable_to_establish_sqlconnection
+	codeConnectionFailure    = "08006" // connection_failure (verification)
+	codeInvalidAuthorization = "28000" // invalid_authorization_specification
+	codeFeatureNotSupported  = "0A000" // feature_not_supported
+)
+
+// ClientError is an error the proxy reports to the client as a FATAL
+// ErrorResponse before closing. Its fields are what the client sees.
+type ClientError struct {
+	// Code is the SQLSTATE.
+	Code string
+	// Message is the primary message; it starts with "pgverifyproxy: ".
+	Message string
+	// Detail adds facts, optional.
+	Detail string
+	// Hint says what to do, optional.
+	Hint string
+	// Cause is the underlying error (logged, not sent).
+	Cause error
+	// Reason is a short machine word for logs and metrics.
+	Reason string
+}
+
+func (e *ClientError) Error() string {
+	s := e.Message
+	if e.Hint != "" {
+		s += " (hint: " + e.Hint + ")"
+	}
+	return s
+}
+
+// Unwrap returns the cause.
+func (e *ClientError) Unwrap() error { return e.Cause }
+
+// response encodes e as a FATAL ErrorResponse.
+func (e *ClientError) response() ([]byte, error) {
+	msg := &pgproto3.ErrorResponse{
+		Severity:            "FATAL",
+		SeverityUnlocalized: "FATAL",
+		Code:                e.Code,
+		Message:             e.Message,
+		Detail:              e.Detail,
+		Hint:                e.Hint,
+	}
+	return msg.Encode(nil)
+}
+
+// writeClientError sends e to the client; errors writing are ignored since the
+// connection is closed right after.
+func writeClientError(w io.Writer, e *ClientError) {
+	b, err := e.response()
+	if err != nil {
+		return
+	}
+	_, _ = w.Write(b)
+}
+
+// protocolError is a client protocol violation.
+func protocolError(format string, args ...any) *ClientError {
+	return &ClientError{
+		Code:    codeProtocolViolation,
+		Message: "pgverifyproxy: " + fmt.Sprintf(format, args...),
+		Reason:  "client_protocol",
+	}
+}
+
+// upstreamError turns a failed upstream dial into what the client sees: the
+// upstream, what failed, and what to do.
+func upstreamError(r *Route, err error) *ClientError {
+	var de *chain.DialError
+	if !errors.As(err, &de) {
+		return &ClientError{
+			Code:    codeUnableToConnect,
+			Message: fmt.Sprintf("pgverifyproxy: cannot connect to upstream %s: %v", r.UpstreamAddr, err),
+			Hint:    "check the upstream address and that the server is up",
+			Cause:   err,
+			Reason:  "upstream_unreachable",
+		}
+	}
+	ce := &ClientError{Message: "pgverifyproxy: " + de.Error(), Cause: err}
+	switch {
+	case de.Step == chain.StepConnect:
+		ce.Code, ce.Reason = codeUnableToConnect, "upstream_unreachable"
+		ce.Hint = "check the upstream host and port and that the server accepts connections from this machine"
+	case de.Refused:
+		ce.Code, ce.Reason = codeConnectionFailure, "upstream_refused_tls"
+		ce.Hint = "pgverifyproxy only talks to the upstream over verified TLS: enable ssl on the server; if the server has TLS on, something on the network path is stripping it"
+	case de.Injected:
+		ce.Code, ce.Reason = codeConnectionFailure, "upstream_injection"
+		ce.Hint = "nothing was sent to the server; this is what a man-in-the-middle does: check the network path between this machine and the server"
+	case de.Step == chain.StepVerify:
+		ce.Code, ce.Reason = codeConnectionFailure, "verification"
+		ce.Hint = verifyHint(r, de.Err)
+		ce.Detail = "nothing was sent to the server: the proxy stopped at the TLS handshake"
+	default:
+		ce.Code, ce.Reason = codeConnectionFailure, "upstream_tls"
+		ce.Hint = "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"
+	}
+	return ce
+}
+
+func verifyHint(r *Route, err error) string {
+	trust := r.Trust
+	if trust == "" {
+		trust = "the configured trust anchors"
+	}
+	var ve *chain.VerifyError
+	if !errors.As(err, &ve) {
+		return "the server's certificate could not be verified against " + trust
+	}
+	switch ve.Kind {
+	case chain.KindHostname:
+		return "connect with a name the certificate carries (--upstream, or --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
+	case chain.KindExpired:
+		return "the server's certificate (or a CA in its chain) has expired: the server's operator must renew it; also check this machine's clock"
+	case chain.KindNotYetValid:
+		return "a certificate in the chain is not valid yet: check this machine's clock, or wait until the certificate's start date"
+	case chain.KindSelfSigned:
+		return "the server presents a self-signed certificate that is not among " + trust + "; if you have checked its fingerprint out of band, put that certificate in --ca-file"
+	case chain.KindUnknownAuthority:
+		return "the server's chain does not lead to " + trust + "; if the server's CA changed, update --ca-file; otherwise someone may be intercepting the connection"
+	}
+	return "the server's certificate could not be verified against " + trust
+}

@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+)
+
+// cancelWait bounds how long a forwarded CancelRequest waits for the server
+// to close the cancel connection (which tells it was processed).
+const cancelWait = 5 * time.Second
+
+// session is one client connection.
+type session struct {
+	s      *Server
+	route  *Route
+	client net.Conn // becomes the *tls.Conn after an SSLRequest
+	tls    bool
+	log    *slog.Logger
+	start  time.Time
+}
+
+// handle runs one client connection from its first byte to its close.
+func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
+	defer conn.Close()
+	ss := &session{s: s, route: r, client: conn, start: time.Now(),
+		log: s.log.With("route", r.Name, "client", conn.RemoteAddr().String())}
+	deadline := ss.start.Add(r.StartupTimeout)
+	_ = conn.SetDeadline(deadline)
+
+	pkt, err := ss.admit()
+	if err != nil {
+		ss.refuse(err)
+		return
+	}
+	if pkt.code == codeCancelRequest {
+		ss.forwardCancel(ctx, pkt)
+		return
+	}
+	params, err := startupParams(pkt)
+	if err != nil {
+		ss.refuse(protocolError("malformed startup message: %v", err))
+		return
+	}
+	ss.log = ss.log.With("user", params["user"], "database", params["database"], "client_tls", ss.tls)
+
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	up, err := r.Dial(dctx)
+	if err != nil {
+		ss.refuse(upstreamError(r, err))
+		return
+	}
+	defer up.Close()
+	_ = up.SetDeadline(deadline)
+	if _, err := up.Write(pkt.raw); err != nil {
+		ss.refuse(upstreamError(r, err))
+		return
+	}
+	ar := &authRelay{client: ss.client, upstream: up, clientTLS: ss.tls}
+	if err := ar.run(); err != nil {
+		switch {
+		case errors.Is(err, errUpstreamRejected):
+			ss.log.Info("session refused by upstream during authentication")
+		case errors.Is(err, errClientLeft):
+			ss.log.Debug("client left during authentication")
+		default:
+			ss.refuse(err)
+		}
+		return
+	}
+	_ = ss.client.SetDeadline(time.Time{})
+	_ = up.SetDeadline(time.Time{})
+	ss.log.Debug("authenticated; relaying")
+	st := Relay(ss.client, up, &s.counters)
+	attrs := []any{
+		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
+		"bytes_to_upstream", st.ClientToUpstream,
+		"bytes_to_client", st.UpstreamToClient,
+		"closed_by", string(st.ClosedBy),
+	}
+	if st.Err != nil && !isClosedErr(st.Err) {
+		attrs = append(attrs, "error", st.Err.Error())
+	}
+	ss.log.Info("session ended", attrs...)
+}
+
+// admit reads the client's first packets: SSLRequest and GSSENCRequest are
+// answered here, and the StartupMessage or CancelRequest that follows is
+// returned.
+func (ss *session) admit() (*startupPacket, error) {
+	mode := ss.route.ClientTLS
+	for {
+		pkt, err := readStartupPacket(ss.client)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case pkt.code == codeSSLRequest:
+			if ss.tls {
+				return nil, protocolError("SSLRequest received inside TLS")
+			}
+			if mode == ClientTLSDisable {
+				if _, err := ss.client.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := ss.client.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			pc, err := expectTLSHandshake(ss.client)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Server(pc, ss.route.TLSConfig)
+			if err := tc.Handshake(); err != nil {
+				return nil, errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
+			}
+			ss.client, ss.tls = tc, true
+		case pkt.code == codeGSSENCRequest:
+			if ss.tls {
+				return nil, protocolError("GSSENCRequest received inside TLS")
+			}
+			if _, err := ss.client.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case pkt.code == codeCancelRequest:
+			if _, err := cancelKey(pkt); err != nil {
+				return nil, protocolError("malformed CancelRequest: %v", err)
+			}
+			return pkt, nil
+		case pkt.isStartupMessage():
+			if mode == ClientTLSRequire && !ss.tls {
+				return nil, &ClientError{
+					Code:    codeInvalidAuthorization,
+					Message: "pgverifyproxy: this listener requires TLS (client_tls=require), and the client connected without it",
+					Hint:    "connect with sslmode=require",
+					Reason:  "client_tls_required",
+				}
+			}
+			return pkt, nil
+		default:
+			return nil, &ClientError{
+				Code:    codeFeatureNotSupported,
+				Message: "pgverifyproxy: unsupported frontend protocol (" + describeFirstPacket(pkt.code) + "): the proxy supports protocol 3",
+				Reason:  "client_protocol",
+			}
+		}
+	}
+}
+
+// errQuiet is a failure that cannot be reported to the client in protocol.
+type errQuiet struct{ err error }
+
+func (e errQuiet) Error() string { return e.err.Error() }
+
+// refuse reports err to the client when it can be reported, and logs it.
+func (ss *session) refuse(err error) {
+	var ce *ClientError
+	if errors.As(err, &ce) {
+		writeClientError(ss.client, ce)
+		attrs := []any{"reason", ce.Reason, "error", ce.Message}
+		if ce.Hint != "" {
+			attrs = append(attrs, "hint", ce.Hint)
+		}
+		ss.log.Warn("connection refused", attrs...)
+		return
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		ss.log.Debug("client closed before startup completed")
+		return
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		ss.log.Warn("connection refused", "reason", "startup_timeout", "error", "client did not complete startup within "+ss.route.StartupTimeout.String())
+		return
+	}
+	ss.log.Warn("connection refused", "reason", "client_protocol", "error", err.Error())
+}
+
+// forwardCancel sends a CancelRequest to the upstream over a new verified
+// connection, waits for the server to close it, then closes the client.
+func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
+	ctx, cancel := context.WithTimeout(ctx, cancelWait+ss.route.StartupTimeout)
+	defer cancel()
+	up, err := ss.route.Dial(ctx)
+	if err != nil {
+		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason, "error", err.Error())
+		return
+	}
+	defer up.Close()
+	_ = up.SetDeadline(time.Now().Add(cancelWait))
+	if _, err := up.Write(pkt.raw); err != nil {
+		ss.log.Warn("cancel request not forwarded", "error", "upstream: writing CancelRequest: "+err.Error())
+		return
+	}
+	// The server closes the connection once it has handled the request.
+	_, _ = io.Copy(io.Discard, up)
+	ss.log.Info("cancel request forwarded")
+}
