@@ -1,11 +1,11 @@
 package chain
 
 import (
+	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
 	"net"
 	"strings"
-	"crypto/x509"
 )
 
 // oidCommonName is the X.520 commonName attribute.
