@@ -36,6 +36,7 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 	pkt, err := ss.admit()
 	if err != nil {
 		ss.refuse(err)
+		lingerClose(conn)
 		return
 	}
 	if pkt.code == codeCancelRequest {
@@ -159,6 +160,18 @@ func (ss *session) admit() (*startupPacket, error) {
 type errQuiet struct{ err error }
 
 func (e errQuiet) Error() string { return e.err.Error() }
+
+// lingerClose half-closes a refused client and discards what it still sends
+// for a moment, so that the error just written is not lost to a TCP reset
+// (closing a socket with unread input resets the connection).
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.CopyN(io.Discard, c, 1<<16)
+	c.Close()
+}
 
 // refuse reports err to the client when it can be reported, and logs it.
 func (ss *session) refuse(err error) {

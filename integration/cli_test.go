@@ -1,0 +1,144 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+)
+
+// cliProxy is the real binary running with some arguments.
+type cliProxy struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs strings.Builder
+	port int
+}
+
+func (c *cliProxy) log() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.logs.String()
+}
+
+// startCLI runs the binary and waits until it logs that it is listening.
+func startCLI(t *testing.T, env []string, args ...string) *cliProxy {
+	t.Helper()
+	port, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	c := &cliProxy{cmd: exec.Command(binPath, args...), port: port}
+	c.cmd.Env = append(cleanEnv(), env...)
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			c.mu.Lock()
+			c.logs.WriteString(sc.Text() + "\n")
+			c.mu.Unlock()
+			if strings.Contains(sc.Text(), "msg=listening") {
+				once.Do(func() { close(ready) })
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	t.Cleanup(func() {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		_ = c.cmd.Wait()
+	})
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("proxy did not start; log:\n%s", c.log())
+	}
+	return c
+}
+
+func TestCLIOneLinerWithProviderURI(t *testing.T) {
+	uri := fmt.Sprintf("postgres://someone:console-secret@localhost:%d/somedb?sslmode=require", cluster.Port)
+	p := startCLI(t, nil, "--upstream", uri, "--ca-file", rootFile)
+	r := runPsql(t, p.port, "user="+harness.MD5User+" sslmode=require", harness.MD5Password, whoAmI)
+	if r.code != 0 || r.out != harness.MD5User+"|true" {
+		t.Fatalf("psql through the CLI proxy: exit %d out %q err %q\nproxy log:\n%s", r.code, r.out, r.err, p.log())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.log(), "upstream verified") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := p.log()
+	for _, want := range []string{"using only its host and port", `ignored="user,password,database,sslmode=require"`, "upstream verified (verify-full)"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("proxy log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "console-secret") {
+		t.Errorf("proxy log leaks the URI's password:\n%s", log)
+	}
+}
+
+func TestCLIEnvironmentConfig(t *testing.T) {
+	p := startCLI(t, []string{
+		fmt.Sprintf("PGVERIFYPROXY_UPSTREAM=localhost:%d", cluster.Port),
+		"PGVERIFYPROXY_CA_FILE=" + rootFile,
+		"PGVERIFYPROXY_CLIENT_TLS=disable",
+	})
+	r := runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=require", harness.ScramPassword, "select 1")
+	if r.code == 0 || !strings.Contains(r.err, "server does not support SSL") {
+		t.Fatalf("client_tls=disable from the environment not applied: exit %d err %q", r.code, r.err)
+	}
+	r = runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=disable", harness.ScramPassword, "select 1")
+	if r.code != 0 || r.out != "1" {
+		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
+	}
+}
+
+func TestCLIRefusesToStartWithoutTrust(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--upstream", "localhost:5432"}, "no trust anchors for the upstream: pass --ca-file"},
+		{[]string{"--ca-file", "/nonexistent/root.crt", "--upstream", "localhost:5432"}, "reading CA file"},
+		{[]string{"--ca-file", rootFile}, "no upstream: pass --upstream"},
+		{[]string{"--upstream", "localhost:5432", "--ca-file", rootFile, "--client-tls", "sometimes"}, "client_tls must be allow, disable or require"},
+		{[]string{"--upstream", "localhost:5432", "--ca-file", rootFile, "--bogus"}, "unknown flag: --bogus"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binPath, tc.args...)
+			cmd.Env = cleanEnv()
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("err %v, output %q; want exit 2 with %q", err, out, tc.want)
+			}
+		})
+	}
+}
+
+func TestCLIVersion(t *testing.T) {
+	out, err := exec.Command(binPath, "version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "pgverifyproxy ") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+}

@@ -1,0 +1,214 @@
+package harness
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestPKIChains(t *testing.T) {
+	p, err := NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(p.Root.Cert)
+	inters := x509.NewCertPool()
+	inters.AddCert(p.Intermediate.Cert)
+	verify := func(c *Cert, name string) error {
+		_, err := c.Cert.Verify(x509.VerifyOptions{
+			DNSName:       name,
+			Roots:         roots,
+			Intermediates: inters,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		})
+		return err
+	}
+	for _, name := range []string{"localhost", "127.0.0.1", "::1"} {
+		if err := verify(p.Leaf, name); err != nil {
+			t.Errorf("Leaf for %q: %v", name, err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		cert *Cert
+	}{{"Expired", p.Expired}, {"NotYetValid", p.NotYetValid}} {
+		var ci x509.CertificateInvalidError
+		if err := verify(c.cert, "localhost"); !errors.As(err, &ci) || ci.Reason != x509.Expired {
+			t.Errorf("%s: got %v, want x509.Expired", c.name, err)
+		}
+	}
+	var ua x509.UnknownAuthorityError
+	if err := verify(p.OtherLeaf, "localhost"); !errors.As(err, &ua) {
+		t.Errorf("OtherLeaf against Root: got %v, want unknown authority", err)
+	}
+	if err := verify(p.SelfSigned, "localhost"); !errors.As(err, &ua) {
+		t.Errorf("SelfSigned against Root: got %v, want unknown authority", err)
+	}
+	var hn x509.HostnameError
+	if err := verify(p.WrongName, "localhost"); !errors.As(err, &hn) {
+		t.Errorf("WrongName: got %v, want hostname error", err)
+	}
+	if err := verify(p.WrongName, "wrong.example.invalid"); err != nil {
+		t.Errorf("WrongName for its own name: %v", err)
+	}
+	if p.SelfSigned.Cert.IsCA || p.Leaf.Cert.IsCA {
+		t.Error("leaf certificates must not be CAs")
+	}
+	other := x509.NewCertPool()
+	other.AddCert(p.OtherRoot.Cert)
+	if _, err := p.OtherLeaf.Cert.Verify(x509.VerifyOptions{DNSName: "localhost", Roots: other}); err != nil {
+		t.Errorf("OtherLeaf against OtherRoot: %v", err)
+	}
+	tc := p.Leaf.TLSCertificate(p.Intermediate)
+	if len(tc.Certificate) != 2 || tc.PrivateKey == nil {
+		t.Errorf("TLSCertificate: %d certificates", len(tc.Certificate))
+	}
+}
+
+func TestCluster(t *testing.T) {
+	p, err := NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootFile := filepath.Join(t.TempDir(), "root.crt")
+	if err := WritePEMFile(rootFile, p.Root.CertPEM); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := StartCluster(ctx, ClusterOptions{
+		ServerCertPEM: p.Leaf.ChainPEM(p.Intermediate),
+		ServerKeyPEM:  p.Leaf.KeyPEM,
+		Logf:          t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster started in %v", time.Since(start).Round(time.Millisecond))
+	defer func() {
+		if t.Failed() {
+			t.Logf("server log tail:\n%s", c.LogTail(40))
+		}
+		c.Stop()
+	}()
+	if c.Addr() != fmt.Sprintf("127.0.0.1:%d", c.Port) {
+		t.Errorf("Addr() = %q", c.Addr())
+	}
+
+	connect := func(user, password, ssl string) error {
+		dsn := fmt.Sprintf("host=localhost port=%d user=%s password=%s dbname=postgres %s", c.Port, user, password, ssl)
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		var one int
+		if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+			return fmt.Errorf("SELECT 1: %v, %d", err, one)
+		}
+		return nil
+	}
+	verifyFull := "sslmode=verify-full sslrootcert=" + rootFile
+
+	for _, u := range [][2]string{{ScramUser, ScramPassword}, {MD5User, MD5Password}} {
+		if err := connect(u[0], u[1], verifyFull); err != nil {
+			t.Errorf("%s over verify-full: %v", u[0], err)
+		}
+		if err := connect(u[0], u[1], "sslmode=disable"); err == nil {
+			t.Errorf("%s: plaintext connection accepted", u[0])
+		} else {
+			t.Logf("%s plaintext rejected: %v", u[0], err)
+		}
+	}
+	if err := connect(ScramUser, "wrong", verifyFull); err == nil {
+		t.Error("wrong password accepted")
+	}
+
+	admin, err := pgx.Connect(ctx, c.AdminConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for user, pattern := range map[string]string{MD5User: "md5%", ScramUser: "SCRAM-SHA-256$%"} {
+		var ok bool
+		if err := admin.QueryRow(ctx, "SELECT rolpassword LIKE $1 FROM pg_authid WHERE rolname = $2", pattern, user).Scan(&ok); err != nil || !ok {
+			t.Errorf("%s password not stored as %s: %v %v", user, pattern, ok, err)
+		}
+	}
+	admin.Close(ctx)
+	if err := c.Exec(ctx, "DO $$ BEGIN IF NOT (SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'md5_user') THEN RAISE EXCEPTION 'md5_user password is not md5'; END IF; END $$"); err != nil {
+		t.Error(err)
+	}
+	if err := c.Exec(ctx, "SELECT no_such_column"); err == nil {
+		t.Error("Exec of bad SQL succeeded")
+	}
+
+	start = time.Now()
+	if err := c.SetServerCert(ctx, p.OtherLeaf.ChainPEM(), p.OtherLeaf.KeyPEM); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SetServerCert took %v", time.Since(start).Round(time.Millisecond))
+	if err := connect(ScramUser, ScramPassword, verifyFull); err == nil {
+		t.Error("verify-full accepted OtherLeaf")
+	} else {
+		t.Logf("verify-full with OtherLeaf: %v", err)
+	}
+	if err := connect(ScramUser, ScramPassword, "sslmode=require"); err != nil {
+		t.Errorf("sslmode=require with OtherLeaf: %v", err)
+	}
+	if err := c.SetServerCert(ctx, p.Leaf.ChainPEM(p.Intermediate), p.Leaf.KeyPEM); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(ScramUser, ScramPassword, verifyFull); err != nil {
+		t.Errorf("verify-full after restoring Leaf: %v", err)
+	}
+	if err := c.SetServerCert(ctx, p.Leaf.ChainPEM(p.Intermediate), p.OtherLeaf.KeyPEM); err == nil {
+		t.Error("SetServerCert with a mismatched key succeeded")
+	} else {
+		t.Logf("mismatched key: %v", err)
+	}
+	if err := connect(ScramUser, ScramPassword, verifyFull); err != nil {
+		t.Errorf("verify-full after the rejected reload: %v", err)
+	}
+
+	if tail := c.LogTail(5); tail == "" {
+		t.Error("LogTail is empty")
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(c.Dir); !os.IsNotExist(err) {
+		t.Errorf("Dir %s still there after Stop: %v", c.Dir, err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+}
+
+func TestStartClusterErrors(t *testing.T) {
+	ctx := context.Background()
+	if _, err := StartCluster(ctx, ClusterOptions{}); err == nil {
+		t.Error("StartCluster without a certificate succeeded")
+	}
+	p, err := NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = StartCluster(ctx, ClusterOptions{
+		ServerCertPEM: p.Leaf.ChainPEM(p.Intermediate),
+		ServerKeyPEM:  p.Leaf.KeyPEM,
+		ExtraConf:     "no_such_setting_xyz = 1",
+	})
+	if err == nil {
+		t.Fatal("StartCluster with a bad setting succeeded")
+	}
+	t.Logf("expected failure: %v", err)
+}
