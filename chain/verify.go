@@ -130,7 +130,7 @@ func (e *VerifyError) Error() string {
 		return fmt.Sprintf("certificate is self-signed (subject %q, SPKI sha256 %s) and is not a trusted root", e.Leaf.Subject.String(), SPKIHash(e.Leaf))
 	case KindUnknownAuthority:
 		if e.Leaf != nil {
-			return fmt.Sprintf("certificate signed by unknown authority (leaf %q issued by %q): %v", e.Leaf.Subject.String(), e.Leaf.Issuer.String(), e.Err)
+			return fmt.Sprintf("certificate signed by unknown authority (leaf %q issued by %q)", e.Leaf.Subject.String(), e.Leaf.Issuer.String())
 		}
 		return fmt.Sprintf("certificate signed by unknown authority: %v", e.Err)
 	default:

@@ -106,7 +106,7 @@ func upstreamError(r *Route, err error) *ClientError {
 	case de.Step == chain.StepVerify:
 		ce.Code, ce.Reason = codeConnectionFailure, "verification"
 		ce.Hint = verifyHint(r, de.Err)
-		ce.Detail = "nothing was sent to the server: the proxy stopped at the TLS handshake"
+		ce.Detail = "the proxy stopped at the TLS handshake: no startup message, user name or password was sent to the server"
 	default:
 		ce.Code, ce.Reason = codeConnectionFailure, "upstream_tls"
 		ce.Hint = "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"

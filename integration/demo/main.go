@@ -125,7 +125,10 @@ func run(keep bool) error {
 		return errors.New("the proxy connected through the man in the middle: this must never happen")
 	}
 	info("the app got:\n    %s", strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "\n    "))
-	info("bytes the middlebox received after its handshake: %d (no user name, no password)", len(mitm.Received()))
+	if harness.HasStartupMessage(mitm.Received()) {
+		return errors.New("the middlebox received a startup message: this must never happen")
+	}
+	info("the middlebox received no startup message: no user name, no password")
 
 	if keep {
 		step("Still running. Try it yourself, then press Ctrl-C:")
