@@ -15,14 +15,6 @@ import (
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
-func rootPool(certs ...*harness.Cert) *x509.CertPool {
-	p := x509.NewCertPool()
-	for _, c := range certs {
-		p.AddCert(c.Cert)
-	}
-	return p
-}
-
 func TestDialVerifyFull(t *testing.T) {
 	pki, err := harness.NewPKI()
 	if err != nil {
@@ -70,7 +62,7 @@ func TestDialVerifyFull(t *testing.T) {
 			}
 			defer s.Close()
 			var sawCN bool
-			d := &chain.Dialer{Host: tc.host, Port: s.Port, ServerName: tc.serverName, Roots: rootPool(pki.Root),
+			d := &chain.Dialer{Host: tc.host, Port: s.Port, ServerName: tc.serverName, Roots: harness.Pool(pki.Root),
 				ConnectTimeout: 5 * time.Second, OnCommonName: func(*x509.Certificate) { sawCN = true }}
 			conn, err := d.Dial(context.Background())
 			if tc.errHas == "" {

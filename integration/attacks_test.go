@@ -96,12 +96,7 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 
 func TestClientBytesAfterSSLRequestRefused(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
-	c, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := rawDial(t, p.addr)
 	ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{"user": harness.MD5User, "database": "postgres"}}).Encode(nil)
@@ -131,12 +126,7 @@ func TestClientBytesAfterSSLRequestRefused(t *testing.T) {
 
 func TestOversizedStartupPacketRefused(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
-	c, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := rawDial(t, p.addr)
 	pkt := make([]byte, 10001)
 	binary.BigEndian.PutUint32(pkt[0:4], uint32(len(pkt)))
 	binary.BigEndian.PutUint32(pkt[4:8], pgproto3.ProtocolVersion30)
@@ -152,4 +142,16 @@ func TestOversizedStartupPacketRefused(t *testing.T) {
 	if n := p.dials.Load(); n != 0 {
 		t.Fatalf("upstream dialed %d times for a refused client", n)
 	}
+}
+
+// rawDial opens a bare TCP connection to the proxy, for hand-made packets.
+func rawDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
 }

@@ -116,7 +116,7 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 	if o.port == 0 {
 		o.port = cluster.Port
 	}
-	d := &chain.Dialer{Host: o.host, Port: o.port, ServerName: o.serverName, Roots: poolOf(pki.Root), ConnectTimeout: 10 * time.Second}
+	d := &chain.Dialer{Host: o.host, Port: o.port, ServerName: o.serverName, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
 	tcfg, err := proxy.SelfSignedTLSConfig()
 	if err != nil {
 		t.Fatal(err)

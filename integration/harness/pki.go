@@ -275,3 +275,13 @@ func NewPKI() (*PKI, error) {
 	}
 	return &p, nil
 }
+
+// Pool returns a certificate pool holding certs, e.g. the test root as the
+// only trust anchor.
+func Pool(certs ...*Cert) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c.Cert)
+	}
+	return p
+}
