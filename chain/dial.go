@@ -37,8 +37,12 @@ type Dialer struct {
 	// ServerName is the name verified against the certificate and sent as
 	// SNI; empty means Host.
 	ServerName string
-	// Roots are the trust anchors for this upstream.
+	// Roots are the trust anchors for this upstream, when they are fixed
+	// (--ca-file). Trust, when set, takes precedence.
 	Roots *x509.CertPool
+	// Trust supplies the verifier for each connection (pins that may be
+	// fetched, reloaded or replaced while the proxy runs).
+	Trust TrustSource
 	// ClientCert, when set, is presented to the server.
 	ClientCert *tls.Certificate
 	// ConnectTimeout bounds connect + SSLRequest + handshake; zero means
@@ -62,12 +66,37 @@ func (d *Dialer) VerifyName() string {
 	return d.Host
 }
 
+// TrustSource supplies the Verifier for the next connection.
+type TrustSource interface {
+	// Verifier returns the current verifier, or why the upstream cannot be
+	// trusted now.
+	Verifier(ctx context.Context) (*Verifier, error)
+}
+
+// verifier returns the verifier for the next connection.
+func (d *Dialer) verifier(ctx context.Context) (*Verifier, error) {
+	if d.Trust != nil {
+		v, err := d.Trust.Verifier(ctx)
+		if err != nil {
+			return nil, &DialError{Addr: d.Addr(), Step: StepTrust, Err: err}
+		}
+		v.ServerName = d.VerifyName()
+		if v.OnCommonName == nil {
+			v.OnCommonName = d.OnCommonName
+		}
+		return v, nil
+	}
+	if d.Roots == nil {
+		return nil, &DialError{Addr: d.Addr(), Step: StepVerify, Err: &VerifyError{Kind: KindUnknownAuthority, Err: errors.New("no trust anchors configured for this upstream")}}
+	}
+	return &Verifier{Roots: d.Roots, ServerName: d.VerifyName(), OnCommonName: d.OnCommonName}, nil
+}
+
 // TLSConfig returns the client TLS configuration for this upstream: TLS 1.2 or
-// later, SNI unless the name is an IP literal, and verify-full done by
-// Verifier in VerifyConnection. Go's own verification is replaced (not
-// skipped) because libpq's host-name rules differ from Go's.
-func (d *Dialer) TLSConfig() *tls.Config {
-	v := &Verifier{Roots: d.Roots, ServerName: d.VerifyName(), OnCommonName: d.OnCommonName}
+// later, SNI unless the name is an IP literal, and verify-full done by v in
+// VerifyConnection. Go's own verification is replaced (not skipped) because
+// libpq's host-name rules differ from Go's.
+func (d *Dialer) TLSConfig(v *Verifier) *tls.Config {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		// crypto/tls omits SNI for IP literals by itself.
@@ -87,8 +116,9 @@ func (d *Dialer) TLSConfig() *tls.Config {
 // a connection whose server passed verify-full. Nothing but the SSLRequest is
 // sent before verification succeeds.
 func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
-	if d.Roots == nil {
-		return nil, &DialError{Addr: d.Addr(), Step: StepVerify, Err: &VerifyError{Kind: KindUnknownAuthority, Err: errors.New("no trust anchors configured for this upstream")}}
+	v, err := d.verifier(ctx)
+	if err != nil {
+		return nil, err
 	}
 	timeout := d.ConnectTimeout
 	if timeout <= 0 {
@@ -101,7 +131,7 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn := tls.Client(raw, d.TLSConfig())
+	conn := tls.Client(raw, d.TLSConfig(v))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, d.handshakeError(err)
@@ -193,6 +223,8 @@ const (
 	StepHandshake Step = "TLS handshake"
 	// StepVerify is the verify-full check of the server's certificate.
 	StepVerify Step = "verifying the server certificate"
+	// StepTrust is finding what to trust (the pin) before connecting.
+	StepTrust Step = "deciding what to trust"
 )
 
 // DialError is a failed upstream connection.

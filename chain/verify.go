@@ -2,6 +2,7 @@ package chain
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -19,6 +20,23 @@ import (
 type Verifier struct {
 	// Roots are the only trust anchors. Never nil in use.
 	Roots *x509.CertPool
+	// Intermediates are path-building hints (pinned intermediates); never
+	// anchors.
+	Intermediates []*x509.Certificate
+	// AIA, when set, fetches missing intermediates for servers that send
+	// only their leaf (cached by URL).
+	AIA *Completer
+	// Pinned, when set, are the pinned anchors behind Roots: a chain that
+	// no longer leads to them is reported as a changed identity.
+	Pinned []*x509.Certificate
+	// PinnedSince is when the anchor was first pinned.
+	PinnedSince time.Time
+	// PinFile is where the pin lives, for messages.
+	PinFile string
+	// Upstream is host:port, for messages.
+	Upstream string
+	// System, when set, names a public root that a changed chain leads to.
+	System *x509.CertPool
 	// ServerName is the name checked against the certificate: the configured
 	// server_name, or the upstream host. Never a resolved address.
 	ServerName string
@@ -53,14 +71,37 @@ func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, e
 	for _, c := range presented[1:] {
 		inter.AddCert(c)
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
+	for _, c := range v.Intermediates {
+		inter.AddCert(c)
+	}
+	opts := x509.VerifyOptions{
 		Roots:         v.Roots,
 		Intermediates: inter,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
+	}
+	chains, err := leaf.Verify(opts)
+	var extra []*x509.Certificate
+	if err != nil && v.AIA != nil && isUnknownAuthority(err) {
+		// The server may send only its leaf, or a new intermediate:
+		// complete the path through AIA (fetched certificates are hints).
+		ctx, cancel := context.WithTimeout(context.Background(), AIATimeout)
+		extra, _ = v.AIA.Complete(ctx, presented, v.Roots)
+		cancel()
+		for _, c := range extra {
+			inter.AddCert(c)
+		}
+		if len(extra) > 0 {
+			chains, err = leaf.Verify(opts)
+		}
+	}
 	if err != nil {
-		return nil, classify(err, presented, now)
+		verr := classify(err, presented, now)
+		var ve *VerifyError
+		if len(v.Pinned) > 0 && errors.As(verr, &ve) && (ve.Kind == KindUnknownAuthority || ve.Kind == KindSelfSigned) {
+			return nil, v.identityChanged(leaf, append(append([]*x509.Certificate{}, presented[1:]...), extra...), now)
+		}
+		return nil, verr
 	}
 	match, err := VerifyHostname(leaf, v.ServerName)
 	if err != nil {
@@ -70,6 +111,35 @@ func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, e
 		v.OnCommonName(leaf)
 	}
 	return chains[0], nil
+}
+
+func isUnknownAuthority(err error) bool {
+	var ua x509.UnknownAuthorityError
+	return errors.As(err, &ua)
+}
+
+// identityChanged builds the SSH-style error for a chain that no longer
+// leads to the pinned anchor.
+func (v *Verifier) identityChanged(leaf *x509.Certificate, others []*x509.Certificate, now time.Time) error {
+	newTop := topOfChain(leaf, others)
+	public := ""
+	if v.System != nil {
+		inter := x509.NewCertPool()
+		for _, c := range others {
+			inter.AddCert(c)
+		}
+		if chains, err := leaf.Verify(x509.VerifyOptions{Roots: v.System, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+			newTop = chains[0][len(chains[0])-1]
+			public = " (a root in the system trust store)"
+		}
+	}
+	since := ""
+	if !v.PinnedSince.IsZero() {
+		since = ", pinned " + v.PinnedSince.UTC().Format("2006-01-02")
+	}
+	return &VerifyError{Kind: KindIdentityChanged, Leaf: leaf, Err: fmt.Errorf(
+		"THE UPSTREAM'S IDENTITY CHANGED: its certificate chain no longer leads to the pinned anchor %s%s; it now leads to %q (SPKI SHA-256 %s)%s. Someone could be intercepting the connection (man-in-the-middle), or the provider changed its CA",
+		describeCerts(v.Pinned), since, newTop.Subject.String(), SPKIHash(newTop), public)}
 }
 
 // Kind is the class of a verification failure.
@@ -90,6 +160,8 @@ const (
 	KindNotYetValid
 	// KindHostname: the chain is trusted but not for this host name.
 	KindHostname
+	// KindIdentityChanged: the chain no longer leads to the pinned anchor.
+	KindIdentityChanged
 )
 
 // String names the kind in a few words, as used in logs and metrics.
@@ -107,6 +179,8 @@ func (k Kind) String() string {
 		return "certificate not yet valid"
 	case KindHostname:
 		return "host name mismatch"
+	case KindIdentityChanged:
+		return "identity changed"
 	default:
 		return "invalid certificate"
 	}

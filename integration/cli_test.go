@@ -115,7 +115,7 @@ func TestCLIRefusesToStartWithoutTrust(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--upstream", "localhost:5432"}, "no trust anchors for the upstream: pass --ca-file"},
+		{[]string{"--upstream", "localhost:5432", "--trust", "always"}, "--trust must be system or tofu"},
 		{[]string{"--ca-file", "/nonexistent/root.crt", "--upstream", "localhost:5432"}, "reading CA file"},
 		{[]string{"--ca-file", rootFile}, "no upstream: pass --upstream"},
 		{[]string{"--upstream", "localhost:5432", "--ca-file", rootFile, "--client-tls", "sometimes"}, "client_tls must be allow, disable or require"},

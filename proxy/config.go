@@ -64,6 +64,9 @@ type Route struct {
 	// Trust describes the trust anchors in a few words for hints, e.g.
 	// "the roots in --ca-file /etc/pg/root.crt".
 	Trust string
+	// RepinCommand is the command that replaces the upstream's pin, named in
+	// the identity-changed hint.
+	RepinCommand string
 	// Dial opens a verified upstream connection. Required.
 	Dial DialFunc
 	// ClientTLS is the client-side TLS mode; "" means allow.

@@ -103,6 +103,13 @@ func upstreamError(r *Route, err error) *ClientError {
 	case de.Injected:
 		ce.Code, ce.Reason = codeConnectionFailure, "upstream_injection"
 		ce.Hint = "nothing was sent to the server; this is what a man-in-the-middle does: check the network path between this machine and the server"
+	case de.Step == chain.StepTrust:
+		ce.Code, ce.Reason = codeConnectionFailure, "untrusted"
+		ce.Hint = "the proxy relays nothing to an upstream it cannot trust; fix what the message says, or pin explicitly with: pgverifyproxy chain fetch --upstream " + r.UpstreamAddr
+		var te *chain.TrustError
+		if errors.As(err, &te) && te.Hint != "" {
+			ce.Hint = te.Hint
+		}
 	case de.Step == chain.StepVerify:
 		ce.Code, ce.Reason = codeConnectionFailure, "verification"
 		ce.Hint = verifyHint(r, de.Err)
@@ -124,6 +131,12 @@ func verifyHint(r *Route, err error) string {
 		return "the server's certificate could not be verified against " + trust
 	}
 	switch ve.Kind {
+	case chain.KindIdentityChanged:
+		repin := r.RepinCommand
+		if repin == "" {
+			repin = "pgverifyproxy chain fetch --upstream " + r.UpstreamAddr + " --repin"
+		}
+		return "if the provider has confirmed a change of CA, re-pin with: " + repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
 	case chain.KindHostname:
 		return "connect with a name the certificate carries (--upstream, or --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
 	case chain.KindExpired:

@@ -23,6 +23,9 @@ type runConfig struct {
 	Upstream       string        `mapstructure:"upstream"`
 	ServerName     string        `mapstructure:"server_name"`
 	CAFile         string        `mapstructure:"ca_file"`
+	PinDir         string        `mapstructure:"pin_dir"`
+	Trust          string        `mapstructure:"trust"`
+	ExpiryWarning  time.Duration `mapstructure:"expiry_warning"`
 	Listen         []string      `mapstructure:"listen"`
 	ClientTLS      string        `mapstructure:"client_tls"`
 	ClientTLSCert  string        `mapstructure:"client_tls_cert"`
@@ -45,7 +48,10 @@ type option struct {
 var runOptions = []option{
 	{"upstream", "upstream", "", "upstream PostgreSQL server: HOST:PORT, or a libpq URI (postgres://user@host:port/db?sslmode=require; only host and port are used)"},
 	{"server_name", "server-name", "", "name to verify in the server certificate and send as SNI (default: the upstream host)"},
-	{"ca_file", "ca-file", "", "PEM file with the root CA(s) to trust for the upstream, and nothing else (required)"},
+	{"ca_file", "ca-file", "", "PEM file with the root CA(s) to trust for the upstream, and nothing else (default: the upstream's pin, fetched on first start)"},
+	{"pin_dir", "pin-dir", "", "directory of the pin files (default: $XDG_STATE_HOME/pgverifyproxy or ~/.local/state/pgverifyproxy)"},
+	{"trust", "trust", "system", "how a first pin is chosen: system (the chain must lead to a root in the system trust store) or tofu (trust on first use)"},
+	{"expiry_warning", "expiry-warning", 30 * 24 * time.Hour, "warn in the log when the pinned anchor or the server's certificate expires within this time"},
 	{"listen", "listen", []string{"127.0.0.1:5432"}, "local address to accept clients on (repeatable)"},
 	{"client_tls", "client-tls", "allow", "answer to a client's SSLRequest: allow (TLS or plaintext), disable (plaintext only), require (TLS only)"},
 	{"client_tls_cert", "client-tls-cert", "", "PEM certificate chain for client TLS (default: an in-memory self-signed certificate for localhost)"},
@@ -58,8 +64,25 @@ var runOptions = []option{
 }
 
 // addRunFlags declares the flags of `run` (also accepted by the root command).
-func addRunFlags(fs *pflag.FlagSet) {
-	for _, o := range runOptions {
+func addRunFlags(fs *pflag.FlagSet) { addFlags(fs, runOptions) }
+
+// pickOptions returns the options with the given keys, for subcommands that
+// take a subset of run's settings.
+func pickOptions(keys ...string) []option {
+	var out []option
+	for _, k := range keys {
+		for _, o := range runOptions {
+			if o.key == k {
+				out = append(out, o)
+			}
+		}
+	}
+	return out
+}
+
+// addFlags declares one flag per option.
+func addFlags(fs *pflag.FlagSet, opts []option) {
+	for _, o := range opts {
 		switch d := o.def.(type) {
 		case string:
 			fs.String(o.flag, d, o.usage)
@@ -74,32 +97,41 @@ func addRunFlags(fs *pflag.FlagSet) {
 // loadRunConfig merges defaults, the config file, the environment and the
 // flags with viper (flags win) into a runConfig.
 func loadRunConfig(fs *pflag.FlagSet, configFile string) (runConfig, error) {
+	var rc runConfig
+	if err := loadConfig(fs, configFile, runOptions, &rc); err != nil {
+		return runConfig{}, err
+	}
+	rc.Listen = splitList(rc.Listen)
+	return rc, nil
+}
+
+// loadConfig fills out (a struct with mapstructure tags) from opts' flags,
+// environment variables, the config file and defaults, flags first.
+func loadConfig(fs *pflag.FlagSet, configFile string, opts []option, out any) error {
 	v := viper.New()
-	for _, o := range runOptions {
+	for _, o := range opts {
 		v.SetDefault(o.key, o.def)
 		if err := v.BindPFlag(o.key, fs.Lookup(o.flag)); err != nil {
-			return runConfig{}, err
+			return err
 		}
 		if err := v.BindEnv(o.key, envPrefix+"_"+strings.ToUpper(o.key)); err != nil {
-			return runConfig{}, err
+			return err
 		}
 	}
 	if configFile != "" {
 		v.SetConfigFile(configFile)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
-			return runConfig{}, fmt.Errorf("reading config file %s: %w", configFile, err)
+			return fmt.Errorf("reading config file %s: %w", configFile, err)
 		}
 		if err := checkKnownKeys(v); err != nil {
-			return runConfig{}, fmt.Errorf("config file %s: %w", configFile, err)
+			return fmt.Errorf("config file %s: %w", configFile, err)
 		}
 	}
-	var rc runConfig
-	if err := v.Unmarshal(&rc); err != nil {
-		return runConfig{}, fmt.Errorf("config: %w", err)
+	if err := v.Unmarshal(out); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
-	rc.Listen = splitList(rc.Listen)
-	return rc, nil
+	return nil
 }
 
 // checkKnownKeys rejects misspelt keys in the file, which would otherwise be
@@ -139,8 +171,8 @@ func (rc *runConfig) validate() error {
 	if rc.Upstream == "" {
 		return errors.New("no upstream: pass --upstream HOST:PORT (or set upstream in the config file, or PGVERIFYPROXY_UPSTREAM)")
 	}
-	if rc.CAFile == "" {
-		return errors.New("no trust anchors for the upstream: pass --ca-file FILE with the root CA certificate(s) of the server's chain (the proxy never connects unverified)")
+	if _, err := chain.ParsePolicy(rc.Trust); err != nil {
+		return err
 	}
 	if len(rc.Listen) == 0 {
 		return errors.New("no listen address")

@@ -69,7 +69,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := runConfig{
-		Upstream: "file.example:1", CAFile: "/env/ca.pem", ServerName: "flag-name",
+		Upstream: "file.example:1", CAFile: "/env/ca.pem", ServerName: "flag-name", Trust: "system", ExpiryWarning: 720 * time.Hour,
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text",
@@ -147,7 +147,7 @@ func TestValidateNamesWhatIsMissing(t *testing.T) {
 		want string
 	}{
 		{runConfig{CAFile: "x", Listen: []string{"a"}, LogFormat: "text"}, "--upstream"},
-		{runConfig{Upstream: "h", Listen: []string{"a"}, LogFormat: "text"}, "--ca-file"},
+		{runConfig{Upstream: "h", Listen: []string{"a"}, Trust: "always", LogFormat: "text"}, "--trust must be system or tofu"},
 		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"a"}, ClientTLS: "maybe", LogFormat: "text"}, "allow, disable or require"},
 		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"a"}, ClientTLSCert: "c", LogFormat: "text"}, "go together"},
 	}

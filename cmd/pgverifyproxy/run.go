@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -32,22 +30,12 @@ func newLogger(rc runConfig) (*slog.Logger, error) {
 }
 
 // buildRoute turns the plain configuration into a proxy route and the
-// upstream dialer behind it.
-func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *chain.Dialer, error) {
-	spec, err := parseUpstream(rc.Upstream)
+// upstream trust behind it.
+func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *upstreamTrust, error) {
+	ut, err := buildTrust(trustConfig{Upstream: rc.Upstream, ServerName: rc.ServerName, CAFile: rc.CAFile,
+		PinDir: rc.PinDir, Trust: rc.Trust, ConnectTimeout: rc.ConnectTimeout}, log)
 	if err != nil {
 		return proxy.Route{}, nil, err
-	}
-	if len(spec.Ignored) > 0 {
-		log.Info("upstream URI: using only its host and port; each client sends its own user, database and password",
-			"host", spec.Host, "port", spec.Port, "ignored", strings.Join(spec.Ignored, ","))
-	}
-	roots, anchors, err := chain.LoadCAFile(rc.CAFile)
-	if err != nil {
-		return proxy.Route{}, nil, err
-	}
-	for _, a := range anchors {
-		log.Debug("trust anchor", "subject", a.Subject.String(), "spki_sha256", chain.SPKIHash(a), "not_after", a.NotAfter.UTC().Format(time.RFC3339))
 	}
 	mode, _ := proxy.ParseClientTLSMode(rc.ClientTLS)
 	var serverTLS *tls.Config
@@ -61,22 +49,13 @@ func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *chain.Dialer, err
 			return proxy.Route{}, nil, err
 		}
 	}
-	d := &chain.Dialer{
-		Host:           spec.Host,
-		Port:           spec.Port,
-		ServerName:     rc.ServerName,
-		Roots:          roots,
-		ConnectTimeout: rc.ConnectTimeout,
-		OnCommonName: func(c *x509.Certificate) {
-			log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
-				"cn", c.Subject.CommonName)
-		},
-	}
+	d := ut.dialer
 	route := proxy.Route{
 		Name:         "default",
 		Listen:       rc.Listen,
-		UpstreamAddr: spec.addr(),
-		Trust:        "the roots in --ca-file " + rc.CAFile,
+		UpstreamAddr: ut.spec.addr(),
+		Trust:        ut.describe,
+		RepinCommand: ut.repin,
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			c, err := d.Dial(ctx)
 			if err != nil {
@@ -88,7 +67,7 @@ func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *chain.Dialer, err
 		TLSConfig:      serverTLS,
 		StartupTimeout: rc.StartupTimeout,
 	}
-	return route, d, nil
+	return route, ut, nil
 }
 
 func runProxy(cmd *cobra.Command, configFile string) error {
@@ -103,7 +82,7 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	route, dialer, err := buildRoute(rc, log)
+	route, ut, err := buildRoute(rc, log)
 	if err != nil {
 		return usageError{err}
 	}
@@ -114,7 +93,16 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	go checkUpstream(cmd.Context(), dialer, log)
+	go func() {
+		prepareTrust(context.Background(), ut, log, rc.ExpiryWarning)
+		checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
+		// Expiry warnings stay visible in long-running logs.
+		t := time.NewTicker(12 * time.Hour)
+		defer t.Stop()
+		for range t.C {
+			checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
+		}
+	}()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -137,10 +125,7 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 
 // checkUpstream dials the upstream once at start-up so that a wrong address
 // or an untrusted certificate shows in the log before the first client.
-func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
+func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn time.Duration) {
 	start := time.Now()
 	c, err := d.Dial(ctx)
 	if err != nil {
@@ -155,4 +140,5 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger) {
 		"tls", tls.VersionName(cs.Version), "leaf", leaf.Subject.String(),
 		"leaf_expires", leaf.NotAfter.UTC().Format(time.RFC3339),
 		"rtt", time.Since(start).Round(time.Millisecond).String())
+	warnExpiry(log, "server certificate", leaf, warn)
 }

@@ -63,6 +63,9 @@ type LeafOptions struct {
 	// NotBefore and NotAfter bound the validity period; when zero they
 	// default to now-1h and now+24h respectively.
 	NotBefore, NotAfter time.Time
+	// AIA are caIssuers URLs (Authority Information Access) pointing at
+	// the issuer's certificate.
+	AIA []string
 }
 
 // NewRootCA returns a self-signed CA certificate (MaxPathLen 1, key usage
@@ -88,6 +91,12 @@ func NewRootCA(commonName string) (*Cert, error) {
 // NewIntermediateCA returns a CA certificate for commonName issued by parent
 // (MaxPathLen 0, key usage CertSign|CRLSign), valid from now-1h to now+48h.
 func NewIntermediateCA(parent *Cert, commonName string) (*Cert, error) {
+	return NewIntermediateCAWithAIA(parent, commonName, nil)
+}
+
+// NewIntermediateCAWithAIA is NewIntermediateCA with caIssuers URLs that
+// point at parent's certificate.
+func NewIntermediateCAWithAIA(parent *Cert, commonName string, aia []string) (*Cert, error) {
 	if parent == nil {
 		return nil, fmt.Errorf("harness: intermediate CA %q: nil parent", commonName)
 	}
@@ -101,6 +110,7 @@ func NewIntermediateCA(parent *Cert, commonName string) (*Cert, error) {
 		IsCA:                  true,
 		MaxPathLen:            0,
 		MaxPathLenZero:        true,
+		IssuingCertificateURL: aia,
 	}
 	c, err := newCert(tmpl, parent)
 	if err != nil {
@@ -130,6 +140,7 @@ func IssueLeaf(parent *Cert, o LeafOptions) (*Cert, error) {
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
+		IssuingCertificateURL: append([]string(nil), o.AIA...),
 	}
 	c, err := newCert(tmpl, parent)
 	if err != nil {

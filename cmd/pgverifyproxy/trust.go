@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	// Mozilla's roots, used only where the host has no trust store of its
+	// own (a scratch container); SSL_CERT_FILE/SSL_CERT_DIR still win.
+	_ "golang.org/x/crypto/x509roots/fallback"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+)
+
+// trustConfig is what every command needs to reach and trust one upstream.
+type trustConfig struct {
+	Upstream       string        `mapstructure:"upstream"`
+	ServerName     string        `mapstructure:"server_name"`
+	CAFile         string        `mapstructure:"ca_file"`
+	PinDir         string        `mapstructure:"pin_dir"`
+	Trust          string        `mapstructure:"trust"`
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+}
+
+// trustOptions are the settings of trustConfig.
+var trustOptions = pickOptions("upstream", "server_name", "ca_file", "pin_dir", "trust", "connect_timeout")
+
+// upstreamTrust is a dialer and what it trusts.
+type upstreamTrust struct {
+	spec    upstreamSpec
+	dialer  *chain.Dialer
+	caRoots *x509.CertPool  // set with --ca-file
+	pins    *chain.PinTrust // set without --ca-file
+	store   *chain.PinStore
+	system  *x509.CertPool
+	aia     *chain.Completer
+	policy  chain.Policy
+	// describe names the trust anchors in hints.
+	describe string
+	// repin is the command that replaces the pin.
+	repin string
+}
+
+func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
+	if tc.Upstream == "" {
+		return nil, fmt.Errorf("no upstream: pass --upstream HOST:PORT (or set upstream in the config file, or PGVERIFYPROXY_UPSTREAM)")
+	}
+	spec, err := parseUpstream(tc.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	if len(spec.Ignored) > 0 && log != nil {
+		log.Info("upstream URI: using only its host and port; each client sends its own user, database and password",
+			"host", spec.Host, "port", spec.Port, "ignored", strings.Join(spec.Ignored, ","))
+	}
+	policy, err := chain.ParsePolicy(tc.Trust)
+	if err != nil {
+		return nil, err
+	}
+	ut := &upstreamTrust{spec: spec, policy: policy}
+	ut.dialer = &chain.Dialer{Host: spec.Host, Port: spec.Port, ServerName: tc.ServerName, ConnectTimeout: tc.ConnectTimeout}
+	if log != nil {
+		ut.dialer.OnCommonName = func(c *x509.Certificate) {
+			log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
+				"cn", c.Subject.CommonName)
+		}
+		ut.aia = &chain.Completer{Logf: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }}
+	} else {
+		ut.aia = &chain.Completer{}
+	}
+	ut.repin = "pgverifyproxy chain fetch --upstream " + spec.addr()
+	if tc.ServerName != "" {
+		ut.repin += " --server-name " + tc.ServerName
+	}
+	if tc.PinDir != "" {
+		ut.repin += " --pin-dir " + tc.PinDir
+	}
+	ut.repin += " --repin"
+	if tc.CAFile != "" {
+		roots, anchors, err := chain.LoadCAFile(tc.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		ut.caRoots = roots
+		ut.dialer.Roots = roots
+		ut.describe = "the roots in --ca-file " + tc.CAFile
+		for _, a := range anchors {
+			if log != nil {
+				log.Debug("trust anchor", "subject", a.Subject.String(), "spki_sha256", chain.SPKIHash(a), "not_after", a.NotAfter.UTC().Format(time.RFC3339))
+			}
+		}
+		return ut, nil
+	}
+	dir := tc.PinDir
+	if dir == "" {
+		if dir, err = chain.DefaultPinDir(); err != nil {
+			return nil, err
+		}
+	}
+	if ut.system, err = chain.SystemRoots(); err != nil {
+		return nil, err
+	}
+	ut.store = &chain.PinStore{Dir: dir}
+	ut.pins = &chain.PinTrust{Store: ut.store, Dialer: ut.dialer, Policy: policy, System: ut.system, AIA: ut.aia}
+	ut.dialer.Trust = ut.pins
+	ut.describe = "the pinned anchor in " + ut.store.Path(spec.Host, spec.Port, tc.ServerName)
+	return ut, nil
+}
+
+// warnExpiry logs certificates that expire within warn.
+func warnExpiry(log *slog.Logger, what string, c *x509.Certificate, warn time.Duration) {
+	left := time.Until(c.NotAfter)
+	if left < warn {
+		log.Warn(what+" expires soon", "subject", c.Subject.String(), "not_after", c.NotAfter.UTC().Format(time.RFC3339),
+			"days_left", int(left.Hours()/24))
+	}
+}
+
+// prepareTrust makes sure a pinned route has its pin at start-up, fetching
+// it the first time, and logs the outcome. A route that cannot be trusted
+// keeps refusing clients with the reason; it is retried on later connections.
+func prepareTrust(ctx context.Context, ut *upstreamTrust, log *slog.Logger, warn time.Duration) {
+	if ut.pins == nil {
+		return
+	}
+	ut.pins.OnPinned = func(p *chain.Pin, path string) {
+		log.Info("upstream pinned", "upstream", ut.spec.addr(), "policy", p.Policy, "anchor", p.Anchors[0].Subject.String(),
+			"spki_sha256", strings.Join(p.Fingerprints(), ","), "pin_file", path)
+	}
+	p, path, err := ut.pins.Current(ctx)
+	if err != nil {
+		log.Error("refusing to relay to this upstream until it can be trusted (clients get this reason; retried on later connections)",
+			"upstream", ut.spec.addr(), "error", err.Error())
+		return
+	}
+	log.Info("using pin", "upstream", ut.spec.addr(), "pin_file", path, "policy", p.Policy, "spki_sha256", strings.Join(p.Fingerprints(), ","),
+		"first_seen", p.FirstSeen.UTC().Format(time.RFC3339))
+	for _, a := range p.Anchors {
+		warnExpiry(log, "pinned anchor", a, warn)
+	}
+}
