@@ -1,0 +1,148 @@
+package chain
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// selfSignedCA makes a CA certificate for pin tests (the harness package
+// imports chain's dependencies only in external tests).
+func selfSignedCA(t *testing.T, cn string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testPin(t *testing.T, anchor *x509.Certificate, inter ...*x509.Certificate) *Pin {
+	now := time.Now().UTC().Truncate(time.Second)
+	return &Pin{Host: "db.example.com", Port: 5432, Policy: "system", Anchors: []*x509.Certificate{anchor},
+		Intermediates: inter, FirstSeen: now, Updated: now}
+}
+
+func TestPinRoundTripAndPermissions(t *testing.T) {
+	store := &PinStore{Dir: filepath.Join(t.TempDir(), "pins")}
+	a, i := selfSignedCA(t, "anchor"), selfSignedCA(t, "hint")
+	path, err := store.Save(testPin(t, a, i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("pin file mode %v, %v; want 0600", st.Mode().Perm(), err)
+	}
+	if dst, _ := os.Stat(store.Dir); dst.Mode().Perm() != 0o700 {
+		t.Errorf("pin dir mode %v, want 0700", dst.Mode().Perm())
+	}
+	p, err := store.Load("db.example.com", 5432, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Anchors) != 1 || !p.Anchors[0].Equal(a) || len(p.Intermediates) != 1 || !p.Intermediates[0].Equal(i) {
+		t.Fatalf("round trip changed the certificates: %+v", p)
+	}
+	if _, err := store.Load("db.example.com", 5433, ""); err != ErrNoPin {
+		t.Fatalf("another port: got %v, want ErrNoPin", err)
+	}
+	if store.Path("h", 1, "") == store.Path("h", 1, "other") {
+		t.Error("server name is not part of the pin's identity")
+	}
+}
+
+func TestDamagedPinFilesAreErrors(t *testing.T) {
+	a, i := selfSignedCA(t, "anchor"), selfSignedCA(t, "hint")
+	good, err := testPin(t, a, i).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := testPin(t, selfSignedCA(t, "other")).Encode()
+	otherPEM := other[strings.Index(string(other), "-----BEGIN"):]
+	goodPEM := strings.Index(string(good), "-----BEGIN")
+	tests := []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"empty", nil, "no metadata line"},
+		{"plain PEM bundle", good[goodPEM:], "no metadata line"},
+		{"truncated", good[:len(good)-40], "certificate"},
+		{"anchor swapped", append(append([]byte{}, good[:goodPEM]...), append(otherPEM, good[goodPEM:]...)...), "metadata"},
+		{"metadata garbled", []byte(strings.Replace(string(good), `"version":1`, `"version":1,,`, 1)), "metadata line"},
+		{"future format", []byte(strings.Replace(string(good), `"version":1`, `"version":9`, 1)), "version 9"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParsePin(tc.data)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+	// Through the store, the error names the file and says it was kept.
+	store := &PinStore{Dir: t.TempDir()}
+	path := store.Path("db.example.com", 5432, "")
+	os.WriteFile(path, good[:len(good)-40], 0o600)
+	if _, err := store.Load("db.example.com", 5432, ""); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "left as it is") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestPinWriteCrashKeepsOldPin kills a writer half-way (in a child process
+// that exits without cleanup, as a crash would) and checks the old pin.
+func TestPinWriteCrashKeepsOldPin(t *testing.T) {
+	if dir := os.Getenv("PGVP_CRASH_PIN_DIR"); dir != "" {
+		store := &PinStore{Dir: dir, crashAfter: 300}
+		store.Save(testPin(t, selfSignedCA(t, "new anchor")))
+		t.Fatal("the simulated crash did not happen")
+	}
+	dir := t.TempDir()
+	store := &PinStore{Dir: dir}
+	old := selfSignedCA(t, "old anchor")
+	path, err := store.Save(testPin(t, old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPinWriteCrashKeepsOldPin$")
+	cmd.Env = append(os.Environ(), "PGVP_CRASH_PIN_DIR="+dir)
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Fatalf("child: %v, want the simulated crash (exit 3)", err)
+	}
+	after, _ := os.ReadFile(path)
+	if string(after) != string(before) {
+		t.Fatal("the pin file changed although the write crashed")
+	}
+	p, err := store.Load("db.example.com", 5432, "")
+	if err != nil || !p.Anchors[0].Equal(old) {
+		t.Fatalf("old pin not intact: %v", err)
+	}
+	// The crash left its partial temporary file beside the pin, never in it.
+	matches, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	if len(matches) != 1 {
+		t.Fatalf("want the crashed temporary file left aside, found %v", matches)
+	}
+}
