@@ -192,6 +192,16 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 	if r := psqlDirect(t, pinFile); r.code != 0 || r.out != "verified" {
 		t.Fatalf("psql verify-full with the pin file as sslrootcert: exit %d %q %q", r.code, r.out, r.err)
 	}
+	// chain show, on the live upstream and on the pin file.
+	out, code = runCLI(t, []string{sysTrust}, "chain", "show", "--upstream", upstream, "--pin-dir", pinDir)
+	if code != 0 || !strings.Contains(out, "CN=rotation root A,O=pgverifyproxy tests   <== pinned anchor") || !strings.Contains(out, "days left") ||
+		!strings.Contains(out, "SPKI SHA-256: "+chain.SPKIHash(leaf1.Cert)) {
+		t.Fatalf("chain show --upstream: exit %d\n%s", code, out)
+	}
+	out, code = runCLI(t, nil, "chain", "show", pinFile)
+	if code != 0 || !strings.Contains(out, "policy system") || !strings.Contains(out, "intermediates kept as path hints") {
+		t.Fatalf("chain show FILE: exit %d\n%s", code, out)
+	}
 	// A second fetch checks against the pin and leaves it alone.
 	out, code = runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
 	if code != 0 || !strings.Contains(out, "still matches its pin") {

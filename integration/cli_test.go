@@ -79,12 +79,11 @@ func TestCLIOneLinerWithProviderURI(t *testing.T) {
 	if r.code != 0 || r.out != harness.MD5User+"|true" {
 		t.Fatalf("psql through the CLI proxy: exit %d out %q err %q\nproxy log:\n%s", r.code, r.out, r.err, p.log())
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.log(), "upstream verified") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitForLog(t, p, "upstream verified")
 	log := p.log()
-	for _, want := range []string{"using only its host and port", `ignored="user,password,database,sslmode=require"`, "upstream verified (verify-full)"} {
+	// The test certificates expire within 48 hours: under the default
+	// 30-day threshold the proxy must warn.
+	for _, want := range []string{"using only its host and port", `ignored="user,password,database,sslmode=require"`, "upstream verified (verify-full)", `msg="server certificate expires soon"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("proxy log lacks %q:\n%s", want, log)
 		}
@@ -96,6 +95,7 @@ func TestCLIOneLinerWithProviderURI(t *testing.T) {
 
 func TestCLIEnvironmentConfig(t *testing.T) {
 	p := startCLI(t, []string{
+		"PGVERIFYPROXY_EXPIRY_WARNING=1h",
 		fmt.Sprintf("PGVERIFYPROXY_UPSTREAM=localhost:%d", cluster.Port),
 		"PGVERIFYPROXY_CA_FILE=" + rootFile,
 		"PGVERIFYPROXY_CLIENT_TLS=disable",
@@ -107,6 +107,10 @@ func TestCLIEnvironmentConfig(t *testing.T) {
 	r = runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=disable", harness.ScramPassword, "select 1")
 	if r.code != 0 || r.out != "1" {
 		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
+	}
+	waitForLog(t, p, "upstream verified")
+	if strings.Contains(p.log(), "expires soon") {
+		t.Errorf("expiry warning despite PGVERIFYPROXY_EXPIRY_WARNING=1h:\n%s", p.log())
 	}
 }
 
@@ -140,5 +144,17 @@ func TestCLIVersion(t *testing.T) {
 	out, err := exec.Command(binPath, "version").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "pgverifyproxy ") {
 		t.Fatalf("version: %v %q", err, out)
+	}
+}
+
+// waitForLog waits until the proxy's log holds s.
+func waitForLog(t *testing.T, p *cliProxy, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.log(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy log never showed %q:\n%s", s, p.log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -257,8 +257,10 @@ func showUpstream(ctx context.Context, w io.Writer, tc trustConfig) error {
 	}
 	d := ut.dialer
 	var pinned []string
+	var pin *chain.Pin
 	if ut.store != nil {
 		if p, err := ut.store.Load(d.Host, d.Port, d.ServerName); err == nil {
+			pin = p
 			pinned = p.Fingerprints()
 			fmt.Fprintf(w, "Pin: %s (policy %s, first seen %s)\n", ut.store.Path(d.Host, d.Port, d.ServerName), p.Policy, p.FirstSeen.UTC().Format(time.RFC3339))
 		} else if errors.Is(err, chain.ErrNoPin) {
@@ -281,6 +283,22 @@ func showUpstream(ctx context.Context, w io.Writer, tc trustConfig) error {
 	if len(extra) > 0 {
 		printCerts(w, "fetched through AIA", extra, pinned)
 	}
+	// The path verify-full builds, up to the anchor it ends at.
+	v := &chain.Verifier{Roots: roots, AIA: ut.aia, ServerName: d.VerifyName(), System: ut.system}
+	against := "the system trust store"
+	if ut.caRoots != nil {
+		against = "--ca-file"
+	}
+	if pin != nil {
+		v.Roots, v.Intermediates, v.Pinned, v.PinnedSince = pin.Pool(), pin.Intermediates, pin.Anchors, pin.FirstSeen
+		against = "the pin"
+	}
+	path, err := v.Verify(f.Presented)
+	if err != nil {
+		fmt.Fprintf(w, "verify-full against %s: FAILS: %v\n", against, err)
+		return nil
+	}
+	printCerts(w, "of the verified path against "+against+" (leaf to anchor; verify-full passes)", path, pinned)
 	return nil
 }
 
