@@ -26,6 +26,9 @@ const (
 	AIAMaxURLsPerCert = 5
 	// AIAMaxDepth bounds how many issuer levels are fetched.
 	AIAMaxDepth = 4
+	// AIAMaxFetches bounds the fetches of one Complete call: the URLs come
+	// from certificates an attacker on the path may have made.
+	AIAMaxFetches = AIAMaxDepth * AIAMaxURLsPerCert
 )
 
 // Completer fetches missing intermediates from the caIssuers URLs of the
@@ -62,6 +65,7 @@ func (c *Completer) Complete(ctx context.Context, presented []*x509.Certificate,
 	var fetched []*x509.Certificate
 	var errs []error
 	frontier := presented
+	fetches := 0
 	for depth := 0; depth < AIAMaxDepth && len(frontier) > 0; depth++ {
 		if roots != nil && chains(presented[0], roots, pool) {
 			break
@@ -76,6 +80,10 @@ func (c *Completer) Complete(ctx context.Context, presented []*x509.Certificate,
 				urls = urls[:AIAMaxURLsPerCert]
 			}
 			for _, u := range urls {
+				if fetches >= AIAMaxFetches {
+					break
+				}
+				fetches++
 				certs, err := c.fetch(ctx, u)
 				if err != nil {
 					errs = append(errs, err)
@@ -83,7 +91,9 @@ func (c *Completer) Complete(ctx context.Context, presented []*x509.Certificate,
 				}
 				for _, nc := range certs {
 					h := sha256.Sum256(nc.Raw)
-					if seen[h] {
+					// Only the certificate's issuer is of use; anything
+					// else in the answer is not followed.
+					if seen[h] || !bytes.Equal(nc.RawSubject, cert.RawIssuer) {
 						continue
 					}
 					seen[h] = true
@@ -131,7 +141,12 @@ func (c *Completer) fetch(ctx context.Context, rawURL string) ([]*x509.Certifica
 	}
 	client := c.Client
 	if client == nil {
-		client = &http.Client{Timeout: timeout}
+		client = &http.Client{Timeout: timeout, CheckRedirect: func(r *http.Request, via []*http.Request) error {
+			if r.URL.Scheme != "http" || len(via) >= 3 {
+				return fmt.Errorf("aia: redirect to %s refused: only http:// and at most 3 redirects", r.URL.Redacted())
+			}
+			return nil
+		}}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
