@@ -161,22 +161,12 @@ func ParsePin(data []byte) (*Pin, error) {
 	}
 	p := &Pin{Host: meta.Host, Port: meta.Port, ServerName: meta.ServerName, Policy: meta.Policy,
 		FirstSeen: meta.FirstSeen, Updated: meta.Updated}
-	var certs []*x509.Certificate
-	rest := data
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("unexpected PEM block %q", block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
-		}
-		certs = append(certs, c)
+	certs, others, err := pemCertificates(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(others) > 0 {
+		return nil, fmt.Errorf("unexpected PEM block %q", others[0])
 	}
 	if len(meta.Anchors) == 0 {
 		return nil, errors.New("no anchor in the metadata")

@@ -258,6 +258,28 @@ func SPKIHash(c *x509.Certificate) string {
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
+// pemCertificates parses every CERTIFICATE block of data and returns the
+// types of the other blocks it passed over.
+func pemCertificates(data []byte) (certs []*x509.Certificate, otherTypes []string, err error) {
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return certs, otherTypes, nil
+		}
+		if block.Type != "CERTIFICATE" {
+			otherTypes = append(otherTypes, block.Type)
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+}
+
 // LoadCAFile reads a PEM bundle of trust anchors. It fails when the file holds
 // no certificate, so a wrong path or a key file is caught at start-up.
 func LoadCAFile(path string) (*x509.CertPool, []*x509.Certificate, error) {
@@ -265,22 +287,9 @@ func LoadCAFile(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading CA file: %w", err)
 	}
-	var certs []*x509.Certificate
-	rest := data
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, nil, fmt.Errorf("parsing CA file %s: certificate %d: %w", path, len(certs)+1, err)
-		}
-		certs = append(certs, c)
+	certs, _, err := pemCertificates(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing CA file %s: %w", path, err)
 	}
 	if len(certs) == 0 {
 		return nil, nil, fmt.Errorf("CA file %s holds no PEM certificate", path)

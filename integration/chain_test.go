@@ -131,19 +131,8 @@ func writeBundle(t *testing.T, name string, certs ...*harness.Cert) string {
 // psqlDirect connects psql straight to the cluster with verify-full.
 func psqlDirect(t *testing.T, rootcert string) psqlResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	dsn := fmt.Sprintf("host=localhost port=%d dbname=postgres user=%s sslmode=verify-full sslrootcert=%s", cluster.Port, harness.MD5User, rootcert)
-	cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-d", dsn, "-c", "select 'verified'")
-	cmd.Env = cleanEnv("PGPASSWORD=" + harness.MD5Password)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	}
-	return psqlResult{out: strings.TrimSpace(out.String()), err: errb.String(), code: code}
+	return psqlDSN(t, dsn, harness.MD5Password, "select 'verified'")
 }
 
 // TestChainFetchPinAndRotation is the manual procedure as one command, then

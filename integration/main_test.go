@@ -160,9 +160,14 @@ type psqlResult struct {
 // runPsql runs psql against the proxy with a clean libpq environment.
 func runPsql(t *testing.T, port int, conninfo, password, sql string) psqlResult {
 	t.Helper()
+	return psqlDSN(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres connect_timeout=20 %s", port, conninfo), password, sql)
+}
+
+// psqlDSN runs one statement with psql on a full connection string.
+func psqlDSN(t *testing.T, dsn, password, sql string) psqlResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dsn := fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres connect_timeout=20 %s", port, conninfo)
 	cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql)
 	cmd.Env = cleanEnv("PGPASSWORD=" + password)
 	var out, errb strings.Builder
