@@ -54,7 +54,8 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 type Route struct {
 	// Name identifies the route in logs; defaults to the upstream address.
 	Name string
-	// Listen are TCP addresses ("127.0.0.1:5432").
+	// Listen are listen addresses: "HOST:PORT" for TCP, "unix:/DIR[:PORT]"
+	// for a unix socket in libpq's layout (see ParseListenAddr).
 	Listen []string
 	// Listeners are already-open listeners used in addition to Listen
 	// (tests, socket activation).
@@ -94,11 +95,22 @@ func (r *Route) validate() error {
 	if len(r.Listen) == 0 && len(r.Listeners) == 0 {
 		return fmt.Errorf("route %s: no listen address", r.Name)
 	}
+	unix := false
+	for _, a := range r.Listen {
+		la, err := ParseListenAddr(a)
+		if err != nil {
+			return fmt.Errorf("route %s: %w", r.Name, err)
+		}
+		unix = unix || la.Network == "unix"
+	}
 	mode, err := ParseClientTLSMode(string(r.ClientTLS))
 	if err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)
 	}
 	r.ClientTLS = mode
+	if unix && mode == ClientTLSRequire {
+		return fmt.Errorf("route %s: client_tls=require cannot serve a unix socket: libpq never asks for TLS over one", r.Name)
+	}
 	if mode != ClientTLSDisable && r.TLSConfig == nil {
 		return fmt.Errorf("route %s: client_tls=%s needs a TLS certificate", r.Name, mode)
 	}

@@ -65,7 +65,18 @@ func (s *Server) Listen() error {
 			s.listeners = append(s.listeners, &listener{Listener: l, route: r})
 		}
 		for _, addr := range r.Listen {
-			l, err := net.Listen("tcp", addr)
+			la, err := ParseListenAddr(addr)
+			if err != nil {
+				for _, l := range s.listeners {
+					l.Close()
+				}
+				s.listeners = nil
+				return fmt.Errorf("proxy: route %s: %w", r.Name, err)
+			}
+			l, stale, err := listen(la)
+			if stale {
+				s.log.Warn("removed a stale socket file left by a process that did not shut down", "route", r.Name, "path", la.Address)
+			}
 			if err != nil {
 				for _, l := range s.listeners {
 					l.Close()

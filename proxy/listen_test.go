@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseListenAddr(t *testing.T) {
+	long := "/" + strings.Repeat("d", 100)
+	tests := []struct {
+		in      string
+		network string
+		address string
+		wantErr string
+	}{
+		{in: "127.0.0.1:5432", network: "tcp", address: "127.0.0.1:5432"},
+		{in: "[::1]:6432", network: "tcp", address: "[::1]:6432"},
+		{in: ":5432", network: "tcp", address: ":5432"},
+		{in: "localhost", wantErr: "want HOST:PORT"},
+		{in: "127.0.0.1:", wantErr: "want HOST:PORT"},
+		{in: "unix:/run/pg", network: "unix", address: "/run/pg/.s.PGSQL.5432"},
+		{in: "unix:/run/pg/", network: "unix", address: "/run/pg/.s.PGSQL.5432"},
+		{in: "unix:/run/pg:6432", network: "unix", address: "/run/pg/.s.PGSQL.6432"},
+		{in: "unix:/run/pg/.s.PGSQL.7000", network: "unix", address: "/run/pg/.s.PGSQL.7000"},
+		{in: "unix:run/pg", wantErr: "absolute path"},
+		{in: "unix:/run/pg:port", wantErr: "not a number"},
+		{in: "unix:/run/pg:70000", wantErr: "not a number"},
+		{in: "unix:" + long, wantErr: "the limit is 107"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseListenAddr(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ParseListenAddr(%q) = %+v, %v; want error with %q", tc.in, got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got.Network != tc.network || got.Address != tc.address {
+				t.Fatalf("ParseListenAddr(%q) = %+v, %v; want %s %s", tc.in, got, err, tc.network, tc.address)
+			}
+		})
+	}
+}
+
+// shortTempDir returns a directory whose socket paths fit sockaddr_un.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/tmp", "pgvp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+func TestListenUnixSocketFiles(t *testing.T) {
+	dir := shortTempDir(t)
+	path := filepath.Join(dir, ".s.PGSQL.5432")
+	addr := ListenAddr{Network: "unix", Address: path}
+
+	t.Run("fresh", func(t *testing.T) {
+		l, stale, err := listen(addr)
+		if err != nil || stale {
+			t.Fatalf("listen: stale=%v err=%v", stale, err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != unixSocketMode {
+			t.Fatalf("socket file: %v, %v; want mode %o", fi, err, unixSocketMode)
+		}
+		t.Run("in use", func(t *testing.T) {
+			if _, _, err := listen(addr); err == nil || !strings.Contains(err.Error(), "is in use") {
+				t.Fatalf("second listen: %v; want 'is in use'", err)
+			}
+		})
+		l.Close()
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Fatalf("socket file after Close: %v; want it removed", err)
+		}
+	})
+	t.Run("stale file from a crash", func(t *testing.T) {
+		// A listener whose file is not unlinked on close, as after a crash.
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		l2, stale, err := listen(addr)
+		if err != nil || !stale {
+			t.Fatalf("listen over a stale socket: stale=%v err=%v", stale, err)
+		}
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("dialing the new socket: %v", err)
+		}
+		c.Close()
+		l2.Close()
+	})
+	t.Run("not a socket", func(t *testing.T) {
+		if err := os.WriteFile(path, []byte("data"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(path)
+		if _, _, err := listen(addr); err == nil || !strings.Contains(err.Error(), "is not a socket") {
+			t.Fatalf("listen over a regular file: %v; want 'is not a socket'", err)
+		}
+		if b, _ := os.ReadFile(path); string(b) != "data" {
+			t.Fatalf("regular file changed to %q", b)
+		}
+	})
+	t.Run("missing directory", func(t *testing.T) {
+		_, _, err := listen(ListenAddr{Network: "unix", Address: filepath.Join(dir, "nope", ".s.PGSQL.5432")})
+		if err == nil || !strings.Contains(err.Error(), "does not exist") {
+			t.Fatalf("listen in a missing dir: %v", err)
+		}
+	})
+}
