@@ -27,7 +27,7 @@ func newChainCmd() *cobra.Command {
 }
 
 func newChainFetchCmd() *cobra.Command {
-	var configFile, out string
+	var configFile, out, route string
 	var repin bool
 	var wait, retryInterval time.Duration
 	cmd := &cobra.Command{
@@ -47,8 +47,8 @@ func newChainFetchCmd() *cobra.Command {
 With a pin already there, fetch checks the upstream against it; --repin replaces it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var tc trustConfig
-			if err := loadConfig(cmd.Flags(), configFile, trustOptions, &tc); err != nil {
+			tc, err := loadTrustConfig(cmd.Flags(), configFile, route)
+			if err != nil {
 				return usageError{err}
 			}
 			return chainFetch(cmd.Context(), cmd.OutOrStdout(), tc, out, repin, wait, retryInterval)
@@ -56,6 +56,7 @@ With a pin already there, fetch checks the upstream against it; --repin replaces
 	}
 	addFlags(cmd.Flags(), trustOptions)
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file (its upstream settings are used)")
+	cmd.Flags().StringVar(&route, "route", "", "with --config: use the upstream settings of this route")
 	cmd.Flags().StringVar(&out, "out", "", "also write the pinned anchor(s) as a PEM file for libpq's sslrootcert")
 	cmd.Flags().BoolVar(&repin, "repin", false, "replace the existing pin (after a change you have confirmed with the provider)")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "keep retrying this long until the chain can be trusted (e.g. a new service's self-signed certificate being replaced)")
@@ -199,7 +200,7 @@ func writeOut(w io.Writer, out string, p *chain.Pin) error {
 }
 
 func newChainShowCmd() *cobra.Command {
-	var configFile string
+	var configFile, route string
 	cmd := &cobra.Command{
 		Use:   "show [--upstream X | FILE]",
 		Short: "Print each certificate of the upstream's chain, or of a PEM/pin file, and which one is pinned",
@@ -209,8 +210,8 @@ func newChainShowCmd() *cobra.Command {
 			if len(args) == 1 {
 				return showFile(w, args[0])
 			}
-			var tc trustConfig
-			if err := loadConfig(cmd.Flags(), configFile, trustOptions, &tc); err != nil {
+			tc, err := loadTrustConfig(cmd.Flags(), configFile, route)
+			if err != nil {
 				return usageError{err}
 			}
 			return showUpstream(cmd.Context(), w, tc)
@@ -218,6 +219,7 @@ func newChainShowCmd() *cobra.Command {
 	}
 	addFlags(cmd.Flags(), trustOptions)
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file (its upstream settings are used)")
+	cmd.Flags().StringVar(&route, "route", "", "with --config: use the upstream settings of this route")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	return cmd
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -35,7 +37,39 @@ type runConfig struct {
 	DrainTimeout   time.Duration `mapstructure:"drain_timeout"`
 	LogLevel       string        `mapstructure:"log_level"`
 	LogFormat      string        `mapstructure:"log_format"`
+	UpstreamCert   string        `mapstructure:"upstream_cert"`
+	UpstreamKey    string        `mapstructure:"upstream_key"`
+	Negotiation    string        `mapstructure:"negotiation"`
+	// Routes come from the config file only. When there are none, the
+	// top-level settings make the one route.
+	Routes []routeConfig `mapstructure:"routes"`
+
+	// topLevelSet records which of upstream and listen were given at the
+	// top level (flag, environment or file), which routes forbid.
+	topLevelSet map[string]bool
 }
+
+// routeConfig is one route: its listeners and one upstream with its own
+// server name, trust and client certificate. Empty settings other than
+// name, listen, upstream and server_name take the top-level value.
+type routeConfig struct {
+	Name          string   `mapstructure:"name"`
+	Listen        []string `mapstructure:"listen"`
+	Upstream      string   `mapstructure:"upstream"`
+	ServerName    string   `mapstructure:"server_name"`
+	CAFile        string   `mapstructure:"ca_file"`
+	Trust         string   `mapstructure:"trust"`
+	UpstreamCert  string   `mapstructure:"upstream_cert"`
+	UpstreamKey   string   `mapstructure:"upstream_key"`
+	Negotiation   string   `mapstructure:"negotiation"`
+	ClientTLS     string   `mapstructure:"client_tls"`
+	ClientTLSCert string   `mapstructure:"client_tls_cert"`
+	ClientTLSKey  string   `mapstructure:"client_tls_key"`
+}
+
+// routeKeys are the settings a route may carry.
+var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
+	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -52,7 +86,10 @@ var runOptions = []option{
 	{"pin_dir", "pin-dir", "", "directory of the pin files (default: $XDG_STATE_HOME/pgverifyproxy or ~/.local/state/pgverifyproxy)"},
 	{"trust", "trust", "system", "how a first pin is chosen: system (the chain must lead to a root in the system trust store) or tofu (trust on first use)"},
 	{"expiry_warning", "expiry-warning", 30 * 24 * time.Hour, "warn in the log when the pinned anchor or the server's certificate expires within this time"},
-	{"listen", "listen", []string{"127.0.0.1:5432"}, "local address to accept clients on (repeatable)"},
+	{"upstream_cert", "upstream-cert", "", "PEM client certificate to present to the upstream (pg_hba cert / clientcert=verify-full); sent only after the server is verified"},
+	{"upstream_key", "upstream-key", "", "PEM private key for --upstream-cert (mode 0600, or 0640 owned by root, as libpq requires)"},
+	{"negotiation", "negotiation", string(chain.NegotiatePostgres), "how TLS starts upstream: postgres (SSLRequest first, any server) or direct (PostgreSQL 17+ direct TLS with ALPN postgresql)"},
+	{"listen", "listen", []string{"127.0.0.1:5432"}, "local address to accept clients on, HOST:PORT or unix:/DIR[:PORT] for libpq's /DIR/.s.PGSQL.PORT (repeatable)"},
 	{"client_tls", "client-tls", "allow", "answer to a client's SSLRequest: allow (TLS or plaintext), disable (plaintext only), require (TLS only)"},
 	{"client_tls_cert", "client-tls-cert", "", "PEM certificate chain for client TLS (default: an in-memory self-signed certificate for localhost)"},
 	{"client_tls_key", "client-tls-key", "", "PEM private key for --client-tls-cert"},
@@ -98,46 +135,68 @@ func addFlags(fs *pflag.FlagSet, opts []option) {
 // flags with viper (flags win) into a runConfig.
 func loadRunConfig(fs *pflag.FlagSet, configFile string) (runConfig, error) {
 	var rc runConfig
-	if err := loadConfig(fs, configFile, runOptions, &rc); err != nil {
+	v, err := loadConfig(fs, configFile, runOptions, &rc)
+	if err != nil {
 		return runConfig{}, err
 	}
 	rc.Listen = splitList(rc.Listen)
+	rc.topLevelSet = map[string]bool{"upstream": isSet(v, fs, "upstream"), "listen": isSet(v, fs, "listen")}
+	for i := range rc.Routes {
+		rc.Routes[i].Listen = splitList(rc.Routes[i].Listen)
+	}
 	return rc, nil
 }
 
 // loadConfig fills out (a struct with mapstructure tags) from opts' flags,
-// environment variables, the config file and defaults, flags first.
-func loadConfig(fs *pflag.FlagSet, configFile string, opts []option, out any) error {
+// environment variables, the config file and defaults, flags first. Options
+// without a flag in fs are read from the environment and the file only.
+func loadConfig(fs *pflag.FlagSet, configFile string, opts []option, out any) (*viper.Viper, error) {
 	v := viper.New()
 	for _, o := range opts {
 		v.SetDefault(o.key, o.def)
-		if err := v.BindPFlag(o.key, fs.Lookup(o.flag)); err != nil {
-			return err
+		if f := fs.Lookup(o.flag); f != nil {
+			if err := v.BindPFlag(o.key, f); err != nil {
+				return nil, err
+			}
 		}
 		if err := v.BindEnv(o.key, envPrefix+"_"+strings.ToUpper(o.key)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if configFile != "" {
 		v.SetConfigFile(configFile)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
-			return fmt.Errorf("reading config file %s: %w", configFile, err)
+			return nil, fmt.Errorf("reading config file %s: %w", configFile, err)
 		}
 		if err := checkKnownKeys(v); err != nil {
-			return fmt.Errorf("config file %s: %w", configFile, err)
+			return nil, fmt.Errorf("config file %s: %w", configFile, err)
 		}
 	}
 	if err := v.Unmarshal(out); err != nil {
-		return fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
-	return nil
+	return v, nil
 }
 
-// checkKnownKeys rejects misspelt keys in the file, which would otherwise be
-// silently ignored.
+// isSet reports whether key was given as a flag, a non-empty environment
+// variable or a top-level key of the file (viper's IsSet also counts
+// defaults of bound flags).
+func isSet(v *viper.Viper, fs *pflag.FlagSet, key string) bool {
+	for _, o := range runOptions {
+		if o.key == key {
+			if f := fs.Lookup(o.flag); f != nil && f.Changed {
+				return true
+			}
+		}
+	}
+	return os.Getenv(envPrefix+"_"+strings.ToUpper(key)) != "" || v.InConfig(key)
+}
+
+// checkKnownKeys rejects misspelt keys in the file, at the top level and in
+// routes, which would otherwise be silently ignored.
 func checkKnownKeys(v *viper.Viper) error {
-	known := map[string]bool{}
+	known := map[string]bool{"routes": true}
 	for _, o := range runOptions {
 		known[o.key] = true
 	}
@@ -147,7 +206,29 @@ func checkKnownKeys(v *viper.Viper) error {
 			unknown = append(unknown, k)
 		}
 	}
+	if raw := v.Get("routes"); raw != nil {
+		list, ok := raw.([]any)
+		if !ok {
+			return errors.New("routes must be a list of routes")
+		}
+		inRoute := map[string]bool{}
+		for _, k := range routeKeys {
+			inRoute[k] = true
+		}
+		for i, r := range list {
+			m, ok := r.(map[string]any)
+			if !ok {
+				return fmt.Errorf("routes[%d] must be a mapping of settings", i)
+			}
+			for k := range m {
+				if !inRoute[strings.ToLower(k)] {
+					unknown = append(unknown, fmt.Sprintf("routes[%d].%s", i, k))
+				}
+			}
+		}
+	}
 	if len(unknown) > 0 {
+		sort.Strings(unknown)
 		return fmt.Errorf("unknown setting(s): %s", strings.Join(unknown, ", "))
 	}
 	return nil
@@ -166,22 +247,108 @@ func splitList(in []string) []string {
 	return out
 }
 
-// validate checks what can be checked without touching the network.
-func (rc *runConfig) validate() error {
-	if rc.Upstream == "" {
+// routes returns the routes to serve: the config file's, each completed with
+// the top-level settings, or else one route named "default" made of the
+// top-level settings.
+func (rc *runConfig) routes() ([]routeConfig, error) {
+	if len(rc.Routes) == 0 {
+		return []routeConfig{{
+			Name: "default", Listen: rc.Listen, Upstream: rc.Upstream, ServerName: rc.ServerName,
+			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
+			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
+		}}, nil
+	}
+	for _, k := range []string{"upstream", "listen"} {
+		if rc.topLevelSet[k] {
+			return nil, fmt.Errorf("%s is set at the top level (flag, environment or config file) and the config file has routes: set it in each route instead", k)
+		}
+	}
+	if rc.ServerName != "" {
+		return nil, errors.New("server_name is set at the top level and the config file has routes: set it in the route it belongs to")
+	}
+	inherit := func(v *string, top string) {
+		if *v == "" {
+			*v = top
+		}
+	}
+	names := map[string]bool{}
+	out := make([]routeConfig, len(rc.Routes))
+	for i, r := range rc.Routes {
+		if r.Name == "" {
+			r.Name = r.Upstream
+		}
+		if r.Name == "" {
+			return nil, fmt.Errorf("routes[%d]: no upstream", i)
+		}
+		if names[r.Name] {
+			return nil, fmt.Errorf("routes[%d]: the name %q is used twice; give each route its own name", i, r.Name)
+		}
+		names[r.Name] = true
+		inherit(&r.CAFile, rc.CAFile)
+		inherit(&r.Trust, rc.Trust)
+		inherit(&r.UpstreamCert, rc.UpstreamCert)
+		inherit(&r.UpstreamKey, rc.UpstreamKey)
+		inherit(&r.Negotiation, rc.Negotiation)
+		inherit(&r.ClientTLS, rc.ClientTLS)
+		inherit(&r.ClientTLSCert, rc.ClientTLSCert)
+		inherit(&r.ClientTLSKey, rc.ClientTLSKey)
+		out[i] = r
+	}
+	return out, nil
+}
+
+// validate checks one route without touching the network.
+func (r *routeConfig) validate() error {
+	if r.Upstream == "" {
 		return errors.New("no upstream: pass --upstream HOST:PORT (or set upstream in the config file, or PGVERIFYPROXY_UPSTREAM)")
 	}
-	if _, err := chain.ParsePolicy(rc.Trust); err != nil {
+	if _, err := chain.ParsePolicy(r.Trust); err != nil {
 		return err
 	}
-	if len(rc.Listen) == 0 {
+	if len(r.Listen) == 0 {
 		return errors.New("no listen address")
 	}
-	if _, err := proxy.ParseClientTLSMode(rc.ClientTLS); err != nil {
+	for _, a := range r.Listen {
+		if _, err := proxy.ParseListenAddr(a); err != nil {
+			return err
+		}
+	}
+	if _, err := proxy.ParseClientTLSMode(r.ClientTLS); err != nil {
 		return err
 	}
-	if (rc.ClientTLSCert == "") != (rc.ClientTLSKey == "") {
+	if _, err := chain.ParseNegotiation(r.Negotiation); err != nil {
+		return err
+	}
+	if (r.ClientTLSCert == "") != (r.ClientTLSKey == "") {
 		return errors.New("--client-tls-cert and --client-tls-key go together")
+	}
+	if (r.UpstreamCert == "") != (r.UpstreamKey == "") {
+		return errors.New("--upstream-cert and --upstream-key go together")
+	}
+	return nil
+}
+
+// validate checks what can be checked without touching the network.
+func (rc *runConfig) validate() error {
+	routes, err := rc.routes()
+	if err != nil {
+		return err
+	}
+	seen := map[string]string{}
+	for _, r := range routes {
+		if err := r.validate(); err != nil {
+			if len(rc.Routes) > 0 {
+				return fmt.Errorf("route %s: %w", r.Name, err)
+			}
+			return err
+		}
+		for _, a := range r.Listen {
+			la, _ := proxy.ParseListenAddr(a)
+			if other, dup := seen[la.String()]; dup {
+				return fmt.Errorf("listen address %s is in route %s and route %s: each address serves one route", a, other, r.Name)
+			}
+			seen[la.String()] = r.Name
+		}
 	}
 	switch rc.LogFormat {
 	case "text", "json":

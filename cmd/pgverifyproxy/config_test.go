@@ -72,8 +72,9 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		Upstream: "file.example:1", CAFile: "/env/ca.pem", ServerName: "flag-name", Trust: "system", ExpiryWarning: 720 * time.Hour,
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
-		LogLevel: "info", LogFormat: "text",
+		LogLevel: "info", LogFormat: "text", Negotiation: "postgres",
 	}
+	rc.topLevelSet = nil
 	if !reflect.DeepEqual(rc, want) {
 		t.Fatalf("got  %+v\nwant %+v", rc, want)
 	}
@@ -146,14 +147,174 @@ func TestValidateNamesWhatIsMissing(t *testing.T) {
 		rc   runConfig
 		want string
 	}{
-		{runConfig{CAFile: "x", Listen: []string{"a"}, LogFormat: "text"}, "--upstream"},
-		{runConfig{Upstream: "h", Listen: []string{"a"}, Trust: "always", LogFormat: "text"}, "--trust must be system or tofu"},
-		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"a"}, ClientTLS: "maybe", LogFormat: "text"}, "allow, disable or require"},
-		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"a"}, ClientTLSCert: "c", LogFormat: "text"}, "go together"},
+		{runConfig{CAFile: "x", Listen: []string{"127.0.0.1:1"}, LogFormat: "text"}, "--upstream"},
+		{runConfig{Upstream: "h", Listen: []string{"127.0.0.1:1"}, Trust: "always", LogFormat: "text"}, "--trust must be system or tofu"},
+		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, ClientTLS: "maybe", LogFormat: "text"}, "allow, disable or require"},
+		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, ClientTLSCert: "c", LogFormat: "text"}, "--client-tls-cert and --client-tls-key go together"},
+		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, UpstreamKey: "k", LogFormat: "text"}, "--upstream-cert and --upstream-key go together"},
+		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, Negotiation: "starttls", LogFormat: "text"}, "postgres (SSLRequest, any server) or direct"},
+		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"localhost"}, LogFormat: "text"}, "want HOST:PORT or unix:/DIR[:PORT]"},
 	}
 	for _, tc := range tests {
 		if err := tc.rc.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("validate(%+v) = %v, want mention of %s", tc.rc, err, tc.want)
 		}
+	}
+}
+
+// loadFile loads a run configuration from YAML text and flags.
+func loadFile(t *testing.T, yaml string, args ...string) (runConfig, error) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	addRunFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return loadRunConfig(fs, file)
+}
+
+func TestRoutesFromConfigFile(t *testing.T) {
+	t.Setenv("PGVERIFYPROXY_LISTEN", "")
+	rc, err := loadFile(t, `
+ca_file: /top/ca.pem
+client_tls: disable
+negotiation: direct
+routes:
+  - name: a
+    upstream: a.example:5432
+    listen: ["127.0.0.1:6001", "unix:/run/a"]
+  - upstream: b.example:6543
+    server_name: b.internal
+    listen: ["127.0.0.1:6002"]
+    trust: tofu
+    ca_file: ""
+    client_tls: require
+    negotiation: postgres
+    upstream_cert: /b/c.crt
+    upstream_key: /b/c.key
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := rc.routes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []routeConfig{
+		{Name: "a", Upstream: "a.example:5432", Listen: []string{"127.0.0.1:6001", "unix:/run/a"}, CAFile: "/top/ca.pem",
+			Trust: "system", ClientTLS: "disable", Negotiation: "direct"},
+		// An empty value in a route takes the top-level one.
+		{Name: "b.example:6543", Upstream: "b.example:6543", ServerName: "b.internal", Listen: []string{"127.0.0.1:6002"},
+			CAFile: "/top/ca.pem", Trust: "tofu", ClientTLS: "require", Negotiation: "postgres",
+			UpstreamCert: "/b/c.crt", UpstreamKey: "/b/c.key"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("routes:\n got  %+v\n want %+v", got, want)
+	}
+}
+
+func TestRoutesRefusals(t *testing.T) {
+	t.Setenv("PGVERIFYPROXY_LISTEN", "")
+	t.Setenv("PGVERIFYPROXY_UPSTREAM", "")
+	const two = "routes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"]}\n  - {name: b, upstream: b:1, listen: [\"127.0.0.1:6002\"]}\n"
+	tests := []struct {
+		name, yaml string
+		args       []string
+		want       string
+	}{
+		{"top-level upstream in file", "upstream: x:1\n" + two, nil, "upstream is set at the top level"},
+		{"upstream flag", two, []string{"--upstream", "x:1"}, "upstream is set at the top level"},
+		{"listen flag", two, []string{"--listen", "127.0.0.1:7"}, "listen is set at the top level"},
+		{"top-level server name", "server_name: s\n" + two, nil, "server_name is set at the top level"},
+		{"same name", "routes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"]}\n  - {name: a, upstream: b:1, listen: [\"127.0.0.1:6002\"]}\n", nil, `the name "a" is used twice`},
+		{"same listen address", "routes:\n  - {name: a, upstream: a:1, listen: [\"unix:/run/x\"]}\n  - {name: b, upstream: b:1, listen: [\"unix:/run/x/.s.PGSQL.5432\"]}\n", nil, "is in route a and route b"},
+		{"no upstream", "routes:\n  - {listen: [\"127.0.0.1:6001\"]}\n", nil, "routes[0]: no upstream"},
+		{"no listen", "routes:\n  - {upstream: a:1}\n", nil, "route a:1: no listen address"},
+		{"bad trust in a route", "routes:\n  - {upstream: a:1, listen: [\"127.0.0.1:6001\"], trust: maybe}\n", nil, "route a:1: --trust must be"},
+		{"require over unix", "routes:\n  - {upstream: a:1, listen: [\"unix:/run/x\"], client_tls: require}\n", nil, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, err := loadFile(t, tc.yaml, tc.args...)
+			if err == nil {
+				err = rc.validate()
+			}
+			if tc.want == "" {
+				// validated later by proxy.New (a route-level rule)
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v; want an error with %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("unknown key in a route", func(t *testing.T) {
+		_, err := loadFile(t, "routes:\n  - {upstream: a:1, listen: [\"127.0.0.1:6001\"], cafile: x}\n")
+		if err == nil || !strings.Contains(err.Error(), "routes[0].cafile") {
+			t.Fatalf("got %v; want an unknown-setting error naming routes[0].cafile", err)
+		}
+	})
+}
+
+// TestExampleRoutesLoad uncomments the routes block of config.example.yaml
+// (dropping the top-level upstream, as the comment says) and validates it.
+func TestExampleRoutesLoad(t *testing.T) {
+	t.Setenv("PGVERIFYPROXY_LISTEN", "")
+	data, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	inRoutes := false
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "upstream:"), strings.HasPrefix(line, "listen:"), strings.HasPrefix(line, "  - \"127.0.0.1:5432\""):
+			continue
+		case strings.HasPrefix(line, "# routes:"):
+			inRoutes = true
+		}
+		if inRoutes && strings.HasPrefix(line, "# ") {
+			line = strings.TrimPrefix(line, "# ")
+		}
+		out = append(out, line)
+	}
+	rc, err := loadFile(t, strings.Join(out, "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.validate(); err != nil {
+		t.Fatalf("the example routes do not validate: %v", err)
+	}
+	routes, _ := rc.routes()
+	if len(routes) != 4 {
+		t.Fatalf("got %d routes from the example, want 4", len(routes))
+	}
+}
+
+func TestChainCommandsPickARoute(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte("pin_dir: /pins\nroutes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"]}\n  - {name: b, upstream: b:2, server_name: b.example, listen: [\"127.0.0.1:6002\"], negotiation: direct}\n"), 0o600)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	addFlags(fs, trustOptions)
+	fs.Parse(nil)
+	tc, err := loadTrustConfig(fs, file, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.Upstream != "b:2" || tc.ServerName != "b.example" || tc.PinDir != "/pins" || tc.Negotiation != "direct" {
+		t.Fatalf("route b gave %+v", tc)
+	}
+	if _, err := loadTrustConfig(fs, file, "c"); err == nil || !strings.Contains(err.Error(), "routes: a, b") {
+		t.Fatalf("unknown route: %v", err)
+	}
+	if _, err := loadTrustConfig(fs, file, ""); err == nil || !strings.Contains(err.Error(), "--route NAME") {
+		t.Fatalf("no route picked: %v", err)
 	}
 }

@@ -29,19 +29,21 @@ func newLogger(rc runConfig) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }
 
-// buildRoute turns the plain configuration into a proxy route and the
-// upstream trust behind it.
-func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *upstreamTrust, error) {
-	ut, err := buildTrust(trustConfig{Upstream: rc.Upstream, ServerName: rc.ServerName, CAFile: rc.CAFile,
-		PinDir: rc.PinDir, Trust: rc.Trust, ConnectTimeout: rc.ConnectTimeout}, log)
+// buildRoute turns one route's plain configuration into a proxy route and
+// the upstream trust behind it.
+func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *upstreamTrust, error) {
+	log = log.With("route", r.Name)
+	ut, err := buildTrust(trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile,
+		PinDir: rc.PinDir, Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout,
+		UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation}, log)
 	if err != nil {
 		return proxy.Route{}, nil, err
 	}
-	mode, _ := proxy.ParseClientTLSMode(rc.ClientTLS)
+	mode, _ := proxy.ParseClientTLSMode(r.ClientTLS)
 	var serverTLS *tls.Config
 	if mode != proxy.ClientTLSDisable {
-		if rc.ClientTLSCert != "" {
-			serverTLS, err = proxy.LoadServerTLSConfig(rc.ClientTLSCert, rc.ClientTLSKey)
+		if r.ClientTLSCert != "" {
+			serverTLS, err = proxy.LoadServerTLSConfig(r.ClientTLSCert, r.ClientTLSKey)
 		} else {
 			serverTLS, err = proxy.SelfSignedTLSConfig()
 		}
@@ -51,8 +53,8 @@ func buildRoute(rc runConfig, log *slog.Logger) (proxy.Route, *upstreamTrust, er
 	}
 	d := ut.dialer
 	route := proxy.Route{
-		Name:         "default",
-		Listen:       rc.Listen,
+		Name:         r.Name,
+		Listen:       r.Listen,
 		UpstreamAddr: ut.spec.addr(),
 		Trust:        ut.describe,
 		RepinCommand: ut.repin,
@@ -82,27 +84,44 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	route, ut, err := buildRoute(rc, log)
+	rcs, err := rc.routes()
 	if err != nil {
 		return usageError{err}
 	}
-	srv, err := proxy.New(proxy.Config{Routes: []proxy.Route{route}, Logger: log})
+	var routes []proxy.Route
+	var trusts []*upstreamTrust
+	for _, r := range rcs {
+		route, ut, err := buildRoute(r, rc, log)
+		if err != nil {
+			if len(rcs) > 1 {
+				err = fmt.Errorf("route %s: %w", r.Name, err)
+			}
+			return usageError{err}
+		}
+		routes = append(routes, route)
+		trusts = append(trusts, ut)
+	}
+	srv, err := proxy.New(proxy.Config{Routes: routes, Logger: log})
 	if err != nil {
 		return usageError{err}
 	}
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	go func() {
-		prepareTrust(context.Background(), ut, log, rc.ExpiryWarning)
-		checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
-		// Expiry warnings stay visible in long-running logs.
-		t := time.NewTicker(12 * time.Hour)
-		defer t.Stop()
-		for range t.C {
+	for i, ut := range trusts {
+		// Each route is checked on its own: one upstream that cannot be
+		// trusted does not stop the others.
+		go func(ut *upstreamTrust, log *slog.Logger) {
+			prepareTrust(context.Background(), ut, log, rc.ExpiryWarning)
 			checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
-		}
-	}()
+			// Expiry warnings stay visible in long-running logs.
+			t := time.NewTicker(12 * time.Hour)
+			defer t.Stop()
+			for range t.C {
+				checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
+			}
+		}(ut, log.With("route", rcs[i].Name))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -135,10 +154,16 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 	defer c.Close()
 	cs := c.ConnectionState()
 	leaf := cs.PeerCertificates[0]
-	log.Info("upstream verified (verify-full)",
-		"upstream", d.Addr(), "server_name", d.VerifyName(),
+	attrs := []any{"upstream", d.Addr(), "server_name", d.VerifyName(),
 		"tls", tls.VersionName(cs.Version), "leaf", leaf.Subject.String(),
 		"leaf_expires", leaf.NotAfter.UTC().Format(time.RFC3339),
-		"rtt", time.Since(start).Round(time.Millisecond).String())
+		"rtt", time.Since(start).Round(time.Millisecond).String()}
+	if d.Negotiation == chain.NegotiateDirect {
+		attrs = append(attrs, "negotiation", "direct", "alpn", cs.NegotiatedProtocol)
+	}
+	if d.ClientCert != nil && d.ClientCert.Leaf != nil {
+		attrs = append(attrs, "client_cert", d.ClientCert.Leaf.Subject.String())
+	}
+	log.Info("upstream verified (verify-full)", attrs...)
 	warnExpiry(log, "server certificate", leaf, warn)
 }

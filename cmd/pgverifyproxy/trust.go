@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	// Mozilla's roots, used only where the host has no trust store of its
 	// own (a scratch container); SSL_CERT_FILE/SSL_CERT_DIR still win.
@@ -23,10 +26,53 @@ type trustConfig struct {
 	PinDir         string        `mapstructure:"pin_dir"`
 	Trust          string        `mapstructure:"trust"`
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	UpstreamCert   string        `mapstructure:"upstream_cert"`
+	UpstreamKey    string        `mapstructure:"upstream_key"`
+	Negotiation    string        `mapstructure:"negotiation"`
 }
 
 // trustOptions are the settings of trustConfig.
-var trustOptions = pickOptions("upstream", "server_name", "ca_file", "pin_dir", "trust", "connect_timeout")
+var trustOptions = pickOptions("upstream", "server_name", "ca_file", "pin_dir", "trust", "connect_timeout",
+	"upstream_cert", "upstream_key", "negotiation")
+
+// loadTrustConfig reads the upstream settings of the chain commands: from
+// flags, environment and file, or, with route, from that route of the file.
+func loadTrustConfig(fs *pflag.FlagSet, configFile, route string) (trustConfig, error) {
+	if route == "" {
+		var tc trustConfig
+		v, err := loadConfig(fs, configFile, trustOptions, &tc)
+		if err != nil {
+			return trustConfig{}, err
+		}
+		if tc.Upstream == "" && v.InConfig("routes") {
+			return trustConfig{}, errors.New("the config file has routes: pick one with --route NAME")
+		}
+		return tc, nil
+	}
+	if configFile == "" {
+		return trustConfig{}, errors.New("--route needs --config: routes are defined in the config file")
+	}
+	var rc runConfig
+	v, err := loadConfig(fs, configFile, runOptions, &rc)
+	if err != nil {
+		return trustConfig{}, err
+	}
+	rc.topLevelSet = map[string]bool{"upstream": isSet(v, fs, "upstream")}
+	routes, err := rc.routes()
+	if err != nil {
+		return trustConfig{}, err
+	}
+	var names []string
+	for _, r := range routes {
+		if r.Name == route {
+			return trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir,
+				Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey,
+				Negotiation: r.Negotiation}, nil
+		}
+		names = append(names, r.Name)
+	}
+	return trustConfig{}, fmt.Errorf("no route named %q in %s (routes: %s)", route, configFile, strings.Join(names, ", "))
+}
 
 // upstreamTrust is a dialer and what it trusts.
 type upstreamTrust struct {
@@ -60,8 +106,18 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 	if err != nil {
 		return nil, err
 	}
+	negotiation, err := chain.ParseNegotiation(tc.Negotiation)
+	if err != nil {
+		return nil, err
+	}
 	ut := &upstreamTrust{spec: spec, policy: policy}
-	ut.dialer = &chain.Dialer{Host: spec.Host, Port: spec.Port, ServerName: tc.ServerName, ConnectTimeout: tc.ConnectTimeout}
+	ut.dialer = &chain.Dialer{Host: spec.Host, Port: spec.Port, ServerName: tc.ServerName, ConnectTimeout: tc.ConnectTimeout,
+		Negotiation: negotiation}
+	if tc.UpstreamCert != "" || tc.UpstreamKey != "" {
+		if ut.dialer.ClientCert, err = chain.LoadClientCertificate(tc.UpstreamCert, tc.UpstreamKey); err != nil {
+			return nil, err
+		}
+	}
 	if log != nil {
 		ut.dialer.OnCommonName = func(c *x509.Certificate) {
 			log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
@@ -77,6 +133,9 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 	}
 	if tc.PinDir != "" {
 		ut.repin += " --pin-dir " + tc.PinDir
+	}
+	if negotiation == chain.NegotiateDirect {
+		ut.repin += " --negotiation direct"
 	}
 	ut.repin += " --repin"
 	if tc.CAFile != "" {
