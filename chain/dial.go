@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -53,7 +55,40 @@ type Dialer struct {
 	// OnCommonName is called when the host name matched the certificate's CN
 	// only (libpq's fallback for certificates without a SAN of the host's type).
 	OnCommonName func(cert *x509.Certificate)
+	// Negotiation is how TLS starts: NegotiatePostgres (an SSLRequest first,
+	// every PostgreSQL version; the default) or NegotiateDirect (PostgreSQL
+	// 17's direct TLS: the handshake starts at once and the server must
+	// select the ALPN protocol "postgresql").
+	Negotiation Negotiation
 }
+
+// Negotiation says how a connection to the upstream starts TLS; the names are
+// those of libpq's sslnegotiation.
+type Negotiation string
+
+const (
+	// NegotiatePostgres sends an SSLRequest and starts TLS after 'S'.
+	NegotiatePostgres Negotiation = "postgres"
+	// NegotiateDirect starts the TLS handshake at once (PostgreSQL 17+),
+	// with ALPN "postgresql" required in the server's answer.
+	NegotiateDirect Negotiation = "direct"
+)
+
+// ALPNProtocol is PostgreSQL's ALPN protocol name.
+const ALPNProtocol = "postgresql"
+
+// ParseNegotiation validates a negotiation name; "" means postgres.
+func ParseNegotiation(s string) (Negotiation, error) {
+	switch Negotiation(s) {
+	case "", NegotiatePostgres:
+		return NegotiatePostgres, nil
+	case NegotiateDirect:
+		return NegotiateDirect, nil
+	}
+	return "", fmt.Errorf("negotiation must be postgres (SSLRequest, any server) or direct (PostgreSQL 17+ direct TLS), not %q", s)
+}
+
+func (d *Dialer) direct() bool { return d.Negotiation == NegotiateDirect }
 
 // Addr returns host:port.
 func (d *Dialer) Addr() string { return net.JoinHostPort(d.Host, strconv.Itoa(d.Port)) }
@@ -109,7 +144,24 @@ func (d *Dialer) TLSConfig(v *Verifier) *tls.Config {
 	if d.ClientCert != nil {
 		cfg.Certificates = []tls.Certificate{*d.ClientCert}
 	}
+	d.setALPN(cfg)
 	return cfg
+}
+
+// setALPN offers "postgresql" as libpq 17 does. A server that predates ALPN
+// ignores it; with direct negotiation the server must select it (checked
+// after the handshake by checkALPN).
+func (d *Dialer) setALPN(cfg *tls.Config) { cfg.NextProtos = []string{ALPNProtocol} }
+
+// checkALPN enforces the server's ALPN answer on direct connections, as a
+// PostgreSQL 17 server enforces the client's: without it, the peer is not
+// known to speak PostgreSQL inside TLS.
+func (d *Dialer) checkALPN(cs tls.ConnectionState) error {
+	if !d.direct() || cs.NegotiatedProtocol == ALPNProtocol {
+		return nil
+	}
+	return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true,
+		Err: fmt.Errorf("direct TLS: the server did not select the ALPN protocol %q (it selected %q): it is not a PostgreSQL 17+ server accepting direct TLS; use negotiation postgres", ALPNProtocol, cs.NegotiatedProtocol)}
 }
 
 // Dial connects to the upstream, asks for TLS with an SSLRequest and returns
@@ -136,13 +188,17 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 		raw.Close()
 		return nil, d.handshakeError(err)
 	}
+	if err := d.checkALPN(conn.ConnectionState()); err != nil {
+		raw.Close()
+		return nil, err
+	}
 	_ = raw.SetDeadline(time.Time{})
 	return conn, nil
 }
 
-// StartTLS opens the TCP connection and performs the SSLRequest exchange,
-// returning the raw connection on which the TLS handshake must start. It is
-// exported for the chain fetcher, which captures certificates itself.
+// StartTLS opens the TCP connection and performs the SSLRequest exchange
+// (nothing, with direct negotiation), returning the raw connection on which
+// the TLS handshake must start.
 func (d *Dialer) StartTLS(ctx context.Context) (net.Conn, error) { return d.startTLS(ctx) }
 
 func (d *Dialer) startTLS(ctx context.Context) (net.Conn, error) {
@@ -156,6 +212,9 @@ func (d *Dialer) startTLS(ctx context.Context) (net.Conn, error) {
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
+	}
+	if d.direct() {
+		return raw, nil
 	}
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:4], 8)
@@ -207,6 +266,17 @@ func (d *Dialer) handshakeError(err error) error {
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: errors.New("TLS handshake timed out")}
+	}
+	if d.direct() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		// A server before PostgreSQL 17 reads the ClientHello as a startup
+		// packet of absurd length and hangs up without a word.
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true,
+			Err: errors.New("direct TLS: the server closed the connection at the TLS ClientHello: it does not accept direct TLS (PostgreSQL 17 or later is needed); use negotiation postgres")}
+	}
+	// crypto/tls reports a received alert only as text.
+	if d.direct() && strings.Contains(err.Error(), "no application protocol") {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true,
+			Err: fmt.Errorf("direct TLS: the server refused the ALPN protocol %q; use negotiation postgres", ALPNProtocol)}
 	}
 	return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: fmt.Errorf("TLS handshake failed (TLS 1.2 or later required): %w", err)}
 }

@@ -19,7 +19,7 @@ type Fetched struct {
 	RTT time.Duration
 }
 
-// Fetch performs the SSLRequest and a TLS handshake with the upstream and
+// Fetch performs the SSLRequest (unless negotiation is direct) and a TLS handshake with the upstream and
 // captures the certificates it presents. It is the only handshake that does
 // not verify as it goes: it sends nothing but the SSLRequest and the
 // handshake, closes, and everything it returns is verified afterwards.
@@ -48,11 +48,15 @@ func Fetch(ctx context.Context, d *Dialer) (*Fetched, error) {
 			return nil
 		},
 	}
+	d.setALPN(cfg)
 	conn := tls.Client(raw, cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, d.handshakeError(err)
 	}
 	cs := conn.ConnectionState()
+	if err := d.checkALPN(cs); err != nil {
+		return nil, err
+	}
 	if len(presented) == 0 {
 		return nil, &DialError{Addr: d.Addr(), Step: StepHandshake, Err: errors.New("the server presented no certificate")}
 	}
