@@ -70,6 +70,7 @@ func run(m *testing.M) int {
 	cluster, err = harness.StartCluster(ctx, harness.ClusterOptions{
 		ServerCertPEM: pki.Leaf.ChainPEM(pki.Intermediate),
 		ServerKeyPEM:  pki.Leaf.KeyPEM,
+		ClientCAPEM:   pki.ClientCA.CertPEM,
 		Logf:          func(f string, a ...any) { fmt.Fprintf(os.Stderr, "harness: "+f+"\n", a...) },
 	})
 	if err != nil {

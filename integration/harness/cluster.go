@@ -30,6 +30,9 @@ const (
 	MD5User = "md5_user"
 	// MD5Password is MD5User's password.
 	MD5Password = "md5-secret-1"
+	// CertUser logs in with a client certificate whose CN is its name
+	// (pg_hba "cert"), signed by ClusterOptions.ClientCAPEM.
+	CertUser = "cert_user"
 )
 
 // serverUserName is the unprivileged account the server runs as when the
@@ -43,6 +46,8 @@ hostssl   all  scram_user  127.0.0.1/32 scram-sha-256
 hostssl   all  scram_user  ::1/128      scram-sha-256
 hostssl   all  md5_user    127.0.0.1/32 md5
 hostssl   all  md5_user    ::1/128      md5
+hostssl   all  cert_user   127.0.0.1/32 cert
+hostssl   all  cert_user   ::1/128      cert
 hostssl   all  all         127.0.0.1/32 scram-sha-256
 hostnossl all  all         0.0.0.0/0    reject
 hostnossl all  all         ::/0         reject
@@ -58,6 +63,9 @@ type ClusterOptions struct {
 	ServerCertPEM []byte
 	// ServerKeyPEM is the private key of the server certificate. Required.
 	ServerKeyPEM []byte
+	// ClientCAPEM, when set, becomes ssl_ca_file: the CA that signs client
+	// certificates (CertUser's). Without it CertUser cannot log in.
+	ClientCAPEM []byte
 	// ExtraConf is appended to postgresql.conf.
 	ExtraConf string
 	// Logf, when set, receives progress output.
@@ -83,6 +91,7 @@ type Cluster struct {
 	logFile  string
 	baseConf []byte // postgresql.conf as written by initdb
 	extra    string
+	clientCA bool
 	owner    *serverOwner // nil: run as the current user
 	logf     func(format string, args ...any)
 
@@ -156,7 +165,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 	if len(o.ServerCertPEM) == 0 || len(o.ServerKeyPEM) == 0 {
 		return nil, errors.New("harness: options: ServerCertPEM and ServerKeyPEM are required")
 	}
-	c := &Cluster{Host: "127.0.0.1", BinDir: o.BinDir, extra: o.ExtraConf, logf: o.Logf}
+	c := &Cluster{Host: "127.0.0.1", BinDir: o.BinDir, extra: o.ExtraConf, logf: o.Logf, clientCA: len(o.ClientCAPEM) > 0}
 	if c.logf == nil {
 		c.logf = func(string, ...any) {}
 	}
@@ -216,6 +225,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 	if err := c.writeCert(o.ServerCertPEM, o.ServerKeyPEM); err != nil {
 		return nil, err
 	}
+	if c.clientCA {
+		if err := c.writeOwned(filepath.Join(c.DataDir, "client_ca.crt"), joinPEM(o.ClientCAPEM), 0o644); err != nil {
+			return nil, fmt.Errorf("harness: writing client_ca.crt: %w", err)
+		}
+	}
 
 	for attempt := 1; ; attempt++ {
 		if c.Port, err = FreePort(); err != nil {
@@ -242,8 +256,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 			"CREATE ROLE %s LOGIN PASSWORD '%s';\n"+
 			"SET password_encryption = 'md5';\n"+
 			"CREATE ROLE %s LOGIN PASSWORD '%s';\n"+
-			"GRANT CONNECT ON DATABASE postgres TO %s, %s;",
-		ScramUser, ScramPassword, MD5User, MD5Password, ScramUser, MD5User)); err != nil {
+			"CREATE ROLE %s LOGIN;\n"+
+			"GRANT CONNECT ON DATABASE postgres TO %s, %s, %s;",
+		ScramUser, ScramPassword, MD5User, MD5Password, CertUser, ScramUser, MD5User, CertUser)); err != nil {
 		return nil, fmt.Errorf("harness: creating users: %w\n---- server log tail ----\n%s", err, c.LogTail(20))
 	}
 	c.logf("PostgreSQL ready on %s (socket %s)", c.Addr(), c.SocketDir)
@@ -408,6 +423,9 @@ func (c *Cluster) writeConf() error {
 	fmt.Fprintf(&b, "ssl = on\n")
 	fmt.Fprintf(&b, "ssl_cert_file = %s\n", quoteConf(filepath.Join(c.DataDir, "server.crt")))
 	fmt.Fprintf(&b, "ssl_key_file = %s\n", quoteConf(filepath.Join(c.DataDir, "server.key")))
+	if c.clientCA {
+		fmt.Fprintf(&b, "ssl_ca_file = %s\n", quoteConf(filepath.Join(c.DataDir, "client_ca.crt")))
+	}
 	fmt.Fprintf(&b, "password_encryption = 'scram-sha-256'\n")
 	fmt.Fprintf(&b, "log_connections = on\n")
 	fmt.Fprintf(&b, "logging_collector = off\n")

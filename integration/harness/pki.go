@@ -66,6 +66,9 @@ type LeafOptions struct {
 	// AIA are caIssuers URLs (Authority Information Access) pointing at
 	// the issuer's certificate.
 	AIA []string
+	// Client makes a client certificate (ExtKeyUsageClientAuth) instead of
+	// a server certificate.
+	Client bool
 }
 
 // NewRootCA returns a self-signed CA certificate (MaxPathLen 1, key usage
@@ -119,8 +122,9 @@ func NewIntermediateCAWithAIA(parent *Cert, commonName string, aia []string) (*C
 	return c, nil
 }
 
-// IssueLeaf returns a server certificate (ExtKeyUsageServerAuth, key usage
-// DigitalSignature) issued by parent. When parent is nil the certificate is
+// IssueLeaf returns a server certificate (ExtKeyUsageServerAuth, or
+// ExtKeyUsageClientAuth with o.Client; key usage DigitalSignature) issued by
+// parent. When parent is nil the certificate is
 // self-signed (and still not a CA).
 func IssueLeaf(parent *Cert, o LeafOptions) (*Cert, error) {
 	now := time.Now()
@@ -130,6 +134,10 @@ func IssueLeaf(parent *Cert, o LeafOptions) (*Cert, error) {
 	if o.NotAfter.IsZero() {
 		o.NotAfter = now.Add(24 * time.Hour)
 	}
+	usage := x509.ExtKeyUsageServerAuth
+	if o.Client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: o.CommonName, Organization: []string{"pgverifyproxy tests"}},
 		DNSNames:              append([]string(nil), o.DNSNames...),
@@ -137,7 +145,7 @@ func IssueLeaf(parent *Cert, o LeafOptions) (*Cert, error) {
 		NotBefore:             o.NotBefore,
 		NotAfter:              o.NotAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		IssuingCertificateURL: append([]string(nil), o.AIA...),
@@ -236,6 +244,10 @@ type PKI struct {
 	NotYetValid *Cert
 	// SelfSigned is a self-signed leaf with Leaf's names.
 	SelfSigned *Cert
+	// ClientCA signs client certificates (the server's ssl_ca_file).
+	ClientCA *Cert
+	// Client is a client certificate for CertUser, issued by ClientCA.
+	Client *Cert
 }
 
 // NewPKI generates the standard PKI.
@@ -282,6 +294,12 @@ func NewPKI() (*PKI, error) {
 		return nil, err
 	}
 	if p.SelfSigned, err = IssueLeaf(nil, local()); err != nil {
+		return nil, err
+	}
+	if p.ClientCA, err = NewRootCA("pgverifyproxy test client CA"); err != nil {
+		return nil, err
+	}
+	if p.Client, err = IssueLeaf(p.ClientCA, LeafOptions{CommonName: CertUser, Client: true}); err != nil {
 		return nil, err
 	}
 	return &p, nil
