@@ -1,0 +1,256 @@
+package harness
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// ScriptedOptions configure a ScriptedServer.
+type ScriptedOptions struct {
+	// Cert is the server's certificate chain and key. Required.
+	Cert tls.Certificate
+	// Direct makes the server expect PostgreSQL 17's direct TLS: the TLS
+	// handshake starts at once, with no SSLRequest.
+	Direct bool
+	// ALPN are the server's ALPN protocols; nil selects none.
+	ALPN []string
+	// KeyLength is the length of the cancel key in BackendKeyData (4 in
+	// protocol 3.0, up to 256 in 3.2). Zero means 4.
+	KeyLength int
+	// ClientCAs, when set, makes the server require and verify a client
+	// certificate.
+	ClientCAs []*Cert
+}
+
+// ScriptedServer is a minimal PostgreSQL server built with pgproto3, for
+// what the PG15 cluster cannot show: direct TLS with ALPN, and cancel keys
+// longer than 4 bytes. It accepts any user without a password, answers a
+// simple Query with one row holding the query text, blocks on the query
+// "wait" until a matching CancelRequest arrives, and records what it saw.
+type ScriptedServer struct {
+	// Addr is "127.0.0.1:PORT"; Port the port alone.
+	Addr string
+	Port int
+
+	opts ScriptedOptions
+	l    net.Listener
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	startups []map[string]string
+	cancels  []ScriptedCancel
+	alpn     []string
+	peers    []string // client certificate subjects
+	waiting  map[string]chan struct{}
+	pid      uint32
+}
+
+// ScriptedCancel is a CancelRequest as the server received it.
+type ScriptedCancel struct {
+	ProcessID uint32
+	SecretKey []byte
+	// TLS tells whether it arrived inside TLS.
+	TLS bool
+	// Matched tells whether it named a running session's key.
+	Matched bool
+}
+
+// StartScriptedServer listens on a free loopback port.
+func StartScriptedServer(o ScriptedOptions) (*ScriptedServer, error) {
+	if o.KeyLength == 0 {
+		o.KeyLength = 4
+	}
+	if o.KeyLength < 4 || o.KeyLength > 256 {
+		return nil, errors.New("harness: scripted server: key length must be 4 to 256")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &ScriptedServer{Addr: l.Addr().String(), Port: l.Addr().(*net.TCPAddr).Port, opts: o, l: l,
+		waiting: map[string]chan struct{}{}, pid: 4000}
+	go s.accept()
+	return s, nil
+}
+
+// Close stops the server and waits for its connections.
+func (s *ScriptedServer) Close() {
+	s.l.Close()
+	s.wg.Wait()
+}
+
+// Startups returns the parameters of every StartupMessage received.
+func (s *ScriptedServer) Startups() []map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]map[string]string(nil), s.startups...)
+}
+
+// Cancels returns the CancelRequests received.
+func (s *ScriptedServer) Cancels() []ScriptedCancel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]ScriptedCancel(nil), s.cancels...)
+}
+
+// NegotiatedALPN returns the ALPN protocol of each TLS connection.
+func (s *ScriptedServer) NegotiatedALPN() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.alpn...)
+}
+
+// ClientCertSubjects returns the subject of the client certificate of each
+// TLS connection that presented one.
+func (s *ScriptedServer) ClientCertSubjects() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.peers...)
+}
+
+func (s *ScriptedServer) accept() {
+	for {
+		c, err := s.l.Accept()
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			s.serve(c)
+		}()
+	}
+}
+
+func (s *ScriptedServer) tlsConfig() *tls.Config {
+	cfg := &tls.Config{Certificates: []tls.Certificate{s.opts.Cert}, NextProtos: s.opts.ALPN, MinVersion: tls.VersionTLS12}
+	if len(s.opts.ClientCAs) > 0 {
+		cfg.ClientCAs = Pool(s.opts.ClientCAs...)
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg
+}
+
+func (s *ScriptedServer) serve(c net.Conn) {
+	var conn net.Conn = c
+	if !s.opts.Direct {
+		var req [8]byte
+		if _, err := io.ReadFull(c, req[:]); err != nil {
+			return
+		}
+		if binary.BigEndian.Uint32(req[4:]) != 80877103 {
+			return // not an SSLRequest: this server only speaks TLS
+		}
+		if _, err := c.Write([]byte{'S'}); err != nil {
+			return
+		}
+	}
+	tc := tls.Server(conn, s.tlsConfig())
+	if err := tc.Handshake(); err != nil {
+		return
+	}
+	cs := tc.ConnectionState()
+	s.mu.Lock()
+	s.alpn = append(s.alpn, cs.NegotiatedProtocol)
+	if len(cs.PeerCertificates) > 0 {
+		s.peers = append(s.peers, cs.PeerCertificates[0].Subject.String())
+	}
+	s.mu.Unlock()
+
+	be := pgproto3.NewBackend(tc, tc)
+	first, err := be.ReceiveStartupMessage()
+	if err != nil {
+		return
+	}
+	switch m := first.(type) {
+	case *pgproto3.CancelRequest:
+		s.cancel(m)
+		return
+	case *pgproto3.StartupMessage:
+		s.session(be, m)
+	}
+}
+
+func (s *ScriptedServer) cancel(m *pgproto3.CancelRequest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := string(binary.BigEndian.AppendUint32(nil, m.ProcessID)) + string(m.SecretKey)
+	ch, ok := s.waiting[key]
+	if ok {
+		close(ch)
+		delete(s.waiting, key)
+	}
+	s.cancels = append(s.cancels, ScriptedCancel{ProcessID: m.ProcessID, SecretKey: bytes.Clone(m.SecretKey), TLS: true, Matched: ok})
+}
+
+func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessage) {
+	s.mu.Lock()
+	s.startups = append(s.startups, m.Parameters)
+	s.pid++
+	pid := s.pid
+	s.mu.Unlock()
+	secret := make([]byte, s.opts.KeyLength)
+	_, _ = rand.Read(secret)
+	key := string(binary.BigEndian.AppendUint32(nil, pid)) + string(secret)
+
+	be.Send(&pgproto3.AuthenticationOk{})
+	be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "17.0 (pgverifyproxy scripted server)"})
+	be.Send(&pgproto3.ParameterStatus{Name: "client_encoding", Value: "UTF8"})
+	be.Send(&pgproto3.ParameterStatus{Name: "standard_conforming_strings", Value: "on"})
+	be.Send(&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret})
+	be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if be.Flush() != nil {
+		return
+	}
+	for {
+		msg, err := be.Receive()
+		if err != nil {
+			return
+		}
+		switch q := msg.(type) {
+		case *pgproto3.Terminate:
+			return
+		case *pgproto3.Query:
+			if q.String == "wait" {
+				ch := make(chan struct{})
+				s.mu.Lock()
+				s.waiting[key] = ch
+				s.mu.Unlock()
+				select {
+				case <-ch:
+					be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "57014",
+						Message: "canceling statement due to user request"})
+				case <-time.After(20 * time.Second):
+					be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "XX000",
+						Message: "scripted server: no cancel request arrived"})
+				}
+			} else {
+				be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("echo"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
+				be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(q.String)}})
+				be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
+			}
+			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if be.Flush() != nil {
+				return
+			}
+		default:
+			be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+				Message: "scripted server: only simple queries are supported"})
+			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if be.Flush() != nil {
+				return
+			}
+		}
+	}
+}
