@@ -29,15 +29,24 @@ func (c *cliProxy) log() string {
 	return c.logs.String()
 }
 
-// startCLI runs the binary and waits until it logs that it is listening.
+// startCLI runs the binary on a free loopback port and waits until it logs
+// that it is listening.
 func startCLI(t *testing.T, env []string, args ...string) *cliProxy {
 	t.Helper()
 	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
-	c := &cliProxy{cmd: exec.Command(binPath, args...), port: port}
+	c := startCLIArgs(t, env, append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", port))...)
+	c.port = port
+	return c
+}
+
+// startCLIArgs runs the binary with exactly args (listeners included) and
+// waits until it logs that it is listening.
+func startCLIArgs(t *testing.T, env []string, args ...string) *cliProxy {
+	t.Helper()
+	c := &cliProxy{cmd: exec.Command(binPath, args...)}
 	c.cmd.Env = append(cleanEnv(), env...)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
