@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -280,5 +281,27 @@ func TestCLIUpstreamClientCertFlags(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "chmod 0600 "+keyFile) {
 		t.Fatalf("a world-readable key: err %v output %q; want exit 2 and the chmod fix", err, out)
+	}
+}
+
+// TestDirectTLSClientThroughProxyToPG15: a client using PostgreSQL 17's
+// direct TLS (pgx sslnegotiation=direct) reaches PG15 through the proxy,
+// which speaks SSLRequest upstream.
+func TestDirectTLSClientThroughProxyToPG15(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=require sslnegotiation=direct",
+		p.port, harness.MD5User, harness.MD5Password))
+	if err != nil {
+		t.Fatalf("connect with sslnegotiation=direct: %v", err)
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(ctx, whoAmI).ReadAll()
+	if err != nil || string(res[0].Rows[0][0]) != harness.MD5User+"|true" {
+		t.Fatalf("query: %v %+v", err, res)
+	}
+	if _, ok := conn.Conn().(interface{ ConnectionState() tls.ConnectionState }); !ok {
+		t.Fatalf("the client leg is %T, not TLS", conn.Conn())
 	}
 }

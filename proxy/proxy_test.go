@@ -411,3 +411,74 @@ func TestStartupDeadlineFreesSilentClient(t *testing.T) {
 		t.Fatalf("want the proxy to close the connection, got %v", err)
 	}
 }
+
+// TestDirectTLSFromClient covers libpq 17's sslnegotiation=direct toward
+// the proxy: a TLS handshake as the very first bytes, ALPN "postgresql"
+// required, as a PostgreSQL 17 server requires it.
+func TestDirectTLSFromClient(t *testing.T) {
+	tests := []struct {
+		name    string
+		mode    ClientTLSMode
+		alpn    []string
+		wantErr string // "" means the startup reaches the upstream
+		wantRaw bool   // the handshake itself fails
+	}{
+		{name: "ALPN postgresql", mode: ClientTLSAllow, alpn: []string{"postgresql"}},
+		{name: "client_tls=require", mode: ClientTLSRequire, alpn: []string{"postgresql"}},
+		{name: "no ALPN", mode: ClientTLSAllow, wantErr: `without the ALPN protocol "postgresql"`},
+		{name: "other ALPN", mode: ClientTLSAllow, alpn: []string{"h2"}, wantRaw: true},
+		{name: "client_tls=disable", mode: ClientTLSDisable, alpn: []string{"postgresql"}, wantRaw: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := make(chan map[string]string, 1)
+			up := &fakeUpstream{t: t, done: make(chan struct{}), script: func(be *pgproto3.Backend, conn net.Conn) {
+				m, err := be.ReceiveStartupMessage()
+				if sm, ok := m.(*pgproto3.StartupMessage); ok && err == nil {
+					got <- sm.Parameters
+				}
+				be.Send(&pgproto3.AuthenticationOk{})
+				be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+				be.Flush()
+			}}
+			addr := startProxy(t, tc.mode, up.dial)
+			raw := dialProxy(t, addr)
+			tc2 := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: tc.alpn})
+			if err := tc2.Handshake(); err != nil {
+				if !tc.wantRaw {
+					t.Fatalf("handshake: %v", err)
+				}
+				if up.dialCount() != 0 {
+					t.Fatal("the upstream was dialled")
+				}
+				return
+			}
+			if tc.wantRaw {
+				// TLS 1.3 reports the server's refusal on the first read.
+				if _, err := tc2.Read(make([]byte, 1)); err == nil {
+					t.Fatal("handshake and read succeeded; want a refusal")
+				}
+				return
+			}
+			tc2.Write(startupBytes(t, map[string]string{"user": "app", "database": "db"}))
+			fe := pgproto3.NewFrontend(tc2, tc2)
+			if tc.wantErr != "" {
+				expectFatal(t, fe, "08P01", tc.wantErr)
+				if up.dialCount() != 0 {
+					t.Fatal("the upstream was dialled")
+				}
+				return
+			}
+			msg, err := fe.Receive()
+			if _, ok := msg.(*pgproto3.AuthenticationOk); !ok || err != nil {
+				t.Fatalf("got %T %v; want AuthenticationOk", msg, err)
+			}
+			if p := <-got; p["user"] != "app" {
+				t.Fatalf("upstream got %v", p)
+			}
+			if a := tc2.ConnectionState().NegotiatedProtocol; a != "postgresql" {
+				t.Fatalf("ALPN %q", a)
+			}
+		})
+	}
+}

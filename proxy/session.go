@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,6 +11,9 @@ import (
 	"os"
 	"time"
 )
+
+// alpnPostgres is PostgreSQL's ALPN protocol name.
+const alpnPostgres = "postgresql"
 
 // cancelWait bounds how long a forwarded CancelRequest waits for the server
 // to close the cancel connection (which tells it was processed).
@@ -92,15 +96,31 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 }
 
 // admit reads the client's first packets: SSLRequest and GSSENCRequest are
-// answered here, and the StartupMessage or CancelRequest that follows is
+// answered here, a direct TLS handshake (libpq 17's sslnegotiation=direct)
+// is accepted, and the StartupMessage or CancelRequest that follows is
 // returned.
 func (ss *session) admit() (*startupPacket, error) {
 	mode := ss.route.ClientTLS
+	var first [1]byte
+	if _, err := io.ReadFull(ss.client, first[:]); err != nil {
+		return nil, err
+	}
+	var r io.Reader = io.MultiReader(bytes.NewReader(first[:]), ss.client)
+	if first[0] == tlsHandshakeRecord {
+		if mode == ClientTLSDisable {
+			return nil, errQuiet{err: errors.New("client: direct TLS handshake, but this listener has client_tls=disable")}
+		}
+		if err := ss.startTLS(&prefixConn{Conn: ss.client, prefix: first[:]}, true); err != nil {
+			return nil, err
+		}
+		r = ss.client
+	}
 	for {
-		pkt, err := readStartupPacket(ss.client)
+		pkt, err := readStartupPacket(r)
 		if err != nil {
 			return nil, err
 		}
+		r = ss.client
 		switch {
 		case pkt.code == codeSSLRequest:
 			if ss.tls {
@@ -119,11 +139,10 @@ func (ss *session) admit() (*startupPacket, error) {
 			if err != nil {
 				return nil, err
 			}
-			tc := tls.Server(pc, ss.route.TLSConfig)
-			if err := tc.Handshake(); err != nil {
-				return nil, errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
+			if err := ss.startTLS(pc, false); err != nil {
+				return nil, err
 			}
-			ss.client, ss.tls = tc, true
+			r = ss.client
 		case pkt.code == codeGSSENCRequest:
 			if ss.tls {
 				return nil, protocolError("GSSENCRequest received inside TLS")
@@ -154,6 +173,23 @@ func (ss *session) admit() (*startupPacket, error) {
 			}
 		}
 	}
+}
+
+// startTLS runs the server side of the client's TLS handshake. The ALPN
+// protocol "postgresql" is offered as PostgreSQL 17 does; a direct
+// handshake must select it, as PostgreSQL 17 requires.
+func (ss *session) startTLS(c net.Conn, direct bool) error {
+	cfg := ss.route.TLSConfig.Clone()
+	cfg.NextProtos = []string{alpnPostgres}
+	tc := tls.Server(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		return errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
+	}
+	ss.client, ss.tls = tc, true
+	if direct && tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
+		return protocolError("direct TLS connection without the ALPN protocol %q", alpnPostgres)
+	}
+	return nil
 }
 
 // errQuiet is a failure that cannot be reported to the client in protocol.
