@@ -241,7 +241,17 @@ func channelBindingError(clientTLS bool, what string) *ClientError {
 		Code:    codeFeatureNotSupported,
 		Message: "pgverifyproxy: SCRAM channel binding cannot pass through this proxy: " + what + ", but " + leg,
 		Detail:  "The server's TLS channel is verified by the proxy (verify-full); channel binding would bind to a different TLS session.",
-		Hint:    "Use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or add channel_binding=disable to the client's connection string; the proxy still verifies the server (verify-full) on the network side.",
+		Hint:    hintChannelBinding(clientTLS),
 		Reason:  "channel_binding",
 	}
+}
+
+// hintChannelBinding says how to turn channel binding off on the client.
+func hintChannelBinding(clientTLS bool) string {
+	off := "add channel_binding=disable to the client's connection string (libpq, pgx; node-postgres: leave enableChannelBinding off)"
+	if clientTLS {
+		return "Use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or " + off +
+			"; the proxy still verifies the server (verify-full) on the network side."
+	}
+	return "Turn channel binding off in the client: " + off + "; the proxy still verifies the server (verify-full) on the network side."
 }
