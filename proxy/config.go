@@ -109,7 +109,7 @@ func (r *Route) validate() error {
 	}
 	r.ClientTLS = mode
 	if unix && mode == ClientTLSRequire {
-		return fmt.Errorf("route %s: client_tls=require cannot serve a unix socket: libpq never asks for TLS over one", r.Name)
+		return fmt.Errorf("route %s: client_tls=require cannot serve a unix socket: libpq never asks for TLS over one; use client_tls allow for this route, or put the socket in a route of its own", r.Name)
 	}
 	if mode != ClientTLSDisable && r.TLSConfig == nil {
 		return fmt.Errorf("route %s: client_tls=%s needs a TLS certificate", r.Name, mode)
