@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -254,6 +255,13 @@ func (d *Dialer) startTLS(ctx context.Context) (net.Conn, error) {
 	}
 }
 
+// directHint is the fix for a server that does not accept direct TLS.
+const directHint = "the server does not accept PostgreSQL 17 direct TLS: set negotiation: postgres for this route (--negotiation postgres)"
+
+// ClientCertHint is the fix when the server rejects the proxy's client
+// certificate, or wants one and got none.
+const ClientCertHint = "the server asks for a client certificate it accepts (pg_hba cert or clientcert=verify-full): set upstream_cert and upstream_key for this route (--upstream-cert/--upstream-key), or renew the one configured"
+
 func (d *Dialer) handshakeError(err error) error {
 	var ve *VerifyError
 	if errors.As(err, &ve) {
@@ -261,24 +269,62 @@ func (d *Dialer) handshakeError(err error) error {
 	}
 	var rh tls.RecordHeaderError
 	if errors.As(err, &rh) {
+		if d.direct() {
+			return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true, Hint: directHint,
+				Err: errors.New("direct TLS: the server answered the TLS ClientHello in plaintext: it does not speak direct TLS")}
+		}
 		return &DialError{Addr: d.Addr(), Step: StepHandshake, Injected: true,
 			Err: errors.New("server sent unencrypted data where the TLS handshake should start (possible man-in-the-middle injecting data after 'S')")}
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: errors.New("TLS handshake timed out")}
 	}
 	if d.direct() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 		// A server before PostgreSQL 17 reads the ClientHello as a startup
 		// packet of absurd length and hangs up without a word.
-		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true,
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true, Hint: directHint,
 			Err: errors.New("direct TLS: the server closed the connection at the TLS ClientHello: it does not accept direct TLS (PostgreSQL 17 or later is needed); use negotiation postgres")}
 	}
-	// crypto/tls reports a received alert only as text.
-	if d.direct() && strings.Contains(err.Error(), "no application protocol") {
-		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true,
+	alert, isAlert := TLSAlert(err)
+	if d.direct() && alert == "no application protocol" {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Refused: true, Hint: directHint,
 			Err: fmt.Errorf("direct TLS: the server refused the ALPN protocol %q; use negotiation postgres", ALPNProtocol)}
 	}
-	return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: fmt.Errorf("TLS handshake failed (TLS 1.2 or later required): %w", err)}
+	if alert == "protocol version not supported" || strings.Contains(err.Error(), "server selected unsupported protocol version") {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake,
+			Err: fmt.Errorf("the server offers no TLS version the proxy accepts (TLS 1.2 or later required): %w", err)}
+	}
+	if isAlert && ClientCertAlert(alert) {
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Hint: ClientCertHint,
+			Err: fmt.Errorf("the server rejected the TLS handshake (alert %q) after the proxy verified it", alert)}
+	}
+	return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: fmt.Errorf("TLS handshake failed: %w", err)}
+}
+
+// TLSAlert returns the text of a TLS alert the peer sent, which crypto/tls
+// reports only as "remote error: tls: <text>".
+func TLSAlert(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
+	const prefix = "remote error: tls: "
+	msg := err.Error()
+	i := strings.Index(msg, prefix)
+	if i < 0 {
+		return "", false
+	}
+	return msg[i+len(prefix):], true
+}
+
+// ClientCertAlert reports alerts by which a server refuses the client's
+// certificate (or its absence).
+func ClientCertAlert(alert string) bool {
+	switch alert {
+	case "certificate required", "bad certificate", "unknown certificate authority", "expired certificate",
+		"revoked certificate", "unsupported certificate", "unknown certificate", "access denied":
+		return true
+	}
+	return false
 }
 
 // Step names the phase of an upstream connection.
@@ -309,6 +355,8 @@ type DialError struct {
 	Injected bool
 	// Err is the cause.
 	Err error
+	// Hint, when set, is what the user should do about it.
+	Hint string
 }
 
 func (e *DialError) Error() string {

@@ -2,6 +2,8 @@ package chain_test
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -195,6 +197,68 @@ func TestLoadClientCertificateRefusals(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.errHas) {
 				t.Fatalf("got %v; want %q", err, tc.errHas)
+			}
+		})
+	}
+}
+
+// TestHandshakeErrorsNameTheCause covers refusals whose first message used
+// to mislead: a stalled handshake, a plaintext answer to a direct
+// ClientHello.
+func TestHandshakeErrorsNameTheCause(t *testing.T) {
+	serve := func(t *testing.T, answer func(c net.Conn)) int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); answer(c) }()
+			}
+		}()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	tests := []struct {
+		name     string
+		mode     chain.Negotiation
+		answer   func(c net.Conn)
+		errHas   string
+		hintHas  string
+		injected bool
+	}{
+		{name: "S, then silence", answer: func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 8))
+			c.Write([]byte("S"))
+			time.Sleep(3 * time.Second)
+		}, errHas: "TLS handshake timed out"},
+		{name: "direct: plaintext answer to the ClientHello", mode: chain.NegotiateDirect, answer: func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 8))
+			c.Write([]byte("EFATAL:  unsupported frontend protocol\x00"))
+		}, errHas: "answered the TLS ClientHello in plaintext", hintHas: "negotiation: postgres"},
+		{name: "direct: hang-up", mode: chain.NegotiateDirect, answer: func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 8))
+		}, errHas: "does not accept direct TLS", hintHas: "negotiation: postgres"},
+		{name: "SSLRequest: bytes after S are still an injection", answer: func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 8))
+			c.Write([]byte("SR\x00\x00\x00\x08\x00\x00\x00\x00"))
+		}, errHas: "possible man-in-the-middle", injected: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			port := serve(t, tc.answer)
+			d := &chain.Dialer{Host: "localhost", Port: port, Roots: x509.NewCertPool(), Negotiation: tc.mode, ConnectTimeout: 500 * time.Millisecond}
+			_, err := d.Dial(context.Background())
+			var de *chain.DialError
+			if !errors.As(err, &de) || !strings.Contains(err.Error(), tc.errHas) {
+				t.Fatalf("got %v; want a DialError with %q", err, tc.errHas)
+			}
+			if !strings.Contains(de.Hint, tc.hintHas) || de.Injected != tc.injected {
+				t.Fatalf("hint %q injected %v; want hint with %q, injected %v", de.Hint, de.Injected, tc.hintHas, tc.injected)
 			}
 		})
 	}

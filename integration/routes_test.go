@@ -305,3 +305,27 @@ func TestDirectTLSClientThroughProxyToPG15(t *testing.T) {
 		t.Fatalf("the client leg is %T, not TLS", conn.Conn())
 	}
 }
+
+// TestUpstreamRefusesMissingClientCertificate: under TLS 1.3 a server that
+// requires a client certificate refuses only after the handshake, with an
+// alert. The client gets a FATAL naming the alert and the fix, not an EOF.
+func TestUpstreamRefusesMissingClientCertificate(t *testing.T) {
+	s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), ClientCAs: []*harness.Cert{pki.ClientCA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := startProxy(t, proxyOpts{port: s.Port})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app sslmode=disable", p.port))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "08006" ||
+		!strings.Contains(pgErr.Message, `ended the TLS session during authentication with the alert "certificate required"`) ||
+		!strings.Contains(pgErr.Hint, "set upstream_cert and upstream_key") {
+		t.Fatalf("got %v (%+v); want 08006 naming the alert and the fix", err, pgErr)
+	}
+	if len(s.Startups()) != 0 {
+		t.Fatalf("the server took a session without a certificate: %v", s.Startups())
+	}
+}

@@ -44,6 +44,12 @@ var errUpstreamRejected = errors.New("upstream rejected the session during authe
 // does when it needs a password it does not have yet.
 var errClientLeft = errors.New("client closed during authentication")
 
+// upstreamIOError is a failed read from the upstream during authentication.
+type upstreamIOError struct{ err error }
+
+func (e *upstreamIOError) Error() string { return e.err.Error() }
+func (e *upstreamIOError) Unwrap() error { return e.err }
+
 // message is one typed protocol message, header included.
 type message struct {
 	typ byte
@@ -93,7 +99,7 @@ func (a *authRelay) run() error {
 	for {
 		m, err := readMessage(a.upstream, maxUpstreamAuthMessage)
 		if err != nil {
-			return fmt.Errorf("upstream: reading authentication message: %w", err)
+			return &upstreamIOError{err: fmt.Errorf("upstream: reading authentication message: %w", err)}
 		}
 		switch m.typ {
 		case 'R':

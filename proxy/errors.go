@@ -118,6 +118,28 @@ func upstreamError(r *Route, err error) *ClientError {
 		ce.Code, ce.Reason = codeConnectionFailure, "upstream_tls"
 		ce.Hint = "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"
 	}
+	if de.Hint != "" {
+		ce.Hint = de.Hint
+	}
+	return ce
+}
+
+// upstreamLost turns a failure reading from or writing to the verified
+// upstream during authentication into what the client sees. With TLS 1.3
+// a server that refuses the proxy's client certificate says so only here,
+// on the first read after the handshake.
+func upstreamLost(r *Route, err error) *ClientError {
+	ce := &ClientError{Code: codeConnectionFailure, Cause: err, Reason: "upstream_closed",
+		Message: fmt.Sprintf("pgverifyproxy: upstream %s closed the connection during authentication: %v", r.UpstreamAddr, err),
+		Hint:    "see the server's log for why it closed the session"}
+	if alert, ok := chain.TLSAlert(err); ok {
+		ce.Reason = "upstream_tls_alert"
+		ce.Message = fmt.Sprintf("pgverifyproxy: upstream %s ended the TLS session during authentication with the alert %q", r.UpstreamAddr, alert)
+		if chain.ClientCertAlert(alert) {
+			ce.Reason = "client_certificate"
+			ce.Hint = chain.ClientCertHint
+		}
+	}
 	return ce
 }
 

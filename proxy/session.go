@@ -74,6 +74,8 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 			ss.log.Info("session refused by upstream during authentication")
 		case errors.Is(err, errClientLeft):
 			ss.log.Debug("client left during authentication")
+		case errors.As(err, new(*upstreamIOError)):
+			ss.refuse(upstreamLost(r, err))
 		default:
 			ss.refuse(err)
 		}

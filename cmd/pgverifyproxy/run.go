@@ -152,6 +152,20 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 		return
 	}
 	defer c.Close()
+	// With TLS 1.3 a server that refuses the client certificate (or its
+	// absence) says so only after the handshake: listen for a moment. A
+	// PostgreSQL server waiting for a startup message sends nothing.
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		if alert, ok := chain.TLSAlert(err); ok {
+			attrs := []any{"upstream", d.Addr(), "alert", alert}
+			if chain.ClientCertAlert(alert) {
+				attrs = append(attrs, "hint", chain.ClientCertHint)
+			}
+			log.Error("upstream check failed: the server ended the TLS session right after the handshake; clients will get this error until it is fixed", attrs...)
+			return
+		}
+	}
 	cs := c.ConnectionState()
 	leaf := cs.PeerCertificates[0]
 	attrs := []any{"upstream", d.Addr(), "server_name", d.VerifyName(),
