@@ -44,9 +44,9 @@ type runConfig struct {
 	// top-level settings make the one route.
 	Routes []routeConfig `mapstructure:"routes"`
 
-	// topLevelSet records which of upstream and listen were given at the
-	// top level (flag, environment or file), which routes forbid.
-	topLevelSet map[string]bool
+	// setBy says where each top-level setting came from: "flag",
+	// "environment", "file", or "" for its default.
+	setBy map[string]string
 }
 
 // routeConfig is one route: its listeners and one upstream with its own
@@ -65,6 +65,9 @@ type routeConfig struct {
 	ClientTLS     string   `mapstructure:"client_tls"`
 	ClientTLSCert string   `mapstructure:"client_tls_cert"`
 	ClientTLSKey  string   `mapstructure:"client_tls_key"`
+	// set holds the keys the file gives for this route, even empty ones:
+	// `ca_file: ""` in a route means "use a pin", not "inherit".
+	set map[string]bool
 }
 
 // routeKeys are the settings a route may carry.
@@ -140,11 +143,43 @@ func loadRunConfig(fs *pflag.FlagSet, configFile string) (runConfig, error) {
 		return runConfig{}, err
 	}
 	rc.Listen = splitList(rc.Listen)
-	rc.topLevelSet = map[string]bool{"upstream": isSet(v, fs, "upstream"), "listen": isSet(v, fs, "listen")}
+	rc.setBy = sources(v, fs)
+	markRouteKeys(v, rc.Routes)
 	for i := range rc.Routes {
 		rc.Routes[i].Listen = splitList(rc.Routes[i].Listen)
 	}
 	return rc, nil
+}
+
+// sources says where each run option came from.
+func sources(v *viper.Viper, fs *pflag.FlagSet) map[string]string {
+	out := map[string]string{}
+	for _, o := range runOptions {
+		switch {
+		case fs.Lookup(o.flag) != nil && fs.Lookup(o.flag).Changed:
+			out[o.key] = "flag"
+		case os.Getenv(envPrefix+"_"+strings.ToUpper(o.key)) != "":
+			out[o.key] = "environment"
+		case v.InConfig(o.key):
+			out[o.key] = "file"
+		}
+	}
+	return out
+}
+
+// markRouteKeys records which keys each route of the file sets.
+func markRouteKeys(v *viper.Viper, routes []routeConfig) {
+	list, _ := v.Get("routes").([]any)
+	for i := range routes {
+		routes[i].set = map[string]bool{}
+		if i < len(list) {
+			if m, ok := list[i].(map[string]any); ok {
+				for k := range m {
+					routes[i].set[strings.ToLower(k)] = true
+				}
+			}
+		}
+	}
 }
 
 // loadConfig fills out (a struct with mapstructure tags) from opts' flags,
@@ -177,20 +212,6 @@ func loadConfig(fs *pflag.FlagSet, configFile string, opts []option, out any) (*
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return v, nil
-}
-
-// isSet reports whether key was given as a flag, a non-empty environment
-// variable or a top-level key of the file (viper's IsSet also counts
-// defaults of bound flags).
-func isSet(v *viper.Viper, fs *pflag.FlagSet, key string) bool {
-	for _, o := range runOptions {
-		if o.key == key {
-			if f := fs.Lookup(o.flag); f != nil && f.Changed {
-				return true
-			}
-		}
-	}
-	return os.Getenv(envPrefix+"_"+strings.ToUpper(key)) != "" || v.InConfig(key)
 }
 
 // checkKnownKeys rejects misspelt keys in the file, at the top level and in
@@ -258,43 +279,66 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
 		}}, nil
 	}
-	for _, k := range []string{"upstream", "listen"} {
-		if rc.topLevelSet[k] {
-			return nil, fmt.Errorf("%s is set at the top level (flag, environment or config file) and the config file has routes: set it in each route instead", k)
+	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != ""}
+	for _, k := range []string{"upstream", "listen", "server_name"} {
+		if src := rc.setBy[k]; src != "" && given[k] {
+			return nil, fmt.Errorf("%s is set at the top level (%s) and the config file has routes: set it in each route instead", k, describeSource(src, k))
 		}
 	}
-	if rc.ServerName != "" {
-		return nil, errors.New("server_name is set at the top level and the config file has routes: set it in the route it belongs to")
-	}
-	inherit := func(v *string, top string) {
-		if *v == "" {
-			*v = top
-		}
-	}
+	top := map[string]string{"ca_file": rc.CAFile, "trust": rc.Trust, "upstream_cert": rc.UpstreamCert, "upstream_key": rc.UpstreamKey,
+		"negotiation": rc.Negotiation, "client_tls": rc.ClientTLS, "client_tls_cert": rc.ClientTLSCert, "client_tls_key": rc.ClientTLSKey}
+	// Certificate and key come as a pair: a route that sets either one
+	// inherits neither.
+	pairs := map[string]string{"upstream_cert": "upstream_key", "upstream_key": "upstream_cert",
+		"client_tls_cert": "client_tls_key", "client_tls_key": "client_tls_cert"}
 	names := map[string]bool{}
 	out := make([]routeConfig, len(rc.Routes))
 	for i, r := range rc.Routes {
-		if r.Name == "" {
-			r.Name = r.Upstream
+		if r.Upstream == "" {
+			return nil, fmt.Errorf("routes[%d]: no upstream", i)
 		}
 		if r.Name == "" {
-			return nil, fmt.Errorf("routes[%d]: no upstream", i)
+			// Never the raw upstream: a URI may hold a password, and the
+			// name is in every log line.
+			r.Name = fmt.Sprintf("routes[%d]", i)
+			if spec, err := parseUpstream(r.Upstream); err == nil {
+				r.Name = spec.addr()
+			}
 		}
 		if names[r.Name] {
 			return nil, fmt.Errorf("routes[%d]: the name %q is used twice; give each route its own name", i, r.Name)
 		}
 		names[r.Name] = true
-		inherit(&r.CAFile, rc.CAFile)
-		inherit(&r.Trust, rc.Trust)
-		inherit(&r.UpstreamCert, rc.UpstreamCert)
-		inherit(&r.UpstreamKey, rc.UpstreamKey)
-		inherit(&r.Negotiation, rc.Negotiation)
-		inherit(&r.ClientTLS, rc.ClientTLS)
-		inherit(&r.ClientTLSCert, rc.ClientTLSCert)
-		inherit(&r.ClientTLSKey, rc.ClientTLSKey)
+		fields := map[string]*string{"ca_file": &r.CAFile, "trust": &r.Trust, "upstream_cert": &r.UpstreamCert, "upstream_key": &r.UpstreamKey,
+			"negotiation": &r.Negotiation, "client_tls": &r.ClientTLS, "client_tls_cert": &r.ClientTLSCert, "client_tls_key": &r.ClientTLSKey}
+		for k, f := range fields {
+			if r.set[k] {
+				// A route's own value would silently beat a flag or a
+				// variable given for this run: refuse the ambiguity.
+				if src := rc.setBy[k]; src == "flag" || src == "environment" {
+					return nil, fmt.Errorf("%s is given for this run and route %s sets %s itself: remove one (the route's own value would silently win)", describeSource(src, k), r.Name, k)
+				}
+				continue
+			}
+			if p, ok := pairs[k]; ok && r.set[p] {
+				continue
+			}
+			*f = top[k]
+		}
 		out[i] = r
 	}
 	return out, nil
+}
+
+// describeSource names a setting as the user gave it.
+func describeSource(src, key string) string {
+	switch src {
+	case "flag":
+		return "--" + strings.ReplaceAll(key, "_", "-")
+	case "environment":
+		return envPrefix + "_" + strings.ToUpper(key)
+	}
+	return "config file"
 }
 
 // validate checks one route without touching the network.

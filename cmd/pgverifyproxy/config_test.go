@@ -74,7 +74,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", Negotiation: "postgres",
 	}
-	rc.topLevelSet = nil
+	rc.setBy = nil
 	if !reflect.DeepEqual(rc, want) {
 		t.Fatalf("got  %+v\nwant %+v", rc, want)
 	}
@@ -210,10 +210,14 @@ routes:
 	want := []routeConfig{
 		{Name: "a", Upstream: "a.example:5432", Listen: []string{"127.0.0.1:6001", "unix:/run/a"}, CAFile: "/top/ca.pem",
 			Trust: "system", ClientTLS: "disable", Negotiation: "direct"},
-		// An empty value in a route takes the top-level one.
+		// Keys a route leaves out take the top-level value; an explicit
+		// ca_file: "" means "use a pin".
 		{Name: "b.example:6543", Upstream: "b.example:6543", ServerName: "b.internal", Listen: []string{"127.0.0.1:6002"},
-			CAFile: "/top/ca.pem", Trust: "tofu", ClientTLS: "require", Negotiation: "postgres",
+			CAFile: "", Trust: "tofu", ClientTLS: "require", Negotiation: "postgres",
 			UpstreamCert: "/b/c.crt", UpstreamKey: "/b/c.key"},
+	}
+	for i := range got {
+		got[i].set = nil
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("routes:\n got  %+v\n want %+v", got, want)
@@ -317,4 +321,68 @@ func TestChainCommandsPickARoute(t *testing.T) {
 	if _, err := loadTrustConfig(fs, file, ""); err == nil || !strings.Contains(err.Error(), "--route NAME") {
 		t.Fatalf("no route picked: %v", err)
 	}
+}
+
+func TestRouteInheritanceRules(t *testing.T) {
+	t.Setenv("PGVERIFYPROXY_LISTEN", "")
+	t.Setenv("PGVERIFYPROXY_CLIENT_TLS", "")
+	t.Run("a URI with a password never becomes the route's name", func(t *testing.T) {
+		rc, err := loadFile(t, "routes:\n  - {upstream: \"postgres://app:s3cret@db.example:6543/x\", listen: [\"127.0.0.1:6001\"]}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := rc.routes()
+		if err != nil || routes[0].Name != "db.example:6543" {
+			t.Fatalf("name %q, %v; want db.example:6543", routes[0].Name, err)
+		}
+	})
+	t.Run("certificate and key are inherited only as a pair", func(t *testing.T) {
+		rc, err := loadFile(t, "upstream_cert: /top.crt\nupstream_key: /top.key\nclient_tls_cert: /ctop.crt\nclient_tls_key: /ctop.key\n"+
+			"routes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"], upstream_cert: /a.crt}\n"+
+			"  - {name: b, upstream: b:1, listen: [\"127.0.0.1:6002\"]}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := rc.routes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := routes[0]; a.UpstreamCert != "/a.crt" || a.UpstreamKey != "" || a.ClientTLSCert != "/ctop.crt" {
+			t.Fatalf("route a: %+v; want its own certificate, no inherited key", a)
+		}
+		if err := rc.validate(); err == nil || !strings.Contains(err.Error(), "route a: --upstream-cert and --upstream-key go together") {
+			t.Fatalf("validate: %v", err)
+		}
+		if b := routes[1]; b.UpstreamCert != "/top.crt" || b.UpstreamKey != "/top.key" {
+			t.Fatalf("route b: %+v; want the top-level pair", b)
+		}
+	})
+	t.Run("a flag or variable that a route overrides is refused", func(t *testing.T) {
+		const file = "routes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"], client_tls: allow}\n"
+		rc, err := loadFile(t, file, "--client-tls", "require")
+		if err == nil {
+			_, err = rc.routes()
+		}
+		if err == nil || !strings.Contains(err.Error(), "--client-tls is given for this run and route a sets client_tls itself") {
+			t.Fatalf("flag: %v", err)
+		}
+		t.Setenv("PGVERIFYPROXY_CLIENT_TLS", "require")
+		rc, err = loadFile(t, file)
+		if err == nil {
+			_, err = rc.routes()
+		}
+		if err == nil || !strings.Contains(err.Error(), "PGVERIFYPROXY_CLIENT_TLS is given for this run") {
+			t.Fatalf("environment: %v", err)
+		}
+		// A flag for a key no route sets is the default of every route.
+		t.Setenv("PGVERIFYPROXY_CLIENT_TLS", "")
+		rc, err = loadFile(t, file, "--negotiation", "direct")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := rc.routes()
+		if err != nil || routes[0].Negotiation != "direct" {
+			t.Fatalf("%+v %v", routes, err)
+		}
+	})
 }

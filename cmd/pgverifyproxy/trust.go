@@ -57,7 +57,8 @@ func loadTrustConfig(fs *pflag.FlagSet, configFile, route string) (trustConfig, 
 	if err != nil {
 		return trustConfig{}, err
 	}
-	rc.topLevelSet = map[string]bool{"upstream": isSet(v, fs, "upstream")}
+	rc.setBy = sources(v, fs)
+	markRouteKeys(v, rc.Routes)
 	routes, err := rc.routes()
 	if err != nil {
 		return trustConfig{}, err
