@@ -198,6 +198,11 @@ func prepareTrust(ctx context.Context, ut *upstreamTrust, log *slog.Logger, warn
 	}
 	log.Info("using pin", "upstream", ut.spec.addr(), "pin_file", path, "policy", p.Policy, "spki_sha256", strings.Join(p.Fingerprints(), ","),
 		"first_seen", p.FirstSeen.UTC().Format(time.RFC3339))
+	if p.Policy != string(ut.policy) {
+		// Routes to the same upstream share its pin, whatever their trust.
+		log.Warn("the pin in use was made under another trust policy; this route's policy applies only to a first pin (re-pin with chain fetch --repin to apply it)",
+			"upstream", ut.spec.addr(), "pin_policy", p.Policy, "route_policy", string(ut.policy), "pin_file", path)
+	}
 	for _, a := range p.Anchors {
 		warnExpiry(log, "pinned anchor", a, warn)
 	}
