@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -78,6 +79,15 @@ type Route struct {
 	// StartupTimeout bounds the phases before the relay; zero means
 	// DefaultStartupTimeout.
 	StartupTimeout time.Duration
+	// Auth is who logs in upstream; "" means AuthPassthrough.
+	Auth AuthMode
+	// ChannelBinding is the relay login's channel binding: prefer (the
+	// default), require or disable.
+	ChannelBinding string
+	// StoredPassword, with AuthRelay, supplies the password instead of the
+	// client (local trust: loopback and unix listeners only). It is called
+	// for each login, so a rotated password file needs no restart.
+	StoredPassword func() ([]byte, error)
 }
 
 // Config is the whole proxy.
@@ -103,6 +113,7 @@ func (r *Route) validate() error {
 		}
 		unix = unix || la.Network == "unix"
 	}
+	var err error
 	mode, err := ParseClientTLSMode(string(r.ClientTLS))
 	if err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)
@@ -117,5 +128,62 @@ func (r *Route) validate() error {
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout
 	}
+	if r.Auth, err = ParseAuthMode(string(r.Auth)); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	if r.ChannelBinding, err = ParseChannelBinding(r.ChannelBinding); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	if r.Auth != AuthRelay {
+		if r.StoredPassword != nil {
+			return fmt.Errorf("route %s: a stored password needs auth relay", r.Name)
+		}
+		return nil
+	}
+	return r.checkRelayListeners()
+}
+
+// checkRelayListeners enforces relay mode's rule: the client's password
+// crosses the local hop in clear unless that hop is TLS, so a listener
+// reachable from other machines must require TLS; stored credentials
+// (local trust) are for loopback and unix sockets only.
+func (r *Route) checkRelayListeners() error {
+	var addrs []string
+	for _, a := range r.Listen {
+		la, _ := ParseListenAddr(a)
+		if la.Network == "unix" || loopbackHost(la.Address) {
+			continue
+		}
+		addrs = append(addrs, a)
+	}
+	for _, l := range r.Listeners {
+		if !isLoopback(l.Addr()) {
+			addrs = append(addrs, l.Addr().String())
+		}
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	if r.StoredPassword != nil {
+		return fmt.Errorf("route %s: a stored password lets anyone who reaches the listener in, and %s is not loopback: listen on 127.0.0.1, ::1 or a unix socket for this route",
+			r.Name, strings.Join(addrs, ", "))
+	}
+	if r.ClientTLS != ClientTLSRequire {
+		return fmt.Errorf("route %s: auth relay asks clients for their password in clear on the local hop, and %s is not loopback: set client_tls: require for this route, or listen on 127.0.0.1, ::1 or a unix socket",
+			r.Name, strings.Join(addrs, ", "))
+	}
 	return nil
+}
+
+// loopbackHost reports whether a TCP listen address is on loopback only.
+func loopbackHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -56,6 +56,10 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	if r.Auth == AuthRelay {
+		ss.relayAuthSession(dctx, pkt, params)
+		return
+	}
 	up, err := r.Dial(dctx)
 	if err != nil {
 		ss.refuse(upstreamError(r, err))
@@ -81,10 +85,15 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 		}
 		return
 	}
+	ss.log.Debug("authenticated; relaying")
+	ss.relay(up)
+}
+
+// relay runs the raw relay after authentication and logs the session's end.
+func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
-	ss.log.Debug("authenticated; relaying")
-	st := Relay(ss.client, up, &s.counters)
+	st := Relay(ss.client, up, &ss.s.counters)
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
 		"bytes_to_upstream", st.ClientToUpstream,
@@ -95,6 +104,50 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 		attrs = append(attrs, "error", st.Err.Error())
 	}
 	ss.log.Info("session ended", attrs...)
+}
+
+// relayAuthSession runs a session of an auth=relay route: the proxy gets the
+// client's password (or the route's stored one), logs in upstream itself,
+// hands the server's post-authentication messages to the client and relays.
+func (ss *session) relayAuthSession(ctx context.Context, pkt *startupPacket, params map[string]string) {
+	r := ss.route
+	var pw []byte
+	var err error
+	if r.StoredPassword != nil {
+		pw, err = r.StoredPassword()
+		if err != nil {
+			ss.refuse(&ClientError{Code: codeInvalidAuthorization, Reason: "stored_password", Cause: err,
+				Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
+				Hint:    "fix the route's password_file (mode 0600) or password_env"})
+			return
+		}
+	} else if pw, err = askPassword(ss.client); err != nil {
+		if errors.Is(err, errClientLeft) {
+			ss.log.Debug("client left before sending its password")
+			return
+		}
+		ss.refuse(err)
+		return
+	}
+	login, err := ss.loginUpstream(ctx, pkt, params, pw)
+	zero(pw)
+	if err != nil {
+		var rej *upstreamRejected
+		if errors.As(err, &rej) {
+			_, _ = ss.client.Write(rej.raw)
+			ss.log.Info("relay login refused by upstream (its error was forwarded to the client)", "error", rej.err.Error())
+			return
+		}
+		ss.refuse(err)
+		return
+	}
+	defer login.conn.Close()
+	if _, err := ss.client.Write(login.toClient); err != nil {
+		ss.log.Debug("client left during the hand-over", "error", err.Error())
+		return
+	}
+	ss.log.Info("relay login", "upstream_auth", login.mechanism, "stored_password", r.StoredPassword != nil)
+	ss.relay(login.conn)
 }
 
 // admit reads the client's first packets: SSLRequest and GSSENCRequest are

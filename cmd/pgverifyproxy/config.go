@@ -40,6 +40,10 @@ type runConfig struct {
 	UpstreamCert   string        `mapstructure:"upstream_cert"`
 	UpstreamKey    string        `mapstructure:"upstream_key"`
 	Negotiation    string        `mapstructure:"negotiation"`
+	Auth           string        `mapstructure:"auth"`
+	ChannelBinding string        `mapstructure:"channel_binding"`
+	PasswordFile   string        `mapstructure:"password_file"`
+	PasswordEnv    string        `mapstructure:"password_env"`
 	// Routes come from the config file only. When there are none, the
 	// top-level settings make the one route.
 	Routes []routeConfig `mapstructure:"routes"`
@@ -65,6 +69,10 @@ type routeConfig struct {
 	ClientTLS     string   `mapstructure:"client_tls"`
 	ClientTLSCert string   `mapstructure:"client_tls_cert"`
 	ClientTLSKey  string   `mapstructure:"client_tls_key"`
+	Auth           string `mapstructure:"auth"`
+	ChannelBinding string `mapstructure:"channel_binding"`
+	PasswordFile   string `mapstructure:"password_file"`
+	PasswordEnv    string `mapstructure:"password_env"`
 	// set holds the keys the file gives for this route, even empty ones:
 	// `ca_file: ""` in a route means "use a pin", not "inherit".
 	set map[string]bool
@@ -72,7 +80,8 @@ type routeConfig struct {
 
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
-	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key"}
+	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
+	"auth", "channel_binding", "password_file", "password_env"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -99,6 +108,10 @@ var runOptions = []option{
 	{"connect_timeout", "connect-timeout", chain.DefaultConnectTimeout, "bound on the upstream TCP connect, SSLRequest and TLS handshake"},
 	{"startup_timeout", "startup-timeout", proxy.DefaultStartupTimeout, "bound on everything before the relay: client startup, upstream dial, authentication"},
 	{"drain_timeout", "drain-timeout", 30 * time.Second, "on SIGTERM/SIGINT, how long running sessions may go on before they are closed"},
+	{"auth", "auth", string(proxy.AuthPassthrough), "who logs in upstream: passthrough (the client's own exchange is relayed) or relay (the proxy asks the client for its password and logs in itself, with SCRAM channel binding to the verified server)"},
+	{"channel_binding", "channel-binding", "prefer", "with auth relay: SCRAM channel binding on the proxy's login, prefer, require or disable"},
+	{"password_file", "password-file", "", "with auth relay: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
+	{"password_env", "password-env", "", "with auth relay: the name of an environment variable holding that password instead"},
 	{"log_level", "log-level", "info", "debug, info, warn or error"},
 	{"log_format", "log-format", "text", "text or json"},
 }
@@ -277,16 +290,20 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			Name: "default", Listen: rc.Listen, Upstream: rc.Upstream, ServerName: rc.ServerName,
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
+			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
 		}}, nil
 	}
-	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != ""}
-	for _, k := range []string{"upstream", "listen", "server_name"} {
+	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != "",
+		"password_file": rc.PasswordFile != "", "password_env": rc.PasswordEnv != ""}
+	// Credentials belong to one route: never inherited.
+	for _, k := range []string{"upstream", "listen", "server_name", "password_file", "password_env"} {
 		if src := rc.setBy[k]; src != "" && given[k] {
 			return nil, fmt.Errorf("%s is set at the top level (%s) and the config file has routes: set it in each route instead", k, describeSource(src, k))
 		}
 	}
 	top := map[string]string{"ca_file": rc.CAFile, "trust": rc.Trust, "upstream_cert": rc.UpstreamCert, "upstream_key": rc.UpstreamKey,
-		"negotiation": rc.Negotiation, "client_tls": rc.ClientTLS, "client_tls_cert": rc.ClientTLSCert, "client_tls_key": rc.ClientTLSKey}
+		"negotiation": rc.Negotiation, "client_tls": rc.ClientTLS, "client_tls_cert": rc.ClientTLSCert, "client_tls_key": rc.ClientTLSKey,
+		"auth": rc.Auth, "channel_binding": rc.ChannelBinding}
 	// Certificate and key come as a pair: a route that sets either one
 	// inherits neither.
 	pairs := map[string]string{"upstream_cert": "upstream_key", "upstream_key": "upstream_cert",
@@ -310,7 +327,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 		}
 		names[r.Name] = true
 		fields := map[string]*string{"ca_file": &r.CAFile, "trust": &r.Trust, "upstream_cert": &r.UpstreamCert, "upstream_key": &r.UpstreamKey,
-			"negotiation": &r.Negotiation, "client_tls": &r.ClientTLS, "client_tls_cert": &r.ClientTLSCert, "client_tls_key": &r.ClientTLSKey}
+			"negotiation": &r.Negotiation, "client_tls": &r.ClientTLS, "client_tls_cert": &r.ClientTLSCert, "client_tls_key": &r.ClientTLSKey,
+			"auth": &r.Auth, "channel_binding": &r.ChannelBinding}
 		for k, f := range fields {
 			if r.set[k] {
 				// A route's own value would silently beat a flag or a
@@ -368,6 +386,19 @@ func (r *routeConfig) validate() error {
 	}
 	if (r.UpstreamCert == "") != (r.UpstreamKey == "") {
 		return errors.New("--upstream-cert and --upstream-key go together")
+	}
+	auth, err := proxy.ParseAuthMode(r.Auth)
+	if err != nil {
+		return err
+	}
+	if _, err := proxy.ParseChannelBinding(r.ChannelBinding); err != nil {
+		return err
+	}
+	if r.PasswordFile != "" && r.PasswordEnv != "" {
+		return errors.New("--password-file and --password-env: give one of them")
+	}
+	if (r.PasswordFile != "" || r.PasswordEnv != "") && auth != proxy.AuthRelay {
+		return errors.New("a stored password (--password-file, --password-env) needs --auth relay: in passthrough mode the client logs in itself")
 	}
 	return nil
 }

@@ -51,6 +51,11 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *up
 			return proxy.Route{}, nil, err
 		}
 	}
+	auth, _ := proxy.ParseAuthMode(r.Auth)
+	stored, err := storedPassword(r.PasswordFile, r.PasswordEnv)
+	if err != nil {
+		return proxy.Route{}, nil, err
+	}
 	d := ut.dialer
 	route := proxy.Route{
 		Name:         r.Name,
@@ -68,6 +73,9 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *up
 		ClientTLS:      mode,
 		TLSConfig:      serverTLS,
 		StartupTimeout: rc.StartupTimeout,
+		Auth:           auth,
+		ChannelBinding: r.ChannelBinding,
+		StoredPassword: stored,
 	}
 	return route, ut, nil
 }
