@@ -99,6 +99,10 @@ type proxyOpts struct {
 	port       int    // default: the cluster's port
 	serverName string
 	mode       proxy.ClientTLSMode
+	auth       proxy.AuthMode
+	binding    string // relay login's channel binding
+	stored     func() ([]byte, error)
+	log        *slog.Logger // default: testLogger()
 }
 
 // runningProxy is an in-process proxy on 127.0.0.1:0.
@@ -124,6 +128,10 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 		t.Fatal(err)
 	}
 	dials := &atomic.Int32{}
+	logger := o.log
+	if logger == nil {
+		logger = testLogger()
+	}
 	srv, err := proxy.New(proxy.Config{
 		Routes: []proxy.Route{{
 			Name: t.Name(), Listen: []string{"127.0.0.1:0"}, UpstreamAddr: d.Addr(),
@@ -137,8 +145,9 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 				return c, nil
 			},
 			ClientTLS: o.mode, TLSConfig: tcfg, StartupTimeout: 20 * time.Second,
+			Auth: o.auth, ChannelBinding: o.binding, StoredPassword: o.stored,
 		}},
-		Logger: testLogger(),
+		Logger: logger,
 	})
 	if err != nil {
 		t.Fatal(err)

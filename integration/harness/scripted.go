@@ -29,6 +29,27 @@ type ScriptedOptions struct {
 	// ClientCAs, when set, makes the server require and verify a client
 	// certificate.
 	ClientCAs []*Cert
+	// SCRAMPassword, when set, makes the server ask for SCRAM-SHA-256
+	// (offering -PLUS too, with tls-server-end-point binding checked against
+	// its own certificate) and accept only this password.
+	SCRAMPassword string
+}
+
+// ScriptedSCRAM is what a SCRAM exchange with the scripted server showed.
+type ScriptedSCRAM struct {
+	// Mechanism the client chose.
+	Mechanism string
+	// GS2Header is the client-first-message's GS2 header, e.g.
+	// "p=tls-server-end-point,,".
+	GS2Header string
+	// BindingData is the decoded c= of the client-final-message: the GS2
+	// header followed by the channel binding data.
+	BindingData []byte
+	// BindingOK tells whether the binding data was the SHA-256 of the
+	// server certificate (tls-server-end-point) when -PLUS was chosen.
+	BindingOK bool
+	// ProofOK tells whether the client's proof matched the password.
+	ProofOK bool
 }
 
 // ScriptedServer is a minimal PostgreSQL server built with pgproto3, for
@@ -52,6 +73,14 @@ type ScriptedServer struct {
 	peers    []string // client certificate subjects
 	waiting  map[string]chan struct{}
 	pid      uint32
+	scram    []ScriptedSCRAM
+}
+
+// SCRAMExchanges returns the SCRAM exchanges seen.
+func (s *ScriptedServer) SCRAMExchanges() []ScriptedSCRAM {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]ScriptedSCRAM(nil), s.scram...)
 }
 
 // ScriptedCancel is a CancelRequest as the server received it.
@@ -178,6 +207,12 @@ func (s *ScriptedServer) serve(c net.Conn) {
 		s.cancel(m)
 		return
 	case *pgproto3.StartupMessage:
+		if s.opts.SCRAMPassword != "" {
+			ok := s.scramAuth(be)
+			if !ok {
+				return
+			}
+		}
 		s.session(be, m)
 	}
 }
@@ -204,7 +239,9 @@ func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessag
 	_, _ = rand.Read(secret)
 	key := string(binary.BigEndian.AppendUint32(nil, pid)) + string(secret)
 
-	be.Send(&pgproto3.AuthenticationOk{})
+	if s.opts.SCRAMPassword == "" {
+		be.Send(&pgproto3.AuthenticationOk{})
+	}
 	be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "17.0 (pgverifyproxy scripted server)"})
 	be.Send(&pgproto3.ParameterStatus{Name: "client_encoding", Value: "UTF8"})
 	be.Send(&pgproto3.ParameterStatus{Name: "standard_conforming_strings", Value: "on"})

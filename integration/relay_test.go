@@ -1,0 +1,345 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/proxy"
+)
+
+// relayLog is a proxy logger whose text the test can read.
+func relayLog() (*slog.Logger, *syncBuffer) {
+	var b syncBuffer
+	w := io.Writer(&b)
+	if os.Getenv("PGVP_TEST_LOG") == "1" {
+		w = io.MultiWriter(&b, os.Stderr)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), &b
+}
+
+// TestRelayLoginRealServer: in relay mode the clients that passthrough must
+// refuse (a TLS leg + SCRAM + channel_binding=prefer) log in, and the
+// proxy's own login to PG15 uses SCRAM-SHA-256-PLUS. With channel_binding
+// require on the route, pgconn would fail unless the server verified the
+// binding: that proves channel binding end to end against the real server.
+func TestRelayLoginRealServer(t *testing.T) {
+	for _, binding := range []string{"prefer", "require"} {
+		t.Run("channel_binding="+binding, func(t *testing.T) {
+			logger, logs := relayLog()
+			p := startProxy(t, proxyOpts{auth: proxy.AuthRelay, binding: binding, log: logger})
+			tests := []struct {
+				name, user, password, conninfo string
+				wantAuth                       string // the proxy's upstream login
+				wantErr                        string
+			}{
+				{name: "psql require, default channel_binding", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=require", wantAuth: "SCRAM-SHA-256-PLUS"},
+				{name: "psql disable", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=disable", wantAuth: "SCRAM-SHA-256-PLUS"},
+				{name: "psql require, md5 user", user: harness.MD5User, password: harness.MD5Password, conninfo: "sslmode=require",
+					wantAuth: map[string]string{"prefer": "md5"}[binding],
+					wantErr:  map[string]string{"require": "channel_binding require, and the server did not authenticate with SCRAM-SHA-256-PLUS"}[binding]},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					r := runPsql(t, p.port, "user="+tc.user+" application_name=relay-"+binding+" "+tc.conninfo, tc.password, "select current_user || '|' || ssl || '|' || current_setting('application_name') from pg_stat_ssl where pid = pg_backend_pid()")
+					if tc.wantErr != "" {
+						if r.code == 0 || !strings.Contains(r.err, tc.wantErr) {
+							t.Fatalf("exit %d err %q; want %q", r.code, r.err, tc.wantErr)
+						}
+						return
+					}
+					if want := tc.user + "|true|relay-" + binding; r.code != 0 || r.out != want {
+						t.Fatalf("exit %d out %q err %q; want %q\n%s", r.code, r.out, r.err, want, logs.String())
+					}
+					want := fmt.Sprintf("user=%s database=postgres", tc.user)
+					found := false
+					for _, line := range strings.Split(logs.String(), "\n") {
+						if strings.Contains(line, `msg="relay login"`) && strings.Contains(line, want) && strings.Contains(line, "upstream_auth="+tc.wantAuth+" ") {
+							found = true
+						}
+					}
+					if !found {
+						t.Fatalf("no relay login of %s with upstream_auth=%s in the log:\n%s", tc.user, tc.wantAuth, logs.String())
+					}
+				})
+			}
+			if strings.Contains(logs.String(), harness.ScramPassword) || strings.Contains(logs.String(), harness.MD5Password) {
+				t.Fatalf("a password reached the log:\n%s", logs.String())
+			}
+		})
+	}
+	t.Run("pgx over TLS with channel_binding=prefer", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=require", p.port, harness.ScramUser, harness.ScramPassword))
+		if err != nil {
+			t.Fatalf("pgx through relay mode: %v", err)
+		}
+		defer conn.Close(context.Background())
+		var got string
+		if err := conn.QueryRow(ctx, whoAmI).Scan(&got); err != nil || got != harness.ScramUser+"|true" {
+			t.Fatalf("query: %v %q", err, got)
+		}
+	})
+}
+
+// TestRelayPreSCRAMClient is a driver that only knows cleartext passwords
+// (pre-SCRAM libpq, old JDBC) logging in as the SCRAM user: the proxy asks
+// for the password in clear and does the SCRAM exchange upstream.
+func TestRelayPreSCRAMClient(t *testing.T) {
+	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+	c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	fe := pgproto3.NewFrontend(c, c)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": harness.ScramUser, "database": "postgres", "application_name": "legacy-driver"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	var key *pgproto3.BackendKeyData
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %v: %v", seen, err)
+		}
+		seen = append(seen, fmt.Sprintf("%T", msg))
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationCleartextPassword:
+			fe.Send(&pgproto3.PasswordMessage{Password: harness.ScramPassword})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		case *pgproto3.AuthenticationSASL, *pgproto3.AuthenticationMD5Password:
+			t.Fatalf("the legacy client was asked for %T", m)
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %+v", m)
+		case *pgproto3.BackendKeyData:
+			key = m
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+	if seen[0] != "*pgproto3.AuthenticationCleartextPassword" || seen[1] != "*pgproto3.AuthenticationOk" || key == nil {
+		t.Fatalf("message sequence %v", seen)
+	}
+	fe.Send(&pgproto3.Query{String: "select current_user || '|' || ssl || '|' || current_setting('application_name') || '|' || pid from pg_stat_ssl where pid = pg_backend_pid()"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var row string
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dr, ok := msg.(*pgproto3.DataRow); ok {
+			row = string(dr.Values[0])
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if want := fmt.Sprintf("%s|true|legacy-driver|%d", harness.ScramUser, key.ProcessID); row != want {
+		t.Fatalf("row %q, want %q (the client must hold the server's real BackendKeyData)", row, want)
+	}
+}
+
+// TestRelayWrongPassword: the client sees the server's own 28P01, and the
+// proxy makes exactly one login attempt.
+func TestRelayWrongPassword(t *testing.T) {
+	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	before := p.dials.Load()
+	_, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=wrong sslmode=disable", p.port, harness.ScramUser))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || pgErr.Severity != "FATAL" ||
+		pgErr.Message != `password authentication failed for user "`+harness.ScramUser+`"` {
+		t.Fatalf("got %v (%+v); want the server's 28P01", err, pgErr)
+	}
+	if n := p.dials.Load() - before; n != 1 {
+		t.Fatalf("%d upstream connections for one failed login; want 1", n)
+	}
+}
+
+// TestRelayCancel: the client holds the server's real BackendKeyData, so
+// a CancelRequest works as in passthrough mode.
+func TestRelayCancel(t *testing.T) {
+	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=require", p.port, harness.ScramUser, harness.ScramPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := conn.Exec(ctx, "select pg_sleep(30)").ReadAll(); done <- err }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var n int
+		if err := adminQueryRow(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'", &n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the query never started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := conn.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var pgErr *pgconn.PgError
+	if err := <-done; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("query ended with %v; want 57014", err)
+	}
+}
+
+// adminQueryRow runs one query as the superuser over the cluster's socket.
+func adminQueryRow(ctx context.Context, sql string, dest ...any) error {
+	c, err := pgx.Connect(ctx, cluster.AdminConnString())
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	return c.QueryRow(ctx, sql).Scan(dest...)
+}
+
+// TestRelayStoredPassword: an app with no password configured logs in with
+// the route's password file; a readable file or a non-loopback listener
+// stops the start with the fix.
+func TestRelayStoredPassword(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "scram.password")
+	if err := os.WriteFile(pwFile, []byte(harness.ScramPassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	upstream := fmt.Sprintf("localhost:%d", cluster.Port)
+	p := startCLI(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--password-file", pwFile)
+	r := runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=disable", "", whoAmI)
+	if r.code != 0 || r.out != harness.ScramUser+"|true" {
+		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
+	}
+	waitForLog(t, p, "stored_password=true")
+	if strings.Contains(p.log(), harness.ScramPassword) {
+		t.Fatalf("the password reached the log:\n%s", p.log())
+	}
+	p2 := startCLI(t, []string{"PGVP_TEST_STORED=" + harness.ScramPassword}, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--password-env", "PGVP_TEST_STORED")
+	if r := runPsql(t, p2.port, "user="+harness.ScramUser+" sslmode=disable", "", whoAmI); r.code != 0 || r.out != harness.ScramUser+"|true" {
+		t.Fatalf("password_env: exit %d out %q err %q\n%s", r.code, r.out, r.err, p2.log())
+	}
+
+	if err := os.Chmod(pwFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"readable password file", []string{"--password-file", pwFile, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, "chmod 0600 " + pwFile},
+		{"plaintext relay on a non-loopback listener", []string{"--listen", fmt.Sprintf("0.0.0.0:%d", port)},
+			"auth relay asks clients for their password in clear on the local hop, and 0.0.0.0:" + fmt.Sprint(port) + " is not loopback: set client_tls: require for this route"},
+		{"stored password on a non-loopback listener", []string{"--password-env", "HOME", "--client-tls", "require", "--listen", fmt.Sprintf("0.0.0.0:%d", port)},
+			"a stored password lets anyone who reaches the listener in"},
+		{"stored password in passthrough mode", []string{"--auth", "passthrough", "--password-env", "HOME", "--listen", fmt.Sprintf("127.0.0.1:%d", port)},
+			"needs --auth relay"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			args := append([]string{"--upstream", upstream, "--ca-file", rootFile, "--auth", "relay"}, tc.args...)
+			cmd := exec.CommandContext(ctx, binPath, args...)
+			cmd.Env = cleanEnv()
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("err %v output %q; want exit 2 with %q", err, out, tc.want)
+			}
+		})
+	}
+	t.Run("relay on a non-loopback listener with client_tls require starts", func(t *testing.T) {
+		p := startCLIArgs(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--client-tls", "require",
+			"--listen", fmt.Sprintf("0.0.0.0:%d", port))
+		r := psqlDSN(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s sslmode=require", port, harness.ScramUser), harness.ScramPassword, whoAmI)
+		if r.code != 0 || r.out != harness.ScramUser+"|true" {
+			t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
+		}
+	})
+}
+
+// TestRelayChannelBindingScripted proves the bytes of channel binding on the
+// proxy's login: against a scripted SCRAM server, the client-first-message
+// uses GS2 header p=tls-server-end-point and the client-final-message binds
+// the SHA-256 of the server certificate.
+func TestRelayChannelBindingScripted(t *testing.T) {
+	const password = "scripted-secret"
+	s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, binding := range []string{"require", "prefer"} {
+		t.Run(binding, func(t *testing.T) {
+			p := startProxy(t, proxyOpts{port: s.Port, auth: proxy.AuthRelay, binding: binding})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=%s sslmode=disable", p.port, password))
+			if err != nil {
+				t.Fatalf("connect: %v", err)
+			}
+			res, err := conn.Exec(ctx, "select 'bound'").ReadAll()
+			conn.Close(context.Background())
+			if err != nil || string(res[0].Rows[0][0]) != "select 'bound'" {
+				t.Fatalf("query: %v", err)
+			}
+			ex := s.SCRAMExchanges()
+			last := ex[len(ex)-1]
+			sum := sha256.Sum256(pki.Leaf.Cert.Raw)
+			wantData := append([]byte("p=tls-server-end-point,,"), sum[:]...)
+			if last.Mechanism != "SCRAM-SHA-256-PLUS" || last.GS2Header != "p=tls-server-end-point,," ||
+				string(last.BindingData) != string(wantData) || !last.BindingOK || !last.ProofOK {
+				t.Fatalf("SCRAM exchange %+v; want -PLUS bound to the certificate's SHA-256", last)
+			}
+		})
+	}
+	t.Run("wrong password", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{port: s.Port, auth: proxy.AuthRelay, binding: "require"})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=nope sslmode=disable", p.port))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+			t.Fatalf("got %v; want the server's 28P01", err)
+		}
+	})
+}
