@@ -221,7 +221,9 @@ type upstreamRejected struct {
 	err error
 }
 
-func (e *upstreamRejected) Error() string { return "upstream rejected the relay login: " + e.err.Error() }
+func (e *upstreamRejected) Error() string {
+	return "upstream rejected the relay login: " + e.err.Error()
+}
 func (e *upstreamRejected) Unwrap() error { return e.err }
 
 // handOver picks, from the bytes the server sent during the login, what the

@@ -57,22 +57,22 @@ type runConfig struct {
 // server name, trust and client certificate. Empty settings other than
 // name, listen, upstream and server_name take the top-level value.
 type routeConfig struct {
-	Name          string   `mapstructure:"name"`
-	Listen        []string `mapstructure:"listen"`
-	Upstream      string   `mapstructure:"upstream"`
-	ServerName    string   `mapstructure:"server_name"`
-	CAFile        string   `mapstructure:"ca_file"`
-	Trust         string   `mapstructure:"trust"`
-	UpstreamCert  string   `mapstructure:"upstream_cert"`
-	UpstreamKey   string   `mapstructure:"upstream_key"`
-	Negotiation   string   `mapstructure:"negotiation"`
-	ClientTLS     string   `mapstructure:"client_tls"`
-	ClientTLSCert string   `mapstructure:"client_tls_cert"`
-	ClientTLSKey  string   `mapstructure:"client_tls_key"`
-	Auth           string `mapstructure:"auth"`
-	ChannelBinding string `mapstructure:"channel_binding"`
-	PasswordFile   string `mapstructure:"password_file"`
-	PasswordEnv    string `mapstructure:"password_env"`
+	Name           string   `mapstructure:"name"`
+	Listen         []string `mapstructure:"listen"`
+	Upstream       string   `mapstructure:"upstream"`
+	ServerName     string   `mapstructure:"server_name"`
+	CAFile         string   `mapstructure:"ca_file"`
+	Trust          string   `mapstructure:"trust"`
+	UpstreamCert   string   `mapstructure:"upstream_cert"`
+	UpstreamKey    string   `mapstructure:"upstream_key"`
+	Negotiation    string   `mapstructure:"negotiation"`
+	ClientTLS      string   `mapstructure:"client_tls"`
+	ClientTLSCert  string   `mapstructure:"client_tls_cert"`
+	ClientTLSKey   string   `mapstructure:"client_tls_key"`
+	Auth           string   `mapstructure:"auth"`
+	ChannelBinding string   `mapstructure:"channel_binding"`
+	PasswordFile   string   `mapstructure:"password_file"`
+	PasswordEnv    string   `mapstructure:"password_env"`
 	// set holds the keys the file gives for this route, even empty ones:
 	// `ca_file: ""` in a route means "use a pin", not "inherit".
 	set map[string]bool
