@@ -255,9 +255,9 @@ func channelBindingError(clientTLS bool, what string) *ClientError {
 // hintChannelBinding says how to turn channel binding off on the client.
 func hintChannelBinding(clientTLS bool) string {
 	off := "add channel_binding=disable to the client's connection string (libpq, pgx; node-postgres: leave enableChannelBinding off)"
+	relay := "; or set auth: relay for this route, and the proxy logs in itself with channel binding to the server. The proxy verifies the server (verify-full) in every case."
 	if clientTLS {
-		return "Use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or " + off +
-			"; the proxy still verifies the server (verify-full) on the network side."
+		return "Use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or " + off + relay
 	}
-	return "Turn channel binding off in the client: " + off + "; the proxy still verifies the server (verify-full) on the network side."
+	return "Turn channel binding off in the client: " + off + relay
 }
