@@ -14,6 +14,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ClientTLSMode says how a route answers a client's SSLRequest.
@@ -88,6 +90,8 @@ type Route struct {
 	// client (local trust: loopback and unix listeners only). It is called
 	// for each login, so a rotated password file needs no restart.
 	StoredPassword func() ([]byte, error)
+
+	relayBase *pgconn.Config // set by validate for AuthRelay
 }
 
 // Config is the whole proxy.
@@ -139,6 +143,9 @@ func (r *Route) validate() error {
 			return fmt.Errorf("route %s: a stored password needs auth relay", r.Name)
 		}
 		return nil
+	}
+	if r.relayBase, err = relayBaseConfig(); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
 	}
 	return r.checkRelayListeners()
 }

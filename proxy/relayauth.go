@@ -51,6 +51,19 @@ func ParseChannelBinding(s string) (string, error) {
 	return "", fmt.Errorf("channel_binding must be prefer, require or disable, not %q", s)
 }
 
+// relayBaseConfig is the pgconn configuration every relay login starts
+// from. pgconn.ParseConfig also reads PG* variables and service files: the
+// connection string pins what it could take from them (no TLS of pgconn's
+// own, no password file lookup), and loginUpstream sets every other field
+// that matters. It is parsed once, when the route is validated.
+func relayBaseConfig() (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig("host=upstream port=5432 sslmode=disable user=relay password=unused")
+	if err != nil {
+		return nil, fmt.Errorf("auth relay: preparing the login configuration (check PG* environment variables): %w", err)
+	}
+	return cfg, nil
+}
+
 // relayLogin is the outcome of an upstream login done by the proxy.
 type relayLogin struct {
 	conn net.Conn
@@ -122,12 +135,7 @@ func (r *recorder) Read(p []byte) (int, error) {
 // not retried.
 func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params map[string]string, password []byte) (*relayLogin, error) {
 	r := ss.route
-	cfg, err := pgconn.ParseConfig("")
-	if err != nil {
-		return nil, fmt.Errorf("relay login: %w", err)
-	}
-	// ParseConfig also reads PG* variables: every field that matters is
-	// set here explicitly.
+	cfg := r.relayBase.Copy()
 	cfg.Host, cfg.Port = "upstream", 5432 // only in pgconn's messages; DialFunc decides
 	cfg.User, cfg.Database = params["user"], params["database"]
 	cfg.Password = string(password)
