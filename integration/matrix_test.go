@@ -3,8 +3,10 @@ package integration
 // The client compatibility matrix (issue 4, items 5 and 6): real clients
 // through the proxy against the PostgreSQL 15 of TestMain, with the SCRAM
 // user and the md5 user, in each client's plaintext mode and its
-// TLS-required mode. The README's table is rendered from what the cells
-// observed, and the test fails when the README no longer matches.
+// TLS-required mode, through a proxy in the default passthrough auth mode
+// and through one in auth relay mode. The README's table is rendered from
+// what the cells observed, and the test fails when the README no longer
+// matches.
 
 import (
 	"context"
@@ -12,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -26,6 +29,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
 // matrixUser is a column of the matrix.
@@ -55,6 +59,16 @@ type matrixWant int
 const (
 	matrixWorks   matrixWant = iota // logs in, reads back its user and ssl=true
 	matrixRefused                   // refused by the proxy with the channel-binding hint
+	// matrixClientRefuses: the client itself gives up at the relay
+	// proxy's request for a cleartext password, because it requires
+	// channel binding; the proxy has nothing to add.
+	matrixClientRefuses
+)
+
+// The proxy's auth modes, as the rows name them.
+const (
+	matrixPassthrough = proxy.AuthPassthrough
+	matrixRelay       = proxy.AuthRelay
 )
 
 // matrixClient is one client program or library.
@@ -75,9 +89,12 @@ type matrixClient struct {
 	run func(t *testing.T, port int, cells []matrixCell) ([]matrixObs, error)
 }
 
-// matrixRow is one row of the table: a client in one mode.
+// matrixRow is one row of the table: a client in one mode through a
+// proxy in one auth mode.
 type matrixRow struct {
 	client *matrixClient
+	// auth is the proxy's auth mode: each mode has its own proxy.
+	auth proxy.AuthMode
 	// mode is shown in the table, in the client's own words.
 	mode string
 	// spec is the mode in the client's native form, added to what
@@ -112,41 +129,65 @@ var (
 	matrixPsycopg2Client = &matrixClient{name: "psycopg2 (libpq 15)", cbOption: true, batch: true, run: matrixRunPsycopg2}
 	matrixJDBCClient     = &matrixClient{name: "PgJDBC 42.5", batch: true, run: matrixRunJDBC}
 	matrixNodeClient     = &matrixClient{name: "node-postgres 8", batch: true, run: matrixRunNode,
-		cbAdvice: "leave `enableChannelBinding` off (the default), as the rows without it show"}
+		cbAdvice: "leave `enableChannelBinding` off (the default), as the rows without it show, or use `auth: relay`"}
 )
 
-// matrixRows are the table's rows, in order.
+// matrixRows are the table's rows, in order: each client's rows through the
+// passthrough proxy, then through the relay proxy.
 var matrixRows = []*matrixRow{
-	{matrixPsqlClient, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsqlClient, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsqlClient, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPsqlClient, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgbenchClient, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgbenchClient, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPgbenchClient, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgxClient, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgxClient, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPgxClient, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsycopg2Client, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsycopg2Client, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPsycopg2Client, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixJDBCClient, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixPassthrough, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixPsqlClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixRelay, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	// libpq refuses the cleartext password request when it must bind.
+	{matrixPsqlClient, matrixRelay, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
+	{matrixPgbenchClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgbenchClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixPgbenchClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgbenchClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixPgxClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	// pgx, like libpq, refuses a cleartext request when it must bind.
+	{matrixPgxClient, matrixRelay, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
+	{matrixPsycopg2Client, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixPsycopg2Client, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	// PgJDBC 42.5 has no channel-binding support: it sends GS2 flag n.
-	{matrixJDBCClient, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixNodeClient, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixNodeClient, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixPassthrough, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixRelay, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixPassthrough, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixPassthrough, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	// node-postgres' opt-in channel binding sends GS2 flag y even in
 	// plaintext when the server offers no SCRAM-SHA-256-PLUS.
-	{matrixNodeClient, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixNodeClient, "ssl: { rejectUnauthorized: false }, enableChannelBinding: true", `{"ssl": {"rejectUnauthorized": false}, "enableChannelBinding": true}`, matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixNodeClient, matrixPassthrough, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixNodeClient, matrixPassthrough, "ssl: { rejectUnauthorized: false }, enableChannelBinding: true", `{"ssl": {"rejectUnauthorized": false}, "enableChannelBinding": true}`, matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixNodeClient, matrixRelay, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixRelay, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixRelay, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixRelay, "ssl: { rejectUnauthorized: false }, enableChannelBinding: true", `{"ssl": {"rejectUnauthorized": false}, "enableChannelBinding": true}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 }
 
-// TestClientMatrix runs every cell of the matrix through one proxy, checks
-// each against its expected kind of outcome, renders the README table from
-// what the cells observed and compares it with README.md (or rewrites it
-// when PGVP_UPDATE_MATRIX=1).
+// TestClientMatrix runs every cell of the matrix through two proxies, one
+// per auth mode, checks each against its expected kind of outcome, renders
+// the README table from what the cells observed (and from the relay
+// proxy's log, which says how it logged in upstream) and compares it with
+// README.md (or rewrites it when PGVP_UPDATE_MATRIX=1).
 func TestClientMatrix(t *testing.T) {
-	p := startProxy(t, proxyOpts{})
+	relayLog := &matrixLog{}
+	ports := map[proxy.AuthMode]int{
+		matrixPassthrough: startProxy(t, proxyOpts{}).port,
+		matrixRelay:       startProxy(t, proxyOpts{auth: proxy.AuthRelay, log: relayLog.logger()}).port,
+	}
 	start := time.Now()
 
 	var (
@@ -155,9 +196,20 @@ func TestClientMatrix(t *testing.T) {
 		failed  []string              // cells that failed
 	)
 	cellCount := len(matrixRows) * len(matrixUsers)
-	// Runs after every subtest, parallel ones included, has finished.
+	// Runs after every subtest, parallel ones included, has finished (and
+	// before the proxies close: cleanups run last in, first out).
 	t.Cleanup(func() {
 		t.Logf("matrix: %d of %d cells ran in %v", len(outcome), cellCount, time.Since(start).Round(time.Millisecond))
+		for _, u := range matrixUsers {
+			if relayLog.contains(u.password) {
+				t.Errorf("the password of %s reached the relay proxy's log", u.name)
+			}
+		}
+		logins, left, err := relayLog.logins()
+		if err != nil {
+			t.Errorf("%v (README.md not compared)", err)
+			return
+		}
 		update := os.Getenv("PGVP_UPDATE_MATRIX") == "1"
 		switch {
 		case len(failed) > 0:
@@ -175,25 +227,49 @@ func TestClientMatrix(t *testing.T) {
 			}
 			return
 		}
-		matrixSyncReadme(t, filepath.Join("..", "README.md"), matrixRender(outcome), update)
+		// Each client that refused the cleartext request hung up before
+		// sending a password, as the relay proxy saw it.
+		for i, u := range matrixUsers {
+			want := 0
+			for _, row := range matrixRows {
+				if row.auth == matrixRelay && row.want[i] == matrixClientRefuses {
+					want++
+				}
+			}
+			if left[u.name] != want {
+				t.Errorf("the relay proxy logged %q for %s %d times; want once per cell refused by the client (%d)", matrixLeftMsg, u.name, left[u.name], want)
+				return
+			}
+		}
+		matrixSyncReadme(t, filepath.Join("..", "README.md"), matrixRender(outcome, logins), update)
 	})
 
-	// One launch per batched client, shared by its cells.
+	// One launch per batched client and proxy, shared by its cells.
+	type batchKey struct {
+		client *matrixClient
+		auth   proxy.AuthMode
+	}
 	type batchResult struct {
 		once sync.Once
 		obs  map[string]matrixObs
 		err  error
 	}
-	batches := map[*matrixClient]*batchResult{}
+	batches := map[batchKey]*batchResult{}
+	batchCells := map[batchKey][]matrixCell{}
 	clientCells := map[*matrixClient][]matrixCell{}
 	var clients []*matrixClient
 	for i, row := range matrixRows {
 		if _, ok := clientCells[row.client]; !ok {
 			clients = append(clients, row.client)
-			batches[row.client] = &batchResult{}
+		}
+		key := batchKey{row.client, row.auth}
+		if _, ok := batches[key]; !ok {
+			batches[key] = &batchResult{}
 		}
 		for _, u := range matrixUsers {
-			clientCells[row.client] = append(clientCells[row.client], matrixCell{id: fmt.Sprintf("r%d_%s", i, u.name), row: row, user: u})
+			cell := matrixCell{id: fmt.Sprintf("r%d_%s", i, u.name), row: row, user: u}
+			clientCells[row.client] = append(clientCells[row.client], cell)
+			batchCells[key] = append(batchCells[key], cell)
 		}
 	}
 
@@ -201,7 +277,12 @@ func TestClientMatrix(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			for _, cell := range clientCells[c] {
-				t.Run(cell.row.mode+" "+cell.user.name, func(t *testing.T) {
+				name := cell.row.mode + " " + cell.user.name
+				if cell.row.auth != matrixPassthrough {
+					name = "auth=" + string(cell.row.auth) + " " + name
+				}
+				port := ports[cell.row.auth]
+				t.Run(name, func(t *testing.T) {
 					t.Parallel()
 					defer func() { // also after t.Fatal
 						if t.Failed() {
@@ -212,10 +293,11 @@ func TestClientMatrix(t *testing.T) {
 					}()
 					var obs matrixObs
 					if c.batch {
-						b := batches[c]
+						key := batchKey{c, cell.row.auth}
+						b := batches[key]
 						b.once.Do(func() {
-							cells := clientCells[c]
-							all, err := c.run(t, p.port, cells)
+							cells := batchCells[key]
+							all, err := c.run(t, port, cells)
 							if err == nil && len(all) != len(cells) {
 								err = fmt.Errorf("%s returned %d results for %d cells", c.name, len(all), len(cells))
 							}
@@ -230,7 +312,7 @@ func TestClientMatrix(t *testing.T) {
 						}
 						obs = b.obs[cell.id]
 					} else {
-						one, err := c.run(t, p.port, []matrixCell{cell})
+						one, err := c.run(t, port, []matrixCell{cell})
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -244,6 +326,76 @@ func TestClientMatrix(t *testing.T) {
 			}
 		})
 	}
+}
+
+// matrixLog keeps the relay proxy's log (JSON lines) for the table's note
+// on how the proxy logged in upstream, and shows it on stderr too when
+// PGVP_TEST_LOG=1.
+type matrixLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *matrixLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if os.Getenv("PGVP_TEST_LOG") == "1" {
+		os.Stderr.Write(p)
+	}
+	return l.b.Write(p)
+}
+
+// logger is a debug-level JSON logger writing to l.
+func (l *matrixLog) logger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// contains reports whether s occurs anywhere in the log.
+func (l *matrixLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.b.String(), s)
+}
+
+// matrixLeftMsg is the relay proxy's log line for a client that hung up
+// at its request for a password.
+const matrixLeftMsg = "client left before sending its password"
+
+// logins returns, for each user the proxy logged in upstream as, the
+// mechanisms of those logins (its "relay login" lines), sorted, and for
+// each user the number of clients that left at the request for a password.
+func (l *matrixLog) logins() (logins map[string][]string, left map[string]int, err error) {
+	l.mu.Lock()
+	text := l.b.String()
+	l.mu.Unlock()
+	logins, left = map[string][]string{}, map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec struct {
+			Msg          string `json:"msg"`
+			User         string `json:"user"`
+			UpstreamAuth string `json:"upstream_auth"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			return nil, nil, fmt.Errorf("the relay proxy's log line %q: %w", line, err)
+		}
+		if rec.Msg == matrixLeftMsg {
+			left[rec.User]++
+		}
+		if rec.Msg != "relay login" {
+			continue
+		}
+		if rec.User == "" || rec.UpstreamAuth == "" {
+			return nil, nil, fmt.Errorf("the relay proxy's log line %q lacks user or upstream_auth", line)
+		}
+		if !slices.Contains(logins[rec.User], rec.UpstreamAuth) {
+			logins[rec.User] = append(logins[rec.User], rec.UpstreamAuth)
+			slices.Sort(logins[rec.User])
+		}
+	}
+	return logins, left, nil
 }
 
 // matrixJudge checks one cell's observation against what a user must see
@@ -270,7 +422,7 @@ func matrixJudge(t *testing.T, cell matrixCell, o matrixObs) string {
 			t.Errorf("the client leg did not use TLS in a TLS-required mode")
 		}
 		if want != matrixWorks {
-			t.Errorf("the cell works; want it refused with the channel-binding hint")
+			t.Errorf("the cell works; want it refused")
 		}
 		switch {
 		case row.leg == matrixLegEither && o.clientTLS == "true":
@@ -292,6 +444,18 @@ func matrixJudge(t *testing.T, cell matrixCell, o matrixObs) string {
 			return "refused, with the hint to add `channel_binding=disable`"
 		}
 		return "refused, with the proxy's channel-binding hint" + matrixNoOptionMark
+	case want == matrixClientRefuses:
+		// The message from "channel binding" on: what precedes it names
+		// the proxy's address and port, which change at every run.
+		first, _, _ := strings.Cut(strings.TrimSpace(o.errText), "\n")
+		i := strings.Index(strings.ToLower(first), "channel binding")
+		if i < 0 {
+			t.Errorf("%s %s as %s failed without naming channel binding; want the client to refuse the cleartext password request because it requires channel binding: %s",
+				row.client.name, row.mode, u.name, o.errText)
+			return "fails: " + first
+		}
+		t.Logf("%s %s as %s refused by the client: %s", row.client.name, row.mode, u.name, o.errText)
+		return "refused by the client: \"" + strings.TrimSpace(first[i:]) + "\""
 	default:
 		t.Errorf("%s %s as %s failed: %s", row.client.name, row.mode, u.name, o.errText)
 		first, _, _ := strings.Cut(strings.TrimSpace(o.errText), "\n")
@@ -304,18 +468,25 @@ func matrixJudge(t *testing.T, cell matrixCell, o matrixObs) string {
 const matrixNoOptionMark = "¹"
 
 // matrixRender renders the README table from the cells' outcomes, with
-// notes under it for the kinds of outcome that occur.
-func matrixRender(outcome map[string]string) string {
+// notes under it for the kinds of outcome that occur and, from the relay
+// proxy's log, how that proxy logged in upstream as each user (logins).
+func matrixRender(outcome map[string]string, logins map[string][]string) string {
 	var b strings.Builder
-	b.WriteString("| client | mode | " + matrixUsers[0].label + " | " + matrixUsers[1].label + " |\n")
-	b.WriteString("|---|---|---|---|\n")
-	var refused, pgbench bool
+	b.WriteString("| client | mode | proxy `auth` | " + matrixUsers[0].label + " | " + matrixUsers[1].label + " |\n")
+	b.WriteString("|---|---|---|---|---|\n")
+	var refused, clientRefused, pgbench, relay bool
 	var noOption []*matrixClient // refused clients without channel_binding
 	for i, row := range matrixRows {
-		fmt.Fprintf(&b, "| %s | `%s` |", row.client.name, row.mode)
+		auth := string(row.auth)
+		if row.auth != matrixPassthrough {
+			auth = "**" + auth + "**"
+			relay = true
+		}
+		fmt.Fprintf(&b, "| %s | `%s` | %s |", row.client.name, row.mode, auth)
 		for _, u := range matrixUsers {
 			text := outcome[fmt.Sprintf("r%d_%s", i, u.name)]
-			refused = refused || strings.HasPrefix(text, "refused")
+			refused = refused || strings.HasPrefix(text, "refused,")
+			clientRefused = clientRefused || strings.HasPrefix(text, "refused by the client")
 			if strings.HasSuffix(text, matrixNoOptionMark) && !slices.Contains(noOption, row.client) {
 				noOption = append(noOption, row.client)
 			}
@@ -334,6 +505,29 @@ func matrixRender(outcome map[string]string) string {
 			"\" and its HINT (see [SCRAM channel binding](#scram-channel-binding))."
 	}
 	b.WriteString("\n" + matrixWrap(notes))
+	notes = ""
+	if relay {
+		notes += "**relay**: the proxy runs with `auth: relay`: it asks the client for its password in clear " +
+			"(inside the client's TLS leg when it has one) and logs in to the server itself " +
+			"(see [Auth relay mode](#auth-relay-mode-the-proxy-logs-in-itself)); its log shows its logins"
+		var seen []string
+		for _, u := range matrixUsers {
+			mechs := logins[u.name]
+			if len(mechs) == 0 {
+				mechs = []string{"none"}
+			}
+			seen = append(seen, fmt.Sprintf("as the %s with `%s`", u.label, strings.Join(mechs, "` and `")))
+		}
+		notes += " " + strings.Join(seen, ", ") + "."
+	}
+	if clientRefused {
+		notes += " \"refused by the client\": the client requires channel binding, so it gives up at the relay " +
+			"proxy's request for a cleartext password, with the error quoted, and hangs up without sending " +
+			"the password (the proxy logs \"" + matrixLeftMsg + "\"): the proxy has no chance to add a hint."
+	}
+	if notes != "" {
+		b.WriteString("\n" + matrixWrap(strings.TrimSpace(notes)))
+	}
 	for _, c := range noOption {
 		note := fmt.Sprintf("%s %s has no `channel_binding` option", matrixNoOptionMark, c.name)
 		if c.cbAdvice != "" {
