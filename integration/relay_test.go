@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -267,7 +268,7 @@ func TestRelayStoredPassword(t *testing.T) {
 	}{
 		{"readable password file", []string{"--password-file", pwFile, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, "chmod 0600 " + pwFile},
 		{"plaintext relay on a non-loopback listener", []string{"--listen", fmt.Sprintf("0.0.0.0:%d", port)},
-			"auth relay asks clients for their password in clear on the local hop, and 0.0.0.0:" + fmt.Sprint(port) + " is not loopback: set client_tls: require for this route"},
+			"auth relay asks clients for their password in clear on the local hop, and 0.0.0.0:" + fmt.Sprint(port) + " is not loopback: set client_tls: require (with client_tls_cert and client_tls_key) for this route"},
 		{"stored password on a non-loopback listener", []string{"--password-env", "HOME", "--client-tls", "require", "--listen", fmt.Sprintf("0.0.0.0:%d", port)},
 			"a stored password lets anyone who reaches the listener in"},
 		{"stored password in passthrough mode", []string{"--auth", "passthrough", "--password-env", "HOME", "--listen", fmt.Sprintf("127.0.0.1:%d", port)},
@@ -287,14 +288,93 @@ func TestRelayStoredPassword(t *testing.T) {
 			}
 		})
 	}
-	t.Run("relay on a non-loopback listener with client_tls require starts", func(t *testing.T) {
-		p := startCLIArgs(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--client-tls", "require",
+	t.Run("relay on a non-loopback listener needs a certificate clients verify", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, binPath, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--client-tls", "require",
 			"--listen", fmt.Sprintf("0.0.0.0:%d", port))
-		r := psqlDSN(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s sslmode=require", port, harness.ScramUser), harness.ScramPassword, whoAmI)
+		cmd.Env = cleanEnv()
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "with the generated client TLS certificate: clients cannot verify it") {
+			t.Fatalf("err %v output %q; want exit 2 asking for client_tls_cert", err, out)
+		}
+		certFile, keyFile := filepath.Join(dir, "proxy.crt"), filepath.Join(dir, "proxy.key")
+		if err := os.WriteFile(certFile, pki.Leaf.ChainPEM(pki.Intermediate), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, pki.Leaf.KeyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := startCLIArgs(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--client-tls", "require",
+			"--client-tls-cert", certFile, "--client-tls-key", keyFile, "--listen", fmt.Sprintf("0.0.0.0:%d", port))
+		r := psqlDSN(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s sslmode=verify-full sslrootcert=%s", port, harness.ScramUser, rootFile), harness.ScramPassword, whoAmI)
 		if r.code != 0 || r.out != harness.ScramUser+"|true" {
 			t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
 		}
 	})
+}
+
+// TestRelayProtocolNegotiation: in relay mode the client still learns what
+// the server made of its protocol version and _pq_ options, as it would
+// directly: PG15 answers NegotiateProtocolVersion (newest 3.0, the unknown
+// options listed).
+func TestRelayProtocolNegotiation(t *testing.T) {
+	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+	tests := []struct {
+		name     string
+		version  uint32
+		params   map[string]string
+		wantOpts []string
+	}{
+		{"3.0 with an unknown _pq_ option", pgproto3.ProtocolVersion30, map[string]string{"_pq_.some_ext": "on"}, []string{"_pq_.some_ext"}},
+		{"3.2", pgproto3.ProtocolVersion32, nil, nil},
+		{"3.3", 3<<16 | 3, nil, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			params := map[string]string{"user": harness.MD5User, "database": "postgres"}
+			for k, v := range tc.params {
+				params[k] = v
+			}
+			// pgproto3 encodes only the versions it knows; write the rest by hand.
+			raw, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}).Encode(nil)
+			binary.BigEndian.PutUint32(raw[4:8], tc.version)
+			if _, err := c.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+			fe := pgproto3.NewFrontend(c, c)
+			var npv *pgproto3.NegotiateProtocolVersion
+			for done := false; !done; {
+				msg, err := fe.Receive()
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch m := msg.(type) {
+				case *pgproto3.AuthenticationCleartextPassword:
+					fe.Send(&pgproto3.PasswordMessage{Password: harness.MD5Password})
+					if err := fe.Flush(); err != nil {
+						t.Fatal(err)
+					}
+				case *pgproto3.NegotiateProtocolVersion:
+					npv = m
+				case *pgproto3.ErrorResponse:
+					t.Fatalf("error: %+v", m)
+				case *pgproto3.ReadyForQuery:
+					done = true
+				}
+			}
+			if npv == nil || npv.NewestMinorProtocol != 3<<16 || fmt.Sprint(npv.UnrecognizedOptions) != fmt.Sprint(tc.wantOpts) {
+				t.Fatalf("NegotiateProtocolVersion %+v; want newest 3.0 with options %v", npv, tc.wantOpts)
+			}
+		})
+	}
 }
 
 // TestRelayChannelBindingScripted proves the bytes of channel binding on the
@@ -310,7 +390,8 @@ func TestRelayChannelBindingScripted(t *testing.T) {
 	defer s.Close()
 	for _, binding := range []string{"require", "prefer"} {
 		t.Run(binding, func(t *testing.T) {
-			p := startProxy(t, proxyOpts{port: s.Port, auth: proxy.AuthRelay, binding: binding})
+			logger, logs := relayLog()
+			p := startProxy(t, proxyOpts{port: s.Port, auth: proxy.AuthRelay, binding: binding, log: logger})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=%s sslmode=disable", p.port, password))
@@ -330,6 +411,10 @@ func TestRelayChannelBindingScripted(t *testing.T) {
 				string(last.BindingData) != string(wantData) || !last.BindingOK || !last.ProofOK {
 				t.Fatalf("SCRAM exchange %+v; want -PLUS bound to the certificate's SHA-256", last)
 			}
+			// The log names the mechanism the proxy actually sent.
+			if !strings.Contains(logs.String(), "upstream_auth=SCRAM-SHA-256-PLUS") {
+				t.Fatalf("log does not show the -PLUS login:\n%s", logs.String())
+			}
 		})
 	}
 	t.Run("wrong password", func(t *testing.T) {
@@ -342,4 +427,23 @@ func TestRelayChannelBindingScripted(t *testing.T) {
 			t.Fatalf("got %v; want the server's 28P01", err)
 		}
 	})
+}
+
+// TestRelayIgnoresPGEnvironment: PG* variables in the proxy's environment
+// (read by pgconn's configuration parser) do not change its logins.
+func TestRelayIgnoresPGEnvironment(t *testing.T) {
+	env := map[string]string{"PGSSLCERTMODE": "require", "PGSSLROOTCERT": "/nonexistent/root.crt", "PGSSLMODE": "verify-full",
+		"PGAPPNAME": "from-env", "PGOPTIONS": "-c work_mem=1MB", "PGTARGETSESSIONATTRS": "read-only", "PGCHANNELBINDING": "disable"}
+	for k, v := range env {
+		os.Setenv(k, v)
+	}
+	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
+	for k := range env {
+		os.Unsetenv(k)
+	}
+	r := runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=require application_name=mine", harness.ScramPassword,
+		"select current_setting('application_name') || '|' || current_setting('work_mem')")
+	if r.code != 0 || r.out != "mine|4MB" {
+		t.Fatalf("exit %d out %q err %q; want the client's own settings", r.code, r.out, r.err)
+	}
 }

@@ -78,6 +78,9 @@ type Route struct {
 	// TLSConfig is the server-side TLS configuration for clients. Required
 	// unless ClientTLS is disable.
 	TLSConfig *tls.Config
+	// ClientTLSGenerated tells that TLSConfig holds a generated certificate
+	// clients cannot verify (relay mode refuses it off loopback).
+	ClientTLSGenerated bool
 	// StartupTimeout bounds the phases before the relay; zero means
 	// DefaultStartupTimeout.
 	StartupTimeout time.Duration
@@ -168,16 +171,27 @@ func (r *Route) checkRelayListeners() error {
 			addrs = append(addrs, l.Addr().String())
 		}
 	}
+	return r.relayExposure(addrs)
+}
+
+// relayExposure says why a relay route may not serve the given
+// non-loopback addresses, or nil when it may.
+func (r *Route) relayExposure(addrs []string) error {
 	if len(addrs) == 0 {
 		return nil
 	}
+	where := strings.Join(addrs, ", ")
 	if r.StoredPassword != nil {
 		return fmt.Errorf("route %s: a stored password lets anyone who reaches the listener in, and %s is not loopback: listen on 127.0.0.1, ::1 or a unix socket for this route",
-			r.Name, strings.Join(addrs, ", "))
+			r.Name, where)
 	}
 	if r.ClientTLS != ClientTLSRequire {
-		return fmt.Errorf("route %s: auth relay asks clients for their password in clear on the local hop, and %s is not loopback: set client_tls: require for this route, or listen on 127.0.0.1, ::1 or a unix socket",
-			r.Name, strings.Join(addrs, ", "))
+		return fmt.Errorf("route %s: auth relay asks clients for their password in clear on the local hop, and %s is not loopback: set client_tls: require (with client_tls_cert and client_tls_key) for this route, or listen on 127.0.0.1, ::1 or a unix socket",
+			r.Name, where)
+	}
+	if r.ClientTLSGenerated {
+		return fmt.Errorf("route %s: auth relay on %s, which is not loopback, with the generated client TLS certificate: clients cannot verify it, so anyone on their path could collect passwords; give this route client_tls_cert and client_tls_key and have clients use sslmode=verify-full, or listen on loopback or a unix socket",
+			r.Name, where)
 	}
 	return nil
 }
@@ -189,6 +203,8 @@ func loopbackHost(hostport string) bool {
 		return false
 	}
 	if host == "localhost" {
+		// Checked again on the bound address: the name could resolve
+		// elsewhere.
 		return true
 	}
 	ip := net.ParseIP(host)

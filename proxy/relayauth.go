@@ -57,7 +57,7 @@ func ParseChannelBinding(s string) (string, error) {
 // own, no password file lookup), and loginUpstream sets every other field
 // that matters. It is parsed once, when the route is validated.
 func relayBaseConfig() (*pgconn.Config, error) {
-	cfg, err := pgconn.ParseConfig("host=upstream port=5432 sslmode=disable user=relay password=unused")
+	cfg, err := pgconn.ParseConfig("host=upstream port=5432 sslmode=disable sslcertmode=disable sslrootcert='' sslcert='' sslkey='' user=relay password=unused")
 	if err != nil {
 		return nil, fmt.Errorf("auth relay: preparing the login configuration (check PG* environment variables): %w", err)
 	}
@@ -143,22 +143,29 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 	cfg.SSLNegotiation = ""
 	cfg.ConnectTimeout = 0 // ctx carries the startup deadline
 	cfg.RequireAuth = ""
+	cfg.SSLCertMode = "disable"
 	cfg.ChannelBinding = r.ChannelBinding
 	cfg.ValidateConnect, cfg.AfterConnect = nil, nil
 	cfg.OAuthTokenProvider = nil
 	cfg.KerberosSrvName, cfg.KerberosSpn = "", ""
 	cfg.RuntimeParams = map[string]string{}
 	for k, v := range params {
-		if k == "user" || k == "database" || strings.HasPrefix(k, "_pq_.") {
+		if k == "user" || k == "database" {
 			continue
 		}
 		cfg.RuntimeParams[k] = v
 	}
-	version := "3.0"
-	if binary.BigEndian.Uint32(pkt.body()) == pgproto3.ProtocolVersion32 {
-		version = "3.2"
+	// The proxy asks for 3.2 when the client asked for 3.2 or later, else
+	// 3.0 (pgconn knows no other minor versions); the client learns the
+	// outcome from the server's NegotiateProtocolVersion, or from one the
+	// proxy writes when it asked for less than the client did.
+	clientMinor := binary.BigEndian.Uint32(pkt.body()) & 0xffff
+	askedMinor := uint32(0)
+	cfg.MaxProtocolVersion = "3.0"
+	if clientMinor >= 2 {
+		askedMinor, cfg.MaxProtocolVersion = 2, "3.2"
 	}
-	cfg.MinProtocolVersion, cfg.MaxProtocolVersion = "3.0", version
+	cfg.MinProtocolVersion = "3.0"
 	cfg.LookupFunc = func(ctx context.Context, host string) ([]string, error) { return []string{host}, nil }
 	var dialErr error
 	cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -176,9 +183,10 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 		return c, nil
 	}
 	rec := &recorder{}
+	var sent bytes.Buffer // what the proxy sent: to name the SASL mechanism it used
 	cfg.BuildFrontend = func(rd io.Reader, w io.Writer) *pgproto3.Frontend {
 		rec.r = rd
-		return pgproto3.NewFrontend(rec, w)
+		return pgproto3.NewFrontend(rec, io.MultiWriter(w, &sent))
 	}
 	cfg.OnNotice, cfg.OnNotification = nil, nil
 
@@ -206,11 +214,16 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 		pc.Close(context.Background())
 		return nil, fmt.Errorf("relay login: taking over the connection: %w", err)
 	}
-	if mech == "SCRAM-SHA-256" && r.ChannelBinding != "disable" {
-		// pgconn upgrades to -PLUS whenever the server offers it over TLS.
-		if saslOffersPlus(rec.buf.Bytes()) {
-			mech = "SCRAM-SHA-256-PLUS"
+	if mech == "SCRAM-SHA-256" {
+		// The mechanism pgconn actually chose, from its SASLInitialResponse.
+		if m := saslMechanism(sent.Bytes()); m != "" {
+			mech = m
 		}
+	}
+	zero(sent.Bytes())
+	if clientMinor != askedMinor && lastMessage(toClient, 'v') == nil {
+		v, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 3<<16 | askedMinor}).Encode(nil)
+		toClient = append(v, toClient...)
 	}
 	return &relayLogin{conn: hj.Conn, toClient: toClient, mechanism: mech}, nil
 }
@@ -242,6 +255,13 @@ func handOver(b []byte) (out []byte, mechanism string, err error) {
 	mechanism = "trust"
 	seenOK := false
 	for len(b) > 0 {
+		if seenOK {
+			// Everything after AuthenticationOk goes to the client as it
+			// came, a message the login read only in part included: the
+			// raw relay continues the stream.
+			out = append(out, b...)
+			break
+		}
 		if len(b) < 5 {
 			return nil, "", errors.New("relay login: truncated message from the server")
 		}
@@ -264,7 +284,7 @@ func handOver(b []byte) (out []byte, mechanism string, err error) {
 			case authSASL:
 				mechanism = "SCRAM-SHA-256"
 			}
-		case seenOK, m[0] == 'v', m[0] == 'N':
+		case m[0] == 'v', m[0] == 'N':
 			out = append(out, m...)
 		}
 	}
@@ -290,24 +310,30 @@ func lastMessage(b []byte, typ byte) []byte {
 	return last
 }
 
-// saslOffersPlus reports whether the server offered SCRAM-SHA-256-PLUS.
-func saslOffersPlus(b []byte) bool {
-	for len(b) >= 9 {
+// saslMechanism returns the mechanism of the SASLInitialResponse among the
+// bytes the proxy sent (the StartupMessage first, then typed messages).
+func saslMechanism(b []byte) string {
+	if len(b) < 4 {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	if n < 4 || n > len(b) {
+		return ""
+	}
+	b = b[n:]
+	for len(b) >= 5 {
 		n := int(binary.BigEndian.Uint32(b[1:5]))
 		if n < 4 || len(b) < 1+n {
 			break
 		}
-		if b[0] == 'R' && binary.BigEndian.Uint32(b[5:9]) == authSASL {
-			var sasl pgproto3.AuthenticationSASL
-			if sasl.Decode(b[5:1+n]) == nil {
-				for _, m := range sasl.AuthMechanisms {
-					if m == "SCRAM-SHA-256"+scramPlusSuffix {
-						return true
-					}
-				}
+		if b[0] == 'p' {
+			body := b[5 : 1+n]
+			if i := bytes.IndexByte(body, 0); i > 0 {
+				return string(body[:i])
 			}
+			return ""
 		}
 		b = b[1+n:]
 	}
-	return false
+	return ""
 }

@@ -13,11 +13,14 @@ import (
 func TestRelayListenerRules(t *testing.T) {
 	stored := func() ([]byte, error) { return []byte("x"), nil }
 	tests := []struct {
-		name    string
-		listen  []string
-		mode    ClientTLSMode
-		stored  bool
-		wantErr string
+		name   string
+		listen []string
+		mode   ClientTLSMode
+		stored bool
+		// generated: the client TLS certificate is the in-memory one.
+		generated bool
+		listeners []net.Listener
+		wantErr   string
 	}{
 		{name: "loopback v4", listen: []string{"127.0.0.1:5432"}},
 		{name: "loopback v6", listen: []string{"[::1]:5432"}},
@@ -28,10 +31,13 @@ func TestRelayListenerRules(t *testing.T) {
 		{name: "all interfaces with TLS required", listen: []string{"0.0.0.0:5432"}, mode: ClientTLSRequire},
 		{name: "stored password on loopback", listen: []string{"127.0.0.1:5432", "unix:/run/pg"}, stored: true},
 		{name: "stored password on all interfaces", listen: []string{"0.0.0.0:5432"}, mode: ClientTLSRequire, stored: true, wantErr: "a stored password lets anyone who reaches the listener in"},
+		{name: "all interfaces with the generated certificate", listen: []string{"0.0.0.0:5432"}, mode: ClientTLSRequire, generated: true, wantErr: "clients cannot verify it"},
+		{name: "a passed-in listener of unknown kind", listeners: []net.Listener{oddListener{}}, wantErr: "odd:1 is not loopback"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := Route{Name: "r", Listen: tc.listen, Dial: neverDial(t), ClientTLS: tc.mode, TLSConfig: testTLSConfig(t), Auth: AuthRelay}
+			r := Route{Name: "r", Listen: tc.listen, Listeners: tc.listeners, Dial: neverDial(t), ClientTLS: tc.mode, TLSConfig: testTLSConfig(t),
+				ClientTLSGenerated: tc.generated, Auth: AuthRelay}
 			if tc.mode == "" {
 				r.ClientTLS = ClientTLSAllow
 			}
@@ -108,8 +114,13 @@ func TestHandOverKeepsWhatTheClientMustSee(t *testing.T) {
 	if _, _, err := handOver(enc(&pgproto3.AuthenticationMD5Password{})); err == nil {
 		t.Fatal("a login without AuthenticationOk was handed over")
 	}
-	if _, _, err := handOver(after[:len(after)-2]); err == nil {
-		t.Fatal("a truncated stream was handed over")
+	// A message the login read only in part, after AuthenticationOk, goes
+	// on raw: the relay continues the stream.
+	if out, _, err := handOver(after[:len(after)-2]); err != nil || !bytes.Equal(out, after[:len(after)-2]) {
+		t.Fatalf("partial message after AuthenticationOk: %x, %v", out, err)
+	}
+	if _, _, err := handOver(enc(&pgproto3.AuthenticationMD5Password{})[:6]); err == nil {
+		t.Fatal("a stream truncated before AuthenticationOk was handed over")
 	}
 }
 
@@ -157,3 +168,13 @@ func mustEncode(t *testing.T, m pgproto3.FrontendMessage) []byte {
 	}
 	return b
 }
+
+// oddListener has an address that is neither TCP nor unix.
+type oddListener struct{ net.Listener }
+
+type oddAddr struct{}
+
+func (oddAddr) Network() string { return "odd" }
+func (oddAddr) String() string  { return "odd:1" }
+
+func (oddListener) Addr() net.Addr { return oddAddr{} }

@@ -77,6 +77,14 @@ func (s *Server) Listen() error {
 			if stale {
 				s.log.Warn("removed a stale socket file left by a process that did not shut down", "route", r.Name, "path", la.Address)
 			}
+			if err == nil && r.Auth == AuthRelay && !isLoopback(l.Addr()) {
+				// A host name such as localhost resolved to an address
+				// other machines reach.
+				if rerr := r.relayExposure([]string{addr + " (bound to " + l.Addr().String() + ")"}); rerr != nil {
+					l.Close()
+					err = rerr
+				}
+			}
 			if err != nil {
 				for _, l := range s.listeners {
 					l.Close()
@@ -216,10 +224,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// isLoopback reports a unix socket or a loopback TCP address; anything else
+// counts as reachable from elsewhere.
 func isLoopback(a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return true // unix sockets are local
+	switch ta := a.(type) {
+	case *net.UnixAddr:
+		return true
+	case *net.TCPAddr:
+		return ta.IP.IsLoopback()
 	}
-	return ta.IP.IsLoopback()
+	return false
 }

@@ -70,12 +70,13 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *up
 			}
 			return c, nil
 		},
-		ClientTLS:      mode,
-		TLSConfig:      serverTLS,
-		StartupTimeout: rc.StartupTimeout,
-		Auth:           auth,
-		ChannelBinding: r.ChannelBinding,
-		StoredPassword: stored,
+		ClientTLS:          mode,
+		TLSConfig:          serverTLS,
+		ClientTLSGenerated: mode != proxy.ClientTLSDisable && r.ClientTLSCert == "",
+		StartupTimeout:     rc.StartupTimeout,
+		Auth:               auth,
+		ChannelBinding:     r.ChannelBinding,
+		StoredPassword:     stored,
 	}
 	return route, ut, nil
 }
