@@ -196,19 +196,9 @@ func withoutChannelBinding(m *message) ([]byte, error) {
 // forwards it. initial marks the SASLInitialResponse, whose GS2 header is
 // checked for channel binding.
 func (a *authRelay) forwardClient(initial bool) error {
-	m, err := readMessage(a.client, maxClientAuthMessage)
+	m, err := readClientAuth(a.client, "authentication response", "an authentication response")
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return errClientLeft
-		}
-		return &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: reading the client's authentication response: " + err.Error(), Reason: "client_protocol", Cause: err}
-	}
-	switch m.typ {
-	case 'p':
-	case 'X':
-		return errClientLeft
-	default:
-		return protocolError("expected an authentication response from the client, got message %q", m.typ)
+		return err
 	}
 	if initial {
 		if err := a.checkSASLInitial(m); err != nil {
@@ -219,6 +209,27 @@ func (a *authRelay) forwardClient(initial bool) error {
 		return fmt.Errorf("upstream: forwarding authentication response: %w", err)
 	}
 	return nil
+}
+
+// readClientAuth reads the client's answer to an authentication request: a
+// 'p' message (password, SASL or GSS data). A client that closes or sends
+// Terminate has left (errClientLeft); anything else is a protocol error.
+// what and expected name the message in errors.
+func readClientAuth(client io.Reader, what, expected string) (*message, error) {
+	m, err := readMessage(client, maxClientAuthMessage)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errClientLeft
+		}
+		return nil, &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: reading the client's " + what + ": " + err.Error(), Reason: "client_protocol", Cause: err}
+	}
+	switch m.typ {
+	case 'p':
+		return m, nil
+	case 'X':
+		return nil, errClientLeft
+	}
+	return nil, protocolError("expected %s from the client, got message %q", expected, m.typ)
 }
 
 // checkSASLInitial refuses a SASLInitialResponse that asks for channel

@@ -83,19 +83,9 @@ func askPassword(client io.ReadWriter) ([]byte, error) {
 	if _, err := client.Write(req); err != nil {
 		return nil, fmt.Errorf("client: asking for the password: %w", err)
 	}
-	m, err := readMessage(client, maxClientAuthMessage)
+	m, err := readClientAuth(client, "password", "a password message")
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errClientLeft
-		}
-		return nil, &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: reading the client's password: " + err.Error(), Reason: "client_protocol", Cause: err}
-	}
-	switch m.typ {
-	case 'p':
-	case 'X':
-		return nil, errClientLeft
-	default:
-		return nil, protocolError("expected a password message from the client, got message %q", m.typ)
+		return nil, err
 	}
 	body := m.body()
 	end := bytes.IndexByte(body, 0)
@@ -262,17 +252,13 @@ func handOver(b []byte) (out []byte, mechanism string, err error) {
 			out = append(out, b...)
 			break
 		}
-		if len(b) < 5 {
+		m, rest, ok := nextMessage(b)
+		if !ok {
 			return nil, "", errors.New("relay login: truncated message from the server")
 		}
-		n := int(binary.BigEndian.Uint32(b[1:5]))
-		if n < 4 || len(b) < 1+n {
-			return nil, "", errors.New("relay login: truncated message from the server")
-		}
-		m := b[:1+n]
-		b = b[1+n:]
+		b = rest
 		switch {
-		case m[0] == 'R' && n >= 8:
+		case m[0] == 'R' && len(m) >= 9:
 			switch binary.BigEndian.Uint32(m[5:9]) {
 			case authOK:
 				seenOK = true
@@ -294,18 +280,26 @@ func handOver(b []byte) (out []byte, mechanism string, err error) {
 	return out, mechanism, nil
 }
 
+// nextMessage splits the first complete typed message (type byte, length,
+// body) off b; ok is false when b does not start with one.
+func nextMessage(b []byte) (msg, rest []byte, ok bool) {
+	if len(b) < 5 {
+		return nil, b, false
+	}
+	n := int(binary.BigEndian.Uint32(b[1:5]))
+	if n < 4 || len(b) < 1+n {
+		return nil, b, false
+	}
+	return b[:1+n], b[1+n:], true
+}
+
 // lastMessage returns the last message of type typ in b.
 func lastMessage(b []byte, typ byte) []byte {
 	var last []byte
-	for len(b) >= 5 {
-		n := int(binary.BigEndian.Uint32(b[1:5]))
-		if n < 4 || len(b) < 1+n {
-			break
+	for m, rest, ok := nextMessage(b); ok; m, rest, ok = nextMessage(rest) {
+		if m[0] == typ {
+			last = m
 		}
-		if b[0] == typ {
-			last = b[:1+n]
-		}
-		b = b[1+n:]
 	}
 	return last
 }
@@ -320,20 +314,14 @@ func saslMechanism(b []byte) string {
 	if n < 4 || n > len(b) {
 		return ""
 	}
-	b = b[n:]
-	for len(b) >= 5 {
-		n := int(binary.BigEndian.Uint32(b[1:5]))
-		if n < 4 || len(b) < 1+n {
-			break
-		}
-		if b[0] == 'p' {
-			body := b[5 : 1+n]
+	for m, rest, ok := nextMessage(b[n:]); ok; m, rest, ok = nextMessage(rest) {
+		if m[0] == 'p' {
+			body := m[5:]
 			if i := bytes.IndexByte(body, 0); i > 0 {
 				return string(body[:i])
 			}
 			return ""
 		}
-		b = b[1+n:]
 	}
 	return ""
 }
