@@ -16,9 +16,9 @@ import (
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
-// oldServer stands in for PostgreSQL before 17 facing direct TLS: it reads
-// the ClientHello as a startup packet of absurd length and hangs up.
-func oldServer(t *testing.T) int {
+// serveRaw runs answer on every connection to a loopback listener and
+// returns its port.
+func serveRaw(t *testing.T, answer func(c net.Conn)) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,12 +31,15 @@ func oldServer(t *testing.T) int {
 			if err != nil {
 				return
 			}
-			_, _ = io.ReadFull(c, make([]byte, 8))
-			c.Close()
+			go func() { defer c.Close(); answer(c) }()
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// oldServer stands in for PostgreSQL before 17 facing direct TLS: it reads
+// the ClientHello as a startup packet of absurd length and hangs up.
+func oldServer(c net.Conn) { _, _ = io.ReadFull(c, make([]byte, 8)) }
 
 func TestNegotiation(t *testing.T) {
 	pki, err := harness.NewPKI()
@@ -77,7 +80,7 @@ func TestNegotiation(t *testing.T) {
 				defer s.Close()
 				port = s.Port
 			} else {
-				port = oldServer(t)
+				port = serveRaw(t, oldServer)
 			}
 			d := &chain.Dialer{Host: "localhost", Port: port, Roots: harness.Pool(pki.Root), Negotiation: tc.mode, ConnectTimeout: 5 * time.Second}
 			conn, err := d.Dial(context.Background())
@@ -209,23 +212,6 @@ func TestLoadClientCertificateRefusals(t *testing.T) {
 // to mislead: a stalled handshake, a plaintext answer to a direct
 // ClientHello.
 func TestHandshakeErrorsNameTheCause(t *testing.T) {
-	serve := func(t *testing.T, answer func(c net.Conn)) int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); answer(c) }()
-			}
-		}()
-		return l.Addr().(*net.TCPAddr).Port
-	}
 	tests := []struct {
 		name     string
 		mode     chain.Negotiation
@@ -243,9 +229,7 @@ func TestHandshakeErrorsNameTheCause(t *testing.T) {
 			io.ReadFull(c, make([]byte, 8))
 			c.Write([]byte("EFATAL:  unsupported frontend protocol\x00"))
 		}, errHas: "answered the TLS ClientHello in plaintext", hintHas: "negotiation: postgres"},
-		{name: "direct: hang-up", mode: chain.NegotiateDirect, answer: func(c net.Conn) {
-			io.ReadFull(c, make([]byte, 8))
-		}, errHas: "does not accept direct TLS", hintHas: "negotiation: postgres"},
+		{name: "direct: hang-up", mode: chain.NegotiateDirect, answer: oldServer, errHas: "does not accept direct TLS", hintHas: "negotiation: postgres"},
 		{name: "SSLRequest: bytes after S are still an injection", answer: func(c net.Conn) {
 			io.ReadFull(c, make([]byte, 8))
 			c.Write([]byte("SR\x00\x00\x00\x08\x00\x00\x00\x00"))
@@ -253,7 +237,7 @@ func TestHandshakeErrorsNameTheCause(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			port := serve(t, tc.answer)
+			port := serveRaw(t, tc.answer)
 			d := &chain.Dialer{Host: "localhost", Port: port, Roots: x509.NewCertPool(), Negotiation: tc.mode, ConnectTimeout: 500 * time.Millisecond}
 			_, err := d.Dial(context.Background())
 			var de *chain.DialError
