@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
@@ -590,29 +591,16 @@ func protoRawSession(conn net.Conn, startup []byte, user, password, query string
 }
 
 // protoDialDirectTLS connects to the server the way libpq's verify-full
-// does: SSLRequest, 'S', TLS verified against the test root for localhost.
+// does, with the project's own verified dialer (SSLRequest, 'S', TLS
+// verified against the test root for localhost).
 func protoDialDirectTLS(ctx context.Context) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", cluster.Addr())
+	d := &chain.Dialer{Host: "localhost", Port: cluster.Port, Roots: harness.Pool(pki.Root)}
+	c, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := c.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
-		c.Close()
-		return nil, err
-	}
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
-		c.Close()
-		return nil, fmt.Errorf("SSLRequest answered %q, %v", b[0], err)
-	}
-	tc := tls.Client(c, &tls.Config{RootCAs: harness.Pool(pki.Root), ServerName: "localhost", MinVersion: tls.VersionTLS12})
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return tc, nil
+	return c, nil
 }
 
 // protoDialProxy connects to the proxy in plaintext or, with useTLS, after an
