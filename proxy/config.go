@@ -132,6 +132,12 @@ func (r *Route) validate() error {
 	if mode != ClientTLSDisable && r.TLSConfig == nil {
 		return fmt.Errorf("route %s: client_tls=%s needs a TLS certificate", r.Name, mode)
 	}
+	if r.TLSConfig != nil {
+		// Offer ALPN "postgresql" as PostgreSQL 17 does (direct TLS
+		// requires it); set once here, not per connection.
+		r.TLSConfig = r.TLSConfig.Clone()
+		r.TLSConfig.NextProtos = []string{alpnPostgres}
+	}
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout
 	}

@@ -234,9 +234,7 @@ func (ss *session) admit() (*startupPacket, error) {
 // protocol "postgresql" is offered as PostgreSQL 17 does; a direct
 // handshake must select it, as PostgreSQL 17 requires.
 func (ss *session) startTLS(c net.Conn, direct bool) error {
-	cfg := ss.route.TLSConfig.Clone()
-	cfg.NextProtos = []string{alpnPostgres}
-	tc := tls.Server(c, cfg)
+	tc := tls.Server(c, ss.route.TLSConfig)
 	if err := tc.Handshake(); err != nil {
 		return errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
 	}
