@@ -61,6 +61,9 @@ type Dialer struct {
 	// 17's direct TLS: the handshake starts at once and the server must
 	// select the ALPN protocol "postgresql").
 	Negotiation Negotiation
+	// OnVerified, when set, is called after each successful Dial with the
+	// verified path, leaf first and trust anchor last (for expiry metrics).
+	OnVerified func(path []*x509.Certificate)
 }
 
 // Negotiation says how a connection to the upstream starts TLS; the names are
@@ -184,7 +187,14 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn := tls.Client(raw, d.TLSConfig(v))
+	cfg := d.TLSConfig(v)
+	var verified []*x509.Certificate
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		path, err := v.Verify(cs.PeerCertificates)
+		verified = path
+		return err
+	}
+	conn := tls.Client(raw, cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, d.handshakeError(err)
@@ -194,6 +204,9 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 		return nil, err
 	}
 	_ = raw.SetDeadline(time.Time{})
+	if d.OnVerified != nil && len(verified) > 0 {
+		d.OnVerified(verified)
+	}
 	return conn, nil
 }
 
