@@ -94,6 +94,15 @@ type Route struct {
 	// for each login, so a rotated password file needs no restart.
 	StoredPassword func() ([]byte, error)
 
+	// MaxConnections caps the route's sessions past admission; beyond it a
+	// client gets FATAL 53300 too_many_connections. Zero means no limit.
+	// CancelRequests are never counted.
+	MaxConnections int
+	// KeepAlive configures TCP keepalive on accepted client connections
+	// (the upstream's is set on its dialer); nil keeps Go's default (on,
+	// 15 s), Enable false turns it off.
+	KeepAlive *net.KeepAliveConfig
+
 	relayBase *pgconn.Config // set by validate for AuthRelay
 }
 
@@ -103,6 +112,9 @@ type Config struct {
 	Routes []Route
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Observer receives session, refusal and dial events (metrics and
+	// health); nil means none.
+	Observer Observer
 }
 
 func (r *Route) validate() error {
@@ -137,6 +149,9 @@ func (r *Route) validate() error {
 		// requires it); set once here, not per connection.
 		r.TLSConfig = r.TLSConfig.Clone()
 		r.TLSConfig.NextProtos = []string{alpnPostgres}
+	}
+	if r.MaxConnections < 0 {
+		return fmt.Errorf("route %s: max_connections must be 0 (no limit) or more, not %d", r.Name, r.MaxConnections)
 	}
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout

@@ -159,7 +159,7 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 	cfg.LookupFunc = func(ctx context.Context, host string) ([]string, error) { return []string{host}, nil }
 	var dialErr error
 	cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
-		c, err := r.Dial(ctx)
+		c, err := ss.s.dialUpstream(ctx, r)
 		if err != nil {
 			dialErr = err
 			return nil, err

@@ -7,71 +7,160 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Server runs every route of a Config.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	counters Counters
+	cfg Config
+	log *slog.Logger
+	obs Observer
 
 	mu        sync.Mutex
+	routes    []*Route               // in service, in configuration order
+	states    map[string]*routeState // by route name; kept across reloads
 	listeners []*listener
 	conns     map[net.Conn]struct{}
+	serveCtx  context.Context
+	serving   bool
+	loopErr   chan error
 	closed    bool
 	draining  bool
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // sessions
+	loops     sync.WaitGroup // accept loops
+}
+
+// routeState is what a route keeps across reloads: its live counters.
+type routeState struct {
+	active   atomic.Int64 // accepted connections still open
+	admitted atomic.Int64 // sessions past admission (what max_connections limits)
+	counters Counters
+}
+
+// admit takes a session slot when the route has one free.
+func (st *routeState) admit(max int) bool {
+	if n := st.admitted.Add(1); max > 0 && n > int64(max) {
+		st.admitted.Add(-1)
+		return false
+	}
+	return true
 }
 
 type listener struct {
 	net.Listener
-	route *Route
+	key     string // the configured listen address; "" for Route.Listeners
+	route   *Route // guarded by Server.mu; replaced by Reload
+	retired bool   // guarded by Server.mu; closed by Reload
 }
 
 // New validates cfg and returns a Server; nothing is opened yet.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Routes) == 0 {
-		return nil, errors.New("proxy: no route configured")
+	routes, err := validateRoutes(cfg.Routes)
+	if err != nil {
+		return nil, err
 	}
-	routes := make([]Route, len(cfg.Routes))
-	copy(routes, cfg.Routes)
-	for i := range routes {
-		if routes[i].Name == "" {
-			routes[i].Name = routes[i].UpstreamAddr
-		}
-		if err := routes[i].validate(); err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
-		}
-	}
-	cfg.Routes = routes
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{cfg: cfg, log: log, conns: map[net.Conn]struct{}{}}, nil
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	cfg.Routes = nil
+	return &Server{cfg: cfg, log: log, obs: obs, routes: routes, states: map[string]*routeState{},
+		conns: map[net.Conn]struct{}{}, loopErr: make(chan error, 1)}, nil
 }
 
-// Counters returns the process-wide byte counters.
-func (s *Server) Counters() *Counters { return &s.counters }
+// validateRoutes copies and validates routes; names must be unique.
+func validateRoutes(in []Route) ([]*Route, error) {
+	if len(in) == 0 {
+		return nil, errors.New("proxy: no route configured")
+	}
+	seen := map[string]bool{}
+	out := make([]*Route, len(in))
+	for i := range in {
+		r := in[i]
+		if r.Name == "" {
+			r.Name = r.UpstreamAddr
+		}
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		if seen[r.Name] {
+			return nil, fmt.Errorf("proxy: two routes are named %q", r.Name)
+		}
+		seen[r.Name] = true
+		out[i] = &r
+	}
+	return out, nil
+}
+
+// state returns the route's state, made on first use. s.mu must be held.
+func (s *Server) state(name string) *routeState {
+	st := s.states[name]
+	if st == nil {
+		st = &routeState{}
+		s.states[name] = st
+	}
+	return st
+}
 
 // Listen opens every route's listeners. On error, those already opened are
 // closed again.
 func (s *Server) Listen() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.cfg.Routes {
-		r := &s.cfg.Routes[i]
+	ls, err := s.open(s.routes, nil)
+	if err != nil {
+		return err
+	}
+	s.listeners = ls
+	s.obs.RoutesChanged(routeNames(s.routes))
+	return nil
+}
+
+// open opens the listeners of routes, reusing those of reuse whose listen
+// address is unchanged (their route is switched to the new one). On error,
+// what it opened is closed and reuse is left as it was.
+func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
+	var opened, out []*listener
+	fail := func(err error) ([]*listener, error) {
+		for _, l := range opened {
+			l.Close()
+		}
+		return nil, err
+	}
+	byKey := map[string]*listener{}
+	for _, l := range reuse {
+		if l.key != "" && !l.retired {
+			byKey[l.key] = l
+		}
+	}
+	kept := map[*listener]*Route{}
+	for _, r := range routes {
 		for _, l := range r.Listeners {
-			s.listeners = append(s.listeners, &listener{Listener: l, route: r})
+			nl := &listener{Listener: l, route: r}
+			opened = append(opened, nl)
+			out = append(out, nl)
 		}
 		for _, addr := range r.Listen {
+			if old := byKey[addr]; old != nil {
+				if _, dup := kept[old]; !dup {
+					if r.Auth == AuthRelay && !isLoopback(old.Addr()) {
+						if err := r.relayExposure([]string{addr + " (bound to " + old.Addr().String() + ")"}); err != nil {
+							return fail(err)
+						}
+					}
+					kept[old] = r
+					out = append(out, old)
+					continue
+				}
+			}
 			la, err := ParseListenAddr(addr)
 			if err != nil {
-				for _, l := range s.listeners {
-					l.Close()
-				}
-				s.listeners = nil
-				return fmt.Errorf("proxy: route %s: %w", r.Name, err)
+				return fail(fmt.Errorf("proxy: route %s: %w", r.Name, err))
 			}
 			l, stale, err := listen(la)
 			if stale {
@@ -86,16 +175,25 @@ func (s *Server) Listen() error {
 				}
 			}
 			if err != nil {
-				for _, l := range s.listeners {
-					l.Close()
-				}
-				s.listeners = nil
-				return fmt.Errorf("proxy: route %s: listening on %s: %w", r.Name, addr, err)
+				return fail(fmt.Errorf("proxy: route %s: listening on %s: %w", r.Name, addr, err))
 			}
-			s.listeners = append(s.listeners, &listener{Listener: l, route: r})
+			nl := &listener{Listener: l, key: addr, route: r}
+			opened = append(opened, nl)
+			out = append(out, nl)
 		}
 	}
-	return nil
+	for l, r := range kept {
+		l.route = r
+	}
+	return out, nil
+}
+
+func routeNames(routes []*Route) []string {
+	names := make([]string, len(routes))
+	for i, r := range routes {
+		names[i] = r.Name
+	}
+	return names
 }
 
 // Addrs returns the addresses actually listened on (useful with port 0).
@@ -109,35 +207,55 @@ func (s *Server) Addrs() []net.Addr {
 	return out
 }
 
-// Serve accepts on every listener until Close or ctx ends. Listen must have
-// been called. It returns nil after Close.
+// Serve accepts on every listener until Close or ctx ends, including the
+// listeners that later reloads add. Listen must have been called. It
+// returns nil after Close, or the first accept error (after closing all).
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
-	ls := append([]*listener(nil), s.listeners...)
-	s.mu.Unlock()
-	if len(ls) == 0 {
+	if len(s.listeners) == 0 {
+		s.mu.Unlock()
 		return errors.New("proxy: Serve called before Listen")
 	}
-	for _, l := range ls {
-		s.log.Info("listening", "route", l.route.Name, "addr", l.Addr().String(), "upstream", l.route.UpstreamAddr, "client_tls", string(l.route.ClientTLS))
-		if !isLoopback(l.Addr()) {
-			s.log.Warn("listening on a non-loopback address: anyone who reaches it reaches the upstream", "addr", l.Addr().String())
-		}
+	s.serveCtx, s.serving = ctx, true
+	for _, l := range s.listeners {
+		s.startAccept(l)
 	}
-	errc := make(chan error, len(ls))
-	for _, l := range ls {
-		go func(l *listener) { errc <- s.acceptLoop(ctx, l) }(l)
-	}
+	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
-	var first error
-	for range ls {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-			s.Close()
+	done := make(chan struct{})
+	go func() { s.loops.Wait(); close(done) }()
+	select {
+	case err := <-s.loopErr:
+		s.Close()
+		<-done
+		return err
+	case <-done:
+		select {
+		case err := <-s.loopErr:
+			return err
+		default:
+			return nil
 		}
 	}
-	return first
+}
+
+// startAccept logs a listener and runs its accept loop. s.mu must be held.
+func (s *Server) startAccept(l *listener) {
+	s.log.Info("listening", "route", l.route.Name, "addr", l.Addr().String(), "upstream", l.route.UpstreamAddr, "client_tls", string(l.route.ClientTLS))
+	if !isLoopback(l.Addr()) {
+		s.log.Warn("listening on a non-loopback address: anyone who reaches it reaches the upstream", "addr", l.Addr().String())
+	}
+	s.loops.Add(1)
+	go func() {
+		defer s.loops.Done()
+		if err := s.acceptLoop(s.serveCtx, l); err != nil {
+			select {
+			case s.loopErr <- err:
+			default:
+			}
+		}
+	}()
 }
 
 func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
@@ -145,7 +263,7 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 		conn, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
-			closed := s.closed || s.draining
+			closed := s.closed || s.draining || l.retired
 			s.mu.Unlock()
 			if closed {
 				return nil
@@ -156,33 +274,137 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 			}
 			return fmt.Errorf("proxy: accepting on %s: %w", l.Addr(), err)
 		}
-		if !s.track(conn) {
+		r, st, ok := s.track(conn, l)
+		if !ok {
 			conn.Close()
 			return nil
 		}
 		go func() {
-			defer s.untrack(conn)
-			s.handle(ctx, l.route, conn)
+			defer s.untrack(conn, r, st)
+			s.handle(ctx, r, st, conn)
 		}()
 	}
 }
 
-func (s *Server) track(c net.Conn) bool {
+// track registers a new client connection and returns the route it
+// belongs to now.
+func (s *Server) track(c net.Conn, l *listener) (*Route, *routeState, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return nil, nil, false
 	}
+	r := l.route
+	st := s.state(r.Name)
+	st.active.Add(1)
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
-	return true
+	s.obs.SessionStarted(r.Name)
+	return r, st, true
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *Server) untrack(c net.Conn, r *Route, st *routeState) {
+	st.active.Add(-1)
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.wg.Done()
+}
+
+// Reload replaces the routes: listeners whose address stays are kept (new
+// clients get the new route settings), new addresses are opened, and
+// listeners no longer configured are closed. Running sessions go on with
+// the settings they started with. On error nothing changes.
+func (s *Server) Reload(routes []Route) error {
+	nr, err := validateRoutes(routes)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.draining {
+		return errors.New("proxy: reload: shutting down")
+	}
+	ls, err := s.open(nr, s.listeners)
+	if err != nil {
+		return err
+	}
+	inUse := map[*listener]bool{}
+	for _, l := range ls {
+		inUse[l] = true
+	}
+	for _, l := range s.listeners {
+		if !inUse[l] {
+			l.retired = true
+			l.Close()
+			s.log.Info("stopped listening (no longer configured)", "route", l.route.Name, "addr", l.Addr().String())
+		}
+	}
+	old := map[*listener]bool{}
+	for _, l := range s.listeners {
+		old[l] = true
+	}
+	s.listeners, s.routes = ls, nr
+	if s.serving {
+		for _, l := range ls {
+			if !old[l] {
+				s.startAccept(l)
+			}
+		}
+	}
+	s.obs.RoutesChanged(routeNames(nr))
+	return nil
+}
+
+// RouteStats returns the live counters of the routes in service.
+func (s *Server) RouteStats() []RouteStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]RouteStats, 0, len(s.routes))
+	for _, r := range s.routes {
+		st := s.state(r.Name)
+		out = append(out, RouteStats{Route: r.Name, Active: st.active.Load(),
+			BytesToUpstream: st.counters.ClientToUpstream.Load(), BytesToClient: st.counters.UpstreamToClient.Load()})
+	}
+	return out
+}
+
+// Routes returns the names of the routes in service.
+func (s *Server) Routes() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return routeNames(s.routes)
+}
+
+// Probe dials the named route's upstream once (TCP, TLS negotiation, TLS
+// handshake, verify-full), reports the outcome to the Observer and closes
+// the connection without sending a startup message.
+func (s *Server) Probe(ctx context.Context, route string) error {
+	s.mu.Lock()
+	var r *Route
+	for _, x := range s.routes {
+		if x.Name == route {
+			r = x
+		}
+	}
+	s.mu.Unlock()
+	if r == nil {
+		return fmt.Errorf("proxy: probe: no route named %q", route)
+	}
+	c, err := s.dialUpstream(ctx, r)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// dialUpstream opens a verified upstream connection for r and reports the
+// dial to the Observer.
+func (s *Server) dialUpstream(ctx context.Context, r *Route) (net.Conn, error) {
+	start := time.Now()
+	c, err := r.Dial(ctx)
+	s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+	return c, err
 }
 
 // Close stops accepting and closes every client connection (which ends its
@@ -222,6 +444,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.Close()
 		return ctx.Err()
 	}
+}
+
+// Active returns the number of client connections open now.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // isLoopback reports a unix socket or a loopback TCP address; anything else

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,21 +20,30 @@ const alpnPostgres = "postgresql"
 // to close the cancel connection (which tells it was processed).
 const cancelWait = 5 * time.Second
 
+// codeTooManyConnections is SQLSTATE too_many_connections.
+const codeTooManyConnections = "53300"
+
 // session is one client connection.
 type session struct {
 	s      *Server
 	route  *Route
+	state  *routeState
 	client net.Conn // becomes the *tls.Conn after an SSLRequest
 	tls    bool
 	log    *slog.Logger
 	start  time.Time
+	result SessionResult
 }
 
 // handle runs one client connection from its first byte to its close.
-func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
+func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.Conn) {
 	defer conn.Close()
-	ss := &session{s: s, route: r, client: conn, start: time.Now(),
+	ss := &session{s: s, route: r, state: st, client: conn, start: time.Now(), result: ResultClientLeft,
 		log: s.log.With("route", r.Name, "client", conn.RemoteAddr().String())}
+	defer func() { s.obs.SessionEnded(r.Name, ss.result) }()
+	if tc, ok := conn.(*net.TCPConn); ok && r.KeepAlive != nil {
+		_ = tc.SetKeepAliveConfig(*r.KeepAlive)
+	}
 	deadline := ss.start.Add(r.StartupTimeout)
 	_ = conn.SetDeadline(deadline)
 
@@ -44,6 +54,7 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 		return
 	}
 	if pkt.code == codeCancelRequest {
+		ss.result = ResultCancel
 		ss.forwardCancel(ctx, pkt)
 		return
 	}
@@ -53,6 +64,13 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 		return
 	}
 	ss.log = ss.log.With("user", params["user"], "database", params["database"], "client_tls", ss.tls)
+	if !st.admit(r.MaxConnections) {
+		ss.refuse(&ClientError{Code: codeTooManyConnections, Reason: CauseLimit,
+			Message: fmt.Sprintf("pgverifyproxy: sorry, too many clients already: route %s allows %d connections (max_connections)", r.Name, r.MaxConnections),
+			Hint:    "close idle connections (or use a pool with fewer connections), or raise max_connections for this route"})
+		return
+	}
+	defer st.admitted.Add(-1)
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -60,7 +78,7 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 		ss.relayAuthSession(dctx, pkt, params)
 		return
 	}
-	up, err := r.Dial(dctx)
+	up, err := s.dialUpstream(dctx, r)
 	if err != nil {
 		ss.refuse(upstreamError(r, err))
 		return
@@ -75,9 +93,10 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 	if err := ar.run(); err != nil {
 		switch {
 		case errors.Is(err, errUpstreamRejected):
+			ss.result = ResultAuthFailed
 			ss.log.Info("session refused by upstream during authentication")
 		case errors.Is(err, errClientLeft):
-			ss.log.Debug("client left during authentication")
+			ss.log.Info("client left during authentication", "duration", time.Since(ss.start).Round(time.Millisecond).String())
 		case errors.As(err, new(*upstreamIOError)):
 			ss.refuse(upstreamLost(r, err))
 		default:
@@ -93,7 +112,8 @@ func (s *Server) handle(ctx context.Context, r *Route, conn net.Conn) {
 func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
-	st := Relay(ss.client, up, &ss.s.counters)
+	ss.result = ResultCompleted
+	st := Relay(ss.client, up, &ss.state.counters)
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
 		"bytes_to_upstream", st.ClientToUpstream,
@@ -135,6 +155,7 @@ func (ss *session) relayAuthSession(ctx context.Context, pkt *startupPacket, par
 		var rej *upstreamRejected
 		if errors.As(err, &rej) {
 			_, _ = ss.client.Write(rej.raw)
+			ss.result = ResultAuthFailed
 			ss.log.Info("relay login refused by upstream (its error was forwarded to the client)", "error", rej.err.Error())
 			return
 		}
@@ -262,11 +283,13 @@ func lingerClose(c net.Conn) {
 	c.Close()
 }
 
-// refuse reports err to the client when it can be reported, and logs it.
+// refuse reports err to the client when it can be reported, logs it, and
+// counts it.
 func (ss *session) refuse(err error) {
 	var ce *ClientError
 	if errors.As(err, &ce) {
 		writeClientError(ss.client, ce)
+		ss.refused(ce.Reason)
 		attrs := []any{"reason", ce.Reason, "error", ce.Message}
 		if ce.Hint != "" {
 			attrs = append(attrs, "hint", ce.Hint)
@@ -279,10 +302,18 @@ func (ss *session) refuse(err error) {
 		return
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		ss.log.Warn("connection refused", "reason", "startup_timeout", "error", "client did not complete startup within "+ss.route.StartupTimeout.String())
+		ss.refused(CauseStartupTimeout)
+		ss.log.Warn("connection refused", "reason", CauseStartupTimeout, "error", "client did not complete startup within "+ss.route.StartupTimeout.String())
 		return
 	}
-	ss.log.Warn("connection refused", "reason", "client_protocol", "error", err.Error())
+	ss.refused(CauseClientProtocol)
+	ss.log.Warn("connection refused", "reason", CauseClientProtocol, "error", err.Error())
+}
+
+// refused records a refusal with its cause.
+func (ss *session) refused(cause string) {
+	ss.result = ResultRefused
+	ss.s.obs.Refused(ss.route.Name, cause)
 }
 
 // forwardCancel sends a CancelRequest to the upstream over a new verified
@@ -290,7 +321,7 @@ func (ss *session) refuse(err error) {
 func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
 	ctx, cancel := context.WithTimeout(ctx, cancelWait+ss.route.StartupTimeout)
 	defer cancel()
-	up, err := ss.route.Dial(ctx)
+	up, err := ss.s.dialUpstream(ctx, ss.route)
 	if err != nil {
 		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason, "error", err.Error())
 		return

@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// recObserver records the Observer events.
+type recObserver struct {
+	mu      sync.Mutex
+	routes  [][]string
+	started map[string]int
+	ended   map[string]int // route/result
+	refused map[string]int // route/cause
+	dials   map[string]int // route/ok|error
+}
+
+func newRecObserver() *recObserver {
+	return &recObserver{started: map[string]int{}, ended: map[string]int{}, refused: map[string]int{}, dials: map[string]int{}}
+}
+
+func (o *recObserver) RoutesChanged(r []string) {
+	o.mu.Lock()
+	o.routes = append(o.routes, r)
+	o.mu.Unlock()
+}
+func (o *recObserver) SessionStarted(r string) { o.mu.Lock(); o.started[r]++; o.mu.Unlock() }
+func (o *recObserver) SessionEnded(r string, res SessionResult) {
+	o.mu.Lock()
+	o.ended[r+"/"+string(res)]++
+	o.mu.Unlock()
+}
+func (o *recObserver) Refused(r, cause string) { o.mu.Lock(); o.refused[r+"/"+cause]++; o.mu.Unlock() }
+func (o *recObserver) UpstreamDialed(r string, _ time.Duration, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil {
+		o.dials[r+"/error"]++
+		return
+	}
+	o.dials[r+"/ok"]++
+}
+
+func (o *recObserver) get(m map[string]int, k string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return m[k]
+}
+
+// echoUpstream accepts any login, then echoes bytes until the proxy
+// half-closes; a CancelRequest is read and the connection closed. It runs
+// over loopback TCP so that half-closes pass as they do in production.
+func echoUpstream(t *testing.T) DialFunc {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			srv, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer srv.Close()
+				be := pgproto3.NewBackend(srv, srv)
+				msg, err := be.ReceiveStartupMessage()
+				if err != nil {
+					return
+				}
+				if _, ok := msg.(*pgproto3.StartupMessage); !ok {
+					return
+				}
+				be.Send(&pgproto3.AuthenticationOk{})
+				be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+				if be.Flush() != nil {
+					return
+				}
+				_, _ = io.Copy(srv, srv)
+			}()
+		}
+	}()
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", l.Addr().String())
+	}
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startServer(t *testing.T, obs Observer, routes ...Route) *Server {
+	t.Helper()
+	srv, err := New(Config{Routes: routes, Observer: obs, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background())
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+// login connects in plaintext and reads AuthenticationOk and ReadyForQuery.
+func login(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c := dialProxy(t, addr)
+	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	fe := pgproto3.NewFrontend(c, c)
+	for _, want := range []string{"*pgproto3.AuthenticationOk", "*pgproto3.ReadyForQuery"} {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("login via %s: %v", addr, err)
+		}
+		if got := fmt.Sprintf("%T", msg); got != want {
+			t.Fatalf("login via %s: got %s, want %s", addr, got, want)
+		}
+	}
+	return c
+}
+
+// echo checks that the session still relays both ways.
+func echo(t *testing.T, c net.Conn, payload string) {
+	t.Helper()
+	if _, err := c.Write([]byte(payload)); err != nil {
+		t.Fatalf("session write: %v", err)
+	}
+	buf := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != payload {
+		t.Fatalf("session echo: %q %v", buf, err)
+	}
+}
+
+// eventually polls cond (no timing asserted: only that it becomes true).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("never happened: %s", what)
+}
+
+func TestMaxConnections(t *testing.T) {
+	obs := newRecObserver()
+	addr := freeAddr(t)
+	startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable, MaxConnections: 2})
+	c1, c2 := login(t, addr), login(t, addr)
+
+	c3 := dialProxy(t, addr)
+	c3.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	er := expectFatal(t, pgproto3.NewFrontend(c3, c3), "53300", "too many clients already: route r allows 2 connections")
+	if er.Hint == "" {
+		t.Error("the limit error has no hint")
+	}
+	if n := obs.get(obs.refused, "r/limit"); n != 1 {
+		t.Errorf("refusals by cause limit = %d, want 1", n)
+	}
+	// A cancel request is not a session: it passes at the limit.
+	cancelPkt := []byte{0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0, 0, 2}
+	cc := dialProxy(t, addr)
+	cc.Write(cancelPkt)
+	eventually(t, "the cancel request reached the upstream", func() bool { return obs.get(obs.ended, "r/cancel") == 1 })
+
+	echo(t, c1, "still here")
+	c2.Close()
+	// The freed slot is taken by the next client.
+	eventually(t, "a slot is freed when a session ends", func() bool {
+		return obs.get(obs.ended, "r/completed") == 1
+	})
+	c4 := login(t, addr)
+	echo(t, c4, "fourth")
+}
+
+func TestObserverAndRouteStats(t *testing.T) {
+	obs := newRecObserver()
+	good, bad := freeAddr(t), freeAddr(t)
+	srv := startServer(t, obs,
+		Route{Name: "good", Listen: []string{good}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable},
+		Route{Name: "bad", Listen: []string{bad}, ClientTLS: ClientTLSDisable, UpstreamAddr: "db:5432",
+			Dial: func(context.Context) (net.Conn, error) { return nil, fmt.Errorf("connection refused") }})
+
+	c := login(t, good)
+	echo(t, c, "0123456789")
+	st := srv.RouteStats()
+	if len(st) != 2 || st[0].Route != "good" || st[0].Active != 1 {
+		t.Fatalf("route stats %+v, want good with 1 active first", st)
+	}
+	// The relay counts from AuthenticationOk on: the server's 6-byte
+	// ReadyForQuery, then the echoed payload.
+	if st[0].BytesToUpstream != 10 || st[0].BytesToClient != 16 {
+		t.Errorf("bytes to upstream/client = %d/%d, want 10/16", st[0].BytesToUpstream, st[0].BytesToClient)
+	}
+	c.Close()
+
+	b := dialProxy(t, bad)
+	b.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	expectFatal(t, pgproto3.NewFrontend(b, b), "08001", "cannot connect to upstream db:5432")
+
+	eventually(t, "both sessions ended", func() bool {
+		return obs.get(obs.ended, "good/completed") == 1 && obs.get(obs.ended, "bad/refused") == 1
+	})
+	for k, want := range map[string]int{"good": 1, "bad": 1} {
+		if got := obs.get(obs.started, k); got != want {
+			t.Errorf("sessions started on %s = %d, want %d", k, got, want)
+		}
+	}
+	if obs.get(obs.refused, "bad/upstream_unreachable") != 1 || obs.get(obs.dials, "bad/error") != 1 || obs.get(obs.dials, "good/ok") != 1 {
+		t.Errorf("refused %v, dials %v", obs.refused, obs.dials)
+	}
+	if err := srv.Probe(context.Background(), "good"); err != nil {
+		t.Errorf("probe good: %v", err)
+	}
+	if err := srv.Probe(context.Background(), "bad"); err == nil {
+		t.Error("probe bad: no error")
+	}
+	if obs.get(obs.dials, "good/ok") != 2 || obs.get(obs.dials, "bad/error") != 2 {
+		t.Errorf("probes not reported: %v", obs.dials)
+	}
+	eventually(t, "no session active", func() bool { return srv.RouteStats()[0].Active == 0 })
+}
+
+func TestReloadKeepsRunningSessions(t *testing.T) {
+	obs := newRecObserver()
+	a, b := freeAddr(t), freeAddr(t)
+	var mu sync.Mutex
+	dials := map[string]int{}
+	counted := func(tag string) DialFunc {
+		inner := echoUpstream(t)
+		return func(ctx context.Context) (net.Conn, error) {
+			mu.Lock()
+			dials[tag]++
+			mu.Unlock()
+			return inner(ctx)
+		}
+	}
+	srv := startServer(t, obs, Route{Name: "a", Listen: []string{a}, Dial: counted("a1"), ClientTLS: ClientTLSDisable})
+	running := login(t, a)
+
+	// Add route b; route a gets a new dialer.
+	if err := srv.Reload([]Route{
+		{Name: "a", Listen: []string{a}, Dial: counted("a2"), ClientTLS: ClientTLSDisable},
+		{Name: "b", Listen: []string{b}, Dial: counted("b"), ClientTLS: ClientTLSDisable},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, running, "survived the reload")
+	echo(t, login(t, a), "new client on a")
+	echo(t, login(t, b), "new client on b")
+	mu.Lock()
+	if dials["a1"] != 1 || dials["a2"] != 1 || dials["b"] != 1 {
+		t.Errorf("dials %v: want the new route settings for new clients only", dials)
+	}
+	mu.Unlock()
+
+	// A reload that cannot open its listener changes nothing.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	err = srv.Reload([]Route{{Name: "a", Listen: []string{a, busy.Addr().String()}, Dial: counted("a3"), ClientTLS: ClientTLSDisable}})
+	if err == nil {
+		t.Fatal("reload onto a busy address succeeded")
+	}
+	echo(t, login(t, b), "b still served after a failed reload")
+
+	// Dropping b closes its listener but not its running session.
+	onB := login(t, b)
+	if err := srv.Reload([]Route{{Name: "a", Listen: []string{a}, Dial: counted("a2"), ClientTLS: ClientTLSDisable}}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", b, time.Second); err == nil {
+		c.Close()
+		t.Error("the removed route's listener still accepts")
+	}
+	echo(t, onB, "b session survives its route's removal")
+	echo(t, running, "a session still fine")
+	if got := srv.Routes(); len(got) != 1 || got[0] != "a" {
+		t.Errorf("routes in service %v", got)
+	}
+	obs.mu.Lock()
+	if len(obs.routes) != 3 {
+		t.Errorf("RoutesChanged calls %v, want 3 (listen, two good reloads)", obs.routes)
+	}
+	obs.mu.Unlock()
+}
+
+func TestShutdownDrainsThenCloses(t *testing.T) {
+	addr := freeAddr(t)
+	srv := startServer(t, nil, Route{Name: "r", Listen: []string{addr}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable})
+	c := login(t, addr)
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- srv.Shutdown(ctx) }()
+	eventually(t, "the listener closed", func() bool {
+		nc, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			nc.Close()
+		}
+		return err != nil
+	})
+	echo(t, c, "still relayed while draining")
+	if err := srv.Reload([]Route{{Name: "r", Listen: []string{addr}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable}}); err == nil {
+		t.Error("reload accepted while draining")
+	}
+	cancel() // drain time is up
+	if err := <-done; err == nil {
+		t.Error("Shutdown reported a clean drain after its context ended")
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("session still open after the drain ended")
+	}
+}
