@@ -44,6 +44,10 @@ type runConfig struct {
 	ChannelBinding string        `mapstructure:"channel_binding"`
 	PasswordFile   string        `mapstructure:"password_file"`
 	PasswordEnv    string        `mapstructure:"password_env"`
+	MaxConnections int           `mapstructure:"max_connections"`
+	TCPKeepalive   time.Duration `mapstructure:"tcp_keepalive"`
+	Admin          string        `mapstructure:"admin"`
+	ReadyWindow    time.Duration `mapstructure:"ready_window"`
 	// Routes come from the config file only. When there are none, the
 	// top-level settings make the one route.
 	Routes []routeConfig `mapstructure:"routes"`
@@ -73,6 +77,7 @@ type routeConfig struct {
 	ChannelBinding string   `mapstructure:"channel_binding"`
 	PasswordFile   string   `mapstructure:"password_file"`
 	PasswordEnv    string   `mapstructure:"password_env"`
+	MaxConnections int      `mapstructure:"max_connections"`
 	// set holds the keys the file gives for this route, even empty ones:
 	// `ca_file: ""` in a route means "use a pin", not "inherit".
 	set map[string]bool
@@ -81,7 +86,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "password_file", "password_env"}
+	"auth", "channel_binding", "password_file", "password_env", "max_connections"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -112,6 +117,10 @@ var runOptions = []option{
 	{"channel_binding", "channel-binding", "prefer", "with auth relay: SCRAM channel binding on the proxy's login, prefer, require or disable"},
 	{"password_file", "password-file", "", "with auth relay: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
 	{"password_env", "password-env", "", "with auth relay: the name of an environment variable holding that password instead"},
+	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
+	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
+	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
+	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
 	{"log_level", "log-level", "info", "debug, info, warn or error"},
 	{"log_format", "log-format", "text", "text or json"},
 }
@@ -143,6 +152,8 @@ func addFlags(fs *pflag.FlagSet, opts []option) {
 			fs.StringArray(o.flag, d, o.usage)
 		case time.Duration:
 			fs.Duration(o.flag, d, o.usage)
+		case int:
+			fs.Int(o.flag, d, o.usage)
 		}
 	}
 }
@@ -291,6 +302,7 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
 			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
+			MaxConnections: rc.MaxConnections,
 		}}, nil
 	}
 	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != "",
@@ -342,6 +354,13 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 				continue
 			}
 			*f = top[k]
+		}
+		if r.set["max_connections"] {
+			if src := rc.setBy["max_connections"]; src == "flag" || src == "environment" {
+				return nil, fmt.Errorf("%s is given for this run and route %s sets max_connections itself: remove one (the route's own value would silently win)", describeSource(src, "max_connections"), r.Name)
+			}
+		} else {
+			r.MaxConnections = rc.MaxConnections
 		}
 		out[i] = r
 	}
@@ -397,6 +416,9 @@ func (r *routeConfig) validate() error {
 	if r.PasswordFile != "" && r.PasswordEnv != "" {
 		return errors.New("--password-file and --password-env: give one of them")
 	}
+	if r.MaxConnections < 0 {
+		return fmt.Errorf("max_connections must be 0 (no limit) or more, not %d", r.MaxConnections)
+	}
 	if (r.PasswordFile != "" || r.PasswordEnv != "") && auth != proxy.AuthRelay {
 		return errors.New("a stored password (--password-file, --password-env) needs --auth relay: in passthrough mode the client logs in itself")
 	}
@@ -429,6 +451,12 @@ func (rc *runConfig) validate() error {
 	case "text", "json":
 	default:
 		return fmt.Errorf("log format must be text or json, not %q", rc.LogFormat)
+	}
+	if rc.TCPKeepalive < 0 {
+		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)
+	}
+	if rc.Admin != "" && rc.ReadyWindow < 3*time.Second {
+		return fmt.Errorf("ready_window must be at least 3s (the upstream is probed every third of it), not %s", rc.ReadyWindow)
 	}
 	return nil
 }

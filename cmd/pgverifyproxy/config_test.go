@@ -73,6 +73,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", Negotiation: "postgres", Auth: "passthrough", ChannelBinding: "prefer",
+		TCPKeepalive: 30 * time.Second, ReadyWindow: 30 * time.Second,
 	}
 	rc.setBy = nil
 	if !reflect.DeepEqual(rc, want) {
@@ -385,4 +386,59 @@ func TestRouteInheritanceRules(t *testing.T) {
 			t.Fatalf("%+v %v", routes, err)
 		}
 	})
+	t.Run("max_connections: a route's own value, else the top level", func(t *testing.T) {
+		rc, err := loadFile(t, "max_connections: 7\nroutes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"], max_connections: 0}\n"+
+			"  - {name: b, upstream: b:1, listen: [\"127.0.0.1:6002\"]}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := rc.routes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if routes[0].MaxConnections != 0 || routes[1].MaxConnections != 7 {
+			t.Fatalf("max_connections a=%d b=%d, want 0 (its own: no limit) and 7 (inherited)", routes[0].MaxConnections, routes[1].MaxConnections)
+		}
+		rc, err = loadFile(t, "routes:\n  - {name: a, upstream: a:1, listen: [\"127.0.0.1:6001\"], max_connections: 3}\n", "--max-connections", "5")
+		if err == nil {
+			_, err = rc.routes()
+		}
+		if err == nil || !strings.Contains(err.Error(), "route a sets max_connections itself") {
+			t.Fatalf("flag vs route: %v", err)
+		}
+	})
+}
+
+func TestOperationsSettingsValidation(t *testing.T) {
+	t.Setenv("PGVERIFYPROXY_LISTEN", "")
+	tests := []struct {
+		name string
+		args []string
+		want string // "" means valid
+	}{
+		{"defaults", nil, ""},
+		{"negative limit", []string{"--max-connections", "-1"}, "max_connections must be 0 (no limit) or more, not -1"},
+		{"negative keepalive", []string{"--tcp-keepalive", "-5s"}, "tcp_keepalive must be 0 (off) or a positive duration"},
+		{"keepalive off", []string{"--tcp-keepalive", "0"}, ""},
+		{"admin with a tiny ready window", []string{"--admin", "9543", "--ready-window", "1s"}, "ready_window must be at least 3s"},
+		{"admin", []string{"--admin", "9543"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, err := loadFile(t, "upstream: db.example:5432\n", tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = rc.validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("valid settings refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
 }

@@ -3,24 +3,26 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgverifyproxy/pgverifyproxy/admin"
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
-func newLogger(rc runConfig) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(rc.LogLevel)); err != nil {
-		return nil, fmt.Errorf("log level must be debug, info, warn or error, not %q", rc.LogLevel)
+func newLogger(rc runConfig, level *slog.LevelVar) (*slog.Logger, error) {
+	if err := setLevel(level, rc.LogLevel); err != nil {
+		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if rc.LogFormat == "json" {
@@ -29,15 +31,51 @@ func newLogger(rc runConfig) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 }
 
+func setLevel(level *slog.LevelVar, name string) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(name)); err != nil {
+		return fmt.Errorf("log level must be debug, info, warn or error, not %q", name)
+	}
+	level.Set(l)
+	return nil
+}
+
+// keepAlive is the TCP keepalive of both legs: probes after d of silence,
+// every d, three of them; d == 0 turns keepalive off.
+func keepAlive(d time.Duration) *net.KeepAliveConfig {
+	if d <= 0 {
+		return &net.KeepAliveConfig{Enable: false}
+	}
+	return &net.KeepAliveConfig{Enable: true, Idle: d, Interval: d, Count: 3}
+}
+
+// builtRoute is a route ready for the proxy, with its upstream trust.
+type builtRoute struct {
+	route proxy.Route
+	trust *upstreamTrust
+	conf  routeConfig
+}
+
 // buildRoute turns one route's plain configuration into a proxy route and
-// the upstream trust behind it.
-func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *upstreamTrust, error) {
+// the upstream trust behind it. onVerified, when set, gets each verified
+// upstream path (for the expiry gauges).
+func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(route string, path []*x509.Certificate)) (builtRoute, error) {
 	log = log.With("route", r.Name)
 	ut, err := buildTrust(trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile,
 		PinDir: rc.PinDir, Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout,
 		UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation}, log)
 	if err != nil {
-		return proxy.Route{}, nil, err
+		return builtRoute{}, err
+	}
+	ka := keepAlive(rc.TCPKeepalive)
+	if ka.Enable {
+		ut.dialer.Net = &net.Dialer{KeepAliveConfig: *ka}
+	} else {
+		ut.dialer.Net = &net.Dialer{KeepAlive: -1} // off
+	}
+	if onVerified != nil {
+		name := r.Name
+		ut.dialer.OnVerified = func(path []*x509.Certificate) { onVerified(name, path) }
 	}
 	mode, _ := proxy.ParseClientTLSMode(r.ClientTLS)
 	var serverTLS *tls.Config
@@ -48,13 +86,13 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *up
 			serverTLS, err = proxy.SelfSignedTLSConfig()
 		}
 		if err != nil {
-			return proxy.Route{}, nil, err
+			return builtRoute{}, err
 		}
 	}
 	auth, _ := proxy.ParseAuthMode(r.Auth)
 	stored, err := storedPassword(r.PasswordFile, r.PasswordEnv)
 	if err != nil {
-		return proxy.Route{}, nil, err
+		return builtRoute{}, err
 	}
 	d := ut.dialer
 	route := proxy.Route{
@@ -77,8 +115,53 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger) (proxy.Route, *up
 		Auth:               auth,
 		ChannelBinding:     r.ChannelBinding,
 		StoredPassword:     stored,
+		MaxConnections:     r.MaxConnections,
+		KeepAlive:          ka,
 	}
-	return route, ut, nil
+	return builtRoute{route: route, trust: ut, conf: r}, nil
+}
+
+// loadRoutes reads and checks the whole configuration and builds every
+// route (certificates, keys and pins are read here): what start-up and
+// each SIGHUP do.
+func loadRoutes(cmd *cobra.Command, configFile string, log *slog.Logger, onVerified func(string, []*x509.Certificate)) (runConfig, []builtRoute, error) {
+	rc, err := loadRunConfig(cmd.Flags(), configFile)
+	if err != nil {
+		return runConfig{}, nil, err
+	}
+	if err := rc.validate(); err != nil {
+		return runConfig{}, nil, err
+	}
+	rcs, err := rc.routes()
+	if err != nil {
+		return runConfig{}, nil, err
+	}
+	var out []builtRoute
+	for _, r := range rcs {
+		b, err := buildRoute(r, rc, log, onVerified)
+		if err != nil {
+			if len(rcs) > 1 {
+				err = fmt.Errorf("route %s: %w", r.Name, err)
+			}
+			return runConfig{}, nil, err
+		}
+		out = append(out, b)
+	}
+	return rc, out, nil
+}
+
+// runner is a running `pgverifyproxy run`.
+type runner struct {
+	cmd        *cobra.Command
+	configFile string
+	log        *slog.Logger
+	level      *slog.LevelVar
+	rc         runConfig
+	srv        *proxy.Server
+	adm        *admin.Admin
+	// stopChecks ends the current routes' upstream checks (replaced on
+	// reload).
+	stopChecks context.CancelFunc
 }
 
 func runProxy(cmd *cobra.Command, configFile string) error {
@@ -89,65 +172,201 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	if err := rc.validate(); err != nil {
 		return usageError{err}
 	}
-	log, err := newLogger(rc)
+	level := new(slog.LevelVar)
+	log, err := newLogger(rc, level)
 	if err != nil {
 		return usageError{err}
 	}
-	rcs, err := rc.routes()
+	r := &runner{cmd: cmd, configFile: configFile, log: log, level: level}
+	var obs proxy.Observer
+	var onVerified func(string, []*x509.Certificate)
+	if rc.Admin != "" {
+		r.adm = admin.New(admin.Options{Version: versionString(), ReadyWindow: rc.ReadyWindow,
+			// Read at scrape time; the admin endpoint starts after the server.
+			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() }})
+		obs = r.adm
+		onVerified = r.verified
+	}
+	rc, routes, err := loadRoutes(cmd, configFile, log, onVerified)
 	if err != nil {
 		return usageError{err}
 	}
-	var routes []proxy.Route
-	var trusts []*upstreamTrust
-	for _, r := range rcs {
-		route, ut, err := buildRoute(r, rc, log)
-		if err != nil {
-			if len(rcs) > 1 {
-				err = fmt.Errorf("route %s: %w", r.Name, err)
-			}
-			return usageError{err}
-		}
-		routes = append(routes, route)
-		trusts = append(trusts, ut)
-	}
-	srv, err := proxy.New(proxy.Config{Routes: routes, Logger: log})
+	r.rc = rc
+	srv, err := proxy.New(proxy.Config{Routes: proxyRoutes(routes), Logger: log, Observer: obs})
 	if err != nil {
 		return usageError{err}
 	}
+	r.srv = srv
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	for i, ut := range trusts {
-		// Each route is checked on its own: one upstream that cannot be
-		// trusted does not stop the others.
-		go func(ut *upstreamTrust, log *slog.Logger) {
-			prepareTrust(context.Background(), ut, log, rc.ExpiryWarning)
-			checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
-			// Expiry warnings stay visible in long-running logs.
-			t := time.NewTicker(12 * time.Hour)
-			defer t.Stop()
-			for range t.C {
-				checkUpstream(context.Background(), ut.dialer, log, rc.ExpiryWarning)
+	if r.adm != nil {
+		l, err := admin.Listen(rc.Admin)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		if !admin.IsLoopback(l.Addr()) {
+			log.Warn("admin endpoint on a non-loopback address: anyone who reaches it can read the metrics", "addr", l.Addr().String())
+		}
+		log.Info("admin endpoint", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz")
+		go func() {
+			if err := r.adm.Serve(l); err != nil {
+				log.Error("admin endpoint stopped", "error", err.Error())
 			}
-		}(ut, log.With("route", rcs[i].Name))
+		}()
 	}
+	r.startChecks(routes)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(context.Background()) }()
-	select {
-	case err := <-serveErr:
-		return err
-	case <-ctx.Done():
+	for {
+		select {
+		case err := <-serveErr:
+			r.stopChecks()
+			return err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				r.reload()
+				continue
+			}
+			return r.drain(sig, sigs, serveErr)
+		}
 	}
-	log.Info("shutting down: no new connections; waiting for running sessions", "drain_timeout", rc.DrainTimeout.String())
-	dctx, cancel := context.WithTimeout(context.Background(), rc.DrainTimeout)
+}
+
+func proxyRoutes(bs []builtRoute) []proxy.Route {
+	out := make([]proxy.Route, len(bs))
+	for i, b := range bs {
+		out[i] = b.route
+	}
+	return out
+}
+
+// verified feeds the expiry gauges from a verified upstream path.
+func (r *runner) verified(route string, path []*x509.Certificate) {
+	r.adm.SetExpiry(route, path[0].NotAfter, path[len(path)-1].NotAfter)
+}
+
+// startChecks runs each route's upstream check: its pin at start-up, one
+// logged verification, a repeat every 12 hours so expiry warnings stay in
+// long-running logs, and, with the admin endpoint, a probe every third of
+// the ready window that keeps /readyz current.
+func (r *runner) startChecks(routes []builtRoute) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stopChecks = cancel
+	warn := r.rc.ExpiryWarning
+	for _, b := range routes {
+		// Each route is checked on its own: one upstream that cannot be
+		// trusted does not stop the others.
+		go func(ut *upstreamTrust, name string, log *slog.Logger) {
+			prepareTrust(ctx, ut, log, warn)
+			if ctx.Err() != nil {
+				return
+			}
+			checkUpstream(ctx, ut.dialer, log, warn)
+			logTick := time.NewTicker(12 * time.Hour)
+			defer logTick.Stop()
+			var probe <-chan time.Time
+			if r.adm != nil {
+				_ = r.srv.Probe(ctx, name)
+				t := time.NewTicker(r.rc.ReadyWindow / 3)
+				defer t.Stop()
+				probe = t.C
+			}
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-logTick.C:
+					checkUpstream(ctx, ut.dialer, log, warn)
+				case <-probe:
+					if err := r.srv.Probe(ctx, name); err != nil && ctx.Err() == nil {
+						log.Debug("readiness probe failed", "error", err.Error())
+					}
+				}
+			}
+		}(b.trust, b.conf.Name, r.log.With("route", b.conf.Name))
+	}
+}
+
+// reload applies a changed configuration on SIGHUP: the file is read again
+// (flags and environment as at start), every route rebuilt (certificates,
+// keys, pins), and the proxy switched over without dropping sessions. A
+// configuration that fails anywhere is rejected and the running one kept.
+func (r *runner) reload() {
+	r.log.Info("SIGHUP: reloading the configuration", "config", r.configFile)
+	var onVerified func(string, []*x509.Certificate)
+	if r.adm != nil {
+		onVerified = r.verified
+	}
+	rc, routes, err := loadRoutes(r.cmd, r.configFile, r.log, onVerified)
+	if err == nil {
+		err = r.srv.Reload(proxyRoutes(routes))
+	}
+	if err != nil {
+		r.log.Error("reload rejected: the running configuration stays in force", "error", err.Error())
+		return
+	}
+	if rc.LogLevel != r.rc.LogLevel {
+		_ = setLevel(r.level, rc.LogLevel)
+	}
+	for _, k := range []struct{ name, old, new string }{
+		{"admin", r.rc.Admin, rc.Admin},
+		{"log_format", r.rc.LogFormat, rc.LogFormat},
+		{"ready_window", r.rc.ReadyWindow.String(), rc.ReadyWindow.String()},
+	} {
+		if k.old != k.new {
+			r.log.Warn("this setting changes only on restart; the running value stays", "setting", k.name, "running", k.old, "configured", k.new)
+		}
+	}
+	if r.adm == nil || rc.ReadyWindow != r.rc.ReadyWindow {
+		rc.ReadyWindow = r.rc.ReadyWindow
+	}
+	rc.Admin, rc.LogFormat = r.rc.Admin, r.rc.LogFormat
+	r.rc = rc
+	r.stopChecks()
+	r.startChecks(routes)
+	r.log.Info("configuration reloaded", "routes", strings.Join(r.srv.Routes(), ","))
+}
+
+// drain stops accepting, lets running sessions finish for the drain
+// timeout (a second signal cuts it short), then closes what is left.
+func (r *runner) drain(sig os.Signal, sigs <-chan os.Signal, serveErr <-chan error) error {
+	active := r.srv.Active()
+	r.log.Info("shutting down: no new connections; waiting for running sessions", "signal", sig.String(),
+		"sessions", active, "drain_timeout", r.rc.DrainTimeout.String())
+	if r.adm != nil {
+		r.adm.SetDraining()
+	}
+	r.stopChecks()
+	ctx, cancel := context.WithTimeout(context.Background(), r.rc.DrainTimeout)
 	defer cancel()
-	if err := srv.Shutdown(dctx); err != nil {
-		log.Warn("drain timeout reached: remaining sessions closed")
+	go func() {
+		for s := range sigs {
+			if s != syscall.SIGHUP {
+				r.log.Warn("second signal: closing the running sessions now", "signal", s.String())
+				cancel()
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	if err := r.srv.Shutdown(ctx); err != nil {
+		r.log.Warn("drain ended before every session did: the remaining sessions were closed", "after", time.Since(start).Round(time.Millisecond).String())
+	} else {
+		r.log.Info("drained: every session ended", "after", time.Since(start).Round(time.Millisecond).String())
 	}
 	<-serveErr
+	if r.adm != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = r.adm.Shutdown(sctx)
+		scancel()
+	}
+	r.log.Info("stopped")
 	return nil
 }
 
