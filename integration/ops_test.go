@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -445,3 +446,70 @@ func TestOpsSIGHUPReload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOpsTCPKeepalive reads the kernel's socket timers (ss -o) of the
+// proxy's two legs: keepalive is on with the configured idle time, and
+// off with tcp_keepalive 0.
+func TestOpsTCPKeepalive(t *testing.T) {
+	if _, err := exec.LookPath("ss"); err != nil {
+		t.Fatal("ss (iproute2) not found: install iproute2 (.ci/run does)")
+	}
+	for _, tc := range []struct {
+		setting string
+		want    bool
+	}{{"7s", true}, {"0", false}} {
+		t.Run("tcp_keepalive="+tc.setting, func(t *testing.T) {
+			p := startCLI(t, nil, "--upstream", fmt.Sprintf("localhost:%d", cluster.Port), "--ca-file", rootFile,
+				"--pin-dir", t.TempDir(), "--tcp-keepalive", tc.setting)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable", p.port, harness.MD5User, harness.MD5Password))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			out, err := exec.Command("ss", "-tnopH", "state", "established").Output()
+			if err != nil {
+				t.Fatalf("ss: %v", err)
+			}
+			pid := fmt.Sprintf("pid=%d,", p.cmd.Process.Pid)
+			legs := map[string]string{}
+			for _, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				if !strings.Contains(line, pid) || len(f) < 4 {
+					continue
+				}
+				switch {
+				case strings.HasSuffix(f[2], fmt.Sprintf(":%d", p.port)):
+					legs["client"] = line
+				case strings.HasSuffix(f[3], fmt.Sprintf(":%d", cluster.Port)):
+					legs["upstream"] = line
+				}
+			}
+			for _, leg := range []string{"client", "upstream"} {
+				line, ok := legs[leg]
+				if !ok {
+					t.Fatalf("no %s-leg socket of the proxy in ss output:\n%s", leg, out)
+				}
+				has := strings.Contains(line, "timer:(keepalive,")
+				if has != tc.want {
+					t.Errorf("%s leg keepalive %v, want %v: %s", leg, has, tc.want, line)
+				}
+				if tc.want {
+					// Go's default would show 15 s; iproute2 6.1 prints the
+					// seconds left as "6.980ms".
+					m := regexpKeepalive.FindStringSubmatch(line)
+					if m == nil {
+						t.Fatalf("%s leg: no keepalive timer value in %q", leg, line)
+					}
+					if left, _ := strconv.ParseFloat(m[1], 64); m[2] == "min" || left > 7 {
+						t.Errorf("%s leg keepalive timer is not the configured 7s: %s", leg, line)
+					}
+				}
+			}
+		})
+	}
+}
+
+// regexpKeepalive captures the time left on a keepalive timer and its unit.
+var regexpKeepalive = regexp.MustCompile(`timer:\(keepalive,([0-9.]+)([a-z]*),`)

@@ -1,8 +1,600 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
 
-// newCheckCmd is the `check` command (placeholder until it is written).
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+)
+
+// alertWait is how long check listens after the handshake for a TLS alert:
+// with TLS 1.3 a server refuses the client certificate (or its absence)
+// only after the client has finished the handshake. A PostgreSQL server
+// waiting for a startup message sends nothing.
+const alertWait = 500 * time.Millisecond
+
+// checkOptions are the settings of `check`: those of `chain show` and the
+// expiry warning threshold.
+var checkOptions = func() []option {
+	opts := append([]option{}, trustOptions...)
+	for _, o := range pickOptions("expiry_warning") {
+		o.usage = "warn in the report when a certificate of the verified path expires within this time"
+		opts = append(opts, o)
+	}
+	return opts
+}()
+
+// newCheckCmd is the `check` command: it dials every route's upstream the
+// way the proxy does, verifies it and reports in plain words.
 func newCheckCmd() *cobra.Command {
-	return &cobra.Command{Use: "check", Short: "Dial, verify and report each route's upstream", Hidden: true}
+	var configFile, route string
+	cmd := &cobra.Command{
+		Use:   "check [--upstream X | --config F [--route NAME]]",
+		Short: "Dial, verify and report each route's upstream (the first thing to run when something is wrong)",
+		Long: `Connects to each upstream exactly as the proxy does (SSLRequest or direct TLS,
+then verify-full against --ca-file or the pin) and reports, route by route:
+the TLS version and cipher, the certificates presented, the trust anchor the
+verified path ends at and where it comes from, the host-name match, the days
+left before the certificates expire, and whether the server accepts the
+client certificate. Every failure comes with what to do about it.
+
+check sends no startup message, user name or password: only the SSLRequest
+and the TLS handshake. It never writes a pin: for a route without one it says
+what run would pin on first start, or why it would refuse.
+
+With --config and no --route, every route of the file is checked. The exit
+status is 0 when every route passes, 1 when one fails, 2 for a usage error.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.NoArgs(cmd, args); err != nil {
+				return usageError{err}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			targets, warn, err := loadCheckTargets(cmd.Flags(), configFile, route)
+			if err != nil {
+				return usageError{err}
+			}
+			return runCheck(cmd.Context(), cmd.OutOrStdout(), targets, warn)
+		},
+	}
+	addFlags(cmd.Flags(), checkOptions)
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file: check each of its routes (or its one upstream)")
+	cmd.Flags().StringVar(&route, "route", "", "with --config: check only this route")
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	return cmd
+}
+
+// checkTarget is one upstream to check.
+type checkTarget struct {
+	// name is the route's name; named is false for the single upstream
+	// given by flags, environment or a file without routes.
+	name  string
+	named bool
+	tc    trustConfig
+}
+
+// loadCheckTargets reads the routes to check from flags, environment and
+// the config file, as run reads them, and the expiry warning threshold.
+func loadCheckTargets(fs *pflag.FlagSet, configFile, route string) ([]checkTarget, time.Duration, error) {
+	if route != "" && configFile == "" {
+		return nil, 0, errors.New("--route needs --config: routes are defined in the config file")
+	}
+	rc, err := loadRunConfig(fs, configFile)
+	if err != nil {
+		return nil, 0, err
+	}
+	routes, err := rc.routes()
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []checkTarget
+	var names []string
+	for _, r := range routes {
+		names = append(names, r.Name)
+		if route != "" && r.Name != route {
+			continue
+		}
+		out = append(out, checkTarget{name: r.Name, named: len(rc.Routes) > 0, tc: trustConfig{
+			Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir, Trust: r.Trust,
+			ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation,
+		}})
+	}
+	if len(out) == 0 {
+		return nil, 0, fmt.Errorf("no route named %q in %s (routes: %s)", route, configFile, strings.Join(names, ", "))
+	}
+	return out, rc.ExpiryWarning, nil
+}
+
+// runCheck checks each target in turn and writes one block per target. It
+// returns an error when a target failed (exit 1), or a usageError when a
+// route's own settings could not be used (exit 2).
+func runCheck(ctx context.Context, w io.Writer, targets []checkTarget, warn time.Duration) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var failed []string
+	badSettings := false
+	for i, t := range targets {
+		ut, err := buildTrust(t.tc, nil)
+		if err != nil && !t.named {
+			// The single upstream of the command line: a plain usage error.
+			return usageError{err}
+		}
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		label := "route " + t.name
+		if !t.named {
+			label = "upstream " + ut.spec.addr()
+		}
+		fmt.Fprintf(w, "== %s ==\n", label)
+		var fail *checkFailure
+		warnings, firstPin := 0, false
+		if err != nil {
+			badSettings = true
+			fail = &checkFailure{what: "the route's settings: " + err.Error(),
+				hint: "fix this route's settings in the config file (run refuses to start with them too)"}
+		} else {
+			rep := &routeReport{w: w, ut: ut, tc: t.tc, warn: warn}
+			fail = rep.check(ctx)
+			warnings, firstPin = rep.warnings, rep.firstPin
+		}
+		if fail != nil {
+			failed = append(failed, label)
+			fmt.Fprintf(w, "FAILED: %s: %s\nwhat to do: %s\n", label, fail.what, fail.hint)
+			continue
+		}
+		verdict := fmt.Sprintf("OK: %s: verify-full passes", label)
+		if firstPin {
+			verdict += " against the anchor run would pin on first start"
+		}
+		switch warnings {
+		case 0:
+		case 1:
+			verdict += " (1 warning above)"
+		default:
+			verdict += fmt.Sprintf(" (%d warnings above)", warnings)
+		}
+		fmt.Fprintln(w, verdict)
+	}
+	if len(targets) > 1 {
+		fmt.Fprintf(w, "\nChecked %d routes: %d passed, %d failed.\n", len(targets), len(targets)-len(failed), len(failed))
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	err := fmt.Errorf("check: %s failed (see the report above)", strings.Join(failed, ", "))
+	if badSettings {
+		return usageError{err}
+	}
+	return err
+}
+
+// checkFailure is what failed for a route, in words, and what to do.
+type checkFailure struct {
+	what string
+	hint string
+}
+
+// routeReport checks one upstream and writes what it finds.
+type routeReport struct {
+	w    io.Writer
+	ut   *upstreamTrust
+	tc   trustConfig
+	warn time.Duration
+	// warnings counts the WARNING lines written.
+	warnings int
+	// describe names the trust anchors in hints; source says where the
+	// anchor of a verified path comes from.
+	describe, source string
+	// pin is the pin in use (on disk, or the one run would write).
+	pin *chain.Pin
+	// printed is set once the presented chain has been shown.
+	printed bool
+	// firstPin is set when there is no pin yet and the check used the one
+	// run would write.
+	firstPin bool
+}
+
+// line writes one "label: value" line.
+func (r *routeReport) line(label, format string, a ...any) {
+	if label != "" {
+		label += ":"
+	}
+	fmt.Fprintf(r.w, "%-18s%s\n", label, fmt.Sprintf(format, a...))
+}
+
+// warnf writes a WARNING line.
+func (r *routeReport) warnf(format string, a ...any) {
+	r.warnings++
+	fmt.Fprintf(r.w, "WARNING: %s\n", fmt.Sprintf(format, a...))
+}
+
+// fixedTrust answers every connection with the same verifier: the pin as it
+// is on disk, or the one run would write. Unlike chain.PinTrust it never
+// fetches or writes a pin.
+type fixedTrust struct{ v chain.Verifier }
+
+// Verifier implements chain.TrustSource.
+func (f *fixedTrust) Verifier(context.Context) (*chain.Verifier, error) {
+	v := f.v
+	return &v, nil
+}
+
+// check runs the whole check of one upstream; nil means it passes.
+func (r *routeReport) check(ctx context.Context) *checkFailure {
+	ut := r.ut
+	d := *ut.dialer // a copy: its trust is replaced for pinned routes
+	d.OnCommonName = nil
+	r.header(&d)
+
+	switch {
+	case ut.caRoots != nil:
+		_, anchors, err := chain.LoadCAFile(r.tc.CAFile)
+		if err != nil {
+			return &checkFailure{what: "reading the CA file: " + err.Error(), hint: "give a readable PEM file with the root CA(s) of the upstream as --ca-file"}
+		}
+		var subjects []string
+		for _, a := range anchors {
+			subjects = append(subjects, fmt.Sprintf("%q", a.Subject.String()))
+		}
+		r.line("Trust", "the roots in --ca-file %s (%d certificate(s)): %s", r.tc.CAFile, len(anchors), strings.Join(subjects, ", "))
+		r.describe, r.source = ut.describe, "from --ca-file "+r.tc.CAFile
+	default:
+		if fail := r.pinTrust(ctx, &d); fail != nil {
+			return fail
+		}
+	}
+
+	var path []*x509.Certificate
+	d.OnVerified = func(p []*x509.Certificate) { path = p }
+	start := time.Now()
+	conn, err := d.Dial(ctx)
+	if err != nil {
+		var de *chain.DialError
+		if errors.As(err, &de) && de.Step == chain.StepVerify && !r.printed {
+			// Show what the server presented, so the failure can be
+			// checked by eye.
+			if f, ferr := chain.Fetch(ctx, &d); ferr == nil {
+				r.line("Connect + TLS", "%s (capture only, to show the chain)", fetchedWords(f))
+				printCerts(r.w, "presented by the server", f.Presented, r.pinned())
+				r.hostname(f.Presented[0], d.VerifyName())
+			}
+		}
+		return &checkFailure{what: describeCheckError(err), hint: r.hint(err)}
+	}
+	defer conn.Close()
+	rtt := time.Since(start)
+
+	// Listen for a TLS alert: a refused client certificate shows only now.
+	_ = conn.SetReadDeadline(time.Now().Add(alertWait))
+	_, readErr := conn.Read(make([]byte, 1))
+	cs := conn.ConnectionState()
+	tlsLine := fmt.Sprintf("%s, cipher %s", tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
+	if cs.NegotiatedProtocol != "" {
+		tlsLine += ", ALPN " + cs.NegotiatedProtocol
+	}
+	r.line("Connect + TLS", "%s, %s (TCP connect, %s and verification)", tlsLine, rtt.Round(time.Millisecond), handshakeWords(d.Negotiation))
+	if !r.printed {
+		printCerts(r.w, "presented by the server", cs.PeerCertificates, r.pinned())
+	}
+	if fetched := r.fetchedThroughAIA(path, cs.PeerCertificates); len(fetched) > 0 {
+		printCerts(r.w, "fetched through AIA (used to build the path, never trusted by themselves)", fetched, r.pinned())
+	}
+	if len(path) > 0 {
+		anchor := path[len(path)-1]
+		var subjects []string
+		for _, c := range path {
+			subjects = append(subjects, c.Subject.String())
+		}
+		r.line("Verified path", "%s", strings.Join(subjects, "  ->  "))
+		r.line("Anchor", "%q (SPKI SHA-256 %s), %s", anchor.Subject.String(), chain.SPKIHash(anchor), r.source)
+	}
+	leaf := cs.PeerCertificates[0]
+	if !r.printed {
+		r.hostname(leaf, d.VerifyName())
+	}
+	r.expiry(leaf, path)
+	if alert, ok := chain.TLSAlert(readErr); ok {
+		r.clientCert(&d, false)
+		fail := &checkFailure{what: fmt.Sprintf("after the TLS handshake: the server ended the TLS session with the alert %q", alert),
+			hint: "see the server's log for why it ended the session"}
+		if chain.ClientCertAlert(alert) {
+			fail.hint = chain.ClientCertHint
+		}
+		return fail
+	}
+	r.clientCert(&d, true)
+	return nil
+}
+
+// header writes what is checked: address, certificate name, negotiation.
+func (r *routeReport) header(d *chain.Dialer) {
+	r.line("Upstream", "%s", d.Addr())
+	how := "server_name"
+	if r.tc.ServerName == "" {
+		how = "the upstream host"
+	}
+	r.line("Certificate name", "%s (%s)", d.VerifyName(), how)
+	if d.Negotiation == chain.NegotiateDirect {
+		r.line("Negotiation", "direct: TLS at once, the server must select ALPN %q (PostgreSQL 17+)", chain.ALPNProtocol)
+	} else {
+		r.line("Negotiation", "postgres: SSLRequest first, then TLS (any PostgreSQL version)")
+	}
+}
+
+// fetchedWords summarises a capture-only handshake.
+func fetchedWords(f *chain.Fetched) string {
+	return fmt.Sprintf("%s, cipher %s, %d certificate(s) presented, %s", tls.VersionName(f.TLSVersion), tls.CipherSuiteName(f.CipherSuite),
+		len(f.Presented), f.RTT.Round(time.Millisecond))
+}
+
+// handshakeWords names the steps before verification.
+func handshakeWords(n chain.Negotiation) string {
+	if n == chain.NegotiateDirect {
+		return "direct TLS handshake"
+	}
+	return "SSLRequest, TLS handshake"
+}
+
+// pinTrust reports the pin of a route without --ca-file and points the
+// dialer at it. Without a pin it decides, as run would on first start, what
+// would be pinned, and writes nothing.
+func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailure {
+	ut := r.ut
+	path := ut.store.Path(d.Host, d.Port, d.ServerName)
+	p, err := ut.store.Load(d.Host, d.Port, d.ServerName)
+	switch {
+	case err == nil:
+		r.line("Trust", "the pin file %s", path)
+		r.line("", "policy %s, first seen %s, anchor SPKI SHA-256 %s", p.Policy, p.FirstSeen.UTC().Format(time.RFC3339), strings.Join(p.Fingerprints(), ", "))
+		if p.Policy != string(ut.policy) {
+			r.line("", "(made under trust policy %s; this route's %s applies only to a first pin)", p.Policy, ut.policy)
+		}
+		r.describe = ut.describe
+		r.source = fmt.Sprintf("pinned in %s (policy %s, first seen %s)", path, p.Policy, p.FirstSeen.UTC().Format("2006-01-02"))
+	case errors.Is(err, chain.ErrNoPin):
+		r.line("Trust", "no pin yet: run would fetch the chain and pin it in %s on first start, under trust policy %s (check writes nothing)", path, ut.policy)
+		f, extra, dec, err := chain.FetchAndDecide(ctx, d, ut.aia, ut.policy, ut.system, nil)
+		if f != nil {
+			r.line("Fetched chain", "%s (capture only: nothing sent but the handshake)", fetchedWords(f))
+			printCerts(r.w, "presented by the server", f.Presented, nil)
+			if len(extra) > 0 {
+				printCerts(r.w, "fetched through AIA", extra, nil)
+			}
+			r.hostname(f.Presented[0], d.VerifyName())
+			r.printed = true
+		}
+		if err != nil {
+			what := describeCheckError(err)
+			var te *chain.TrustError
+			if errors.As(err, &te) {
+				what = "no pin yet, and run would refuse to pin on first start: " + err.Error()
+			}
+			r.describe = "the system trust store"
+			return &checkFailure{what: what, hint: r.hint(err)}
+		}
+		r.line("First start", "run would pin %q (SPKI SHA-256 %s, policy %s): %s", dec.Anchor.Subject.String(), chain.SPKIHash(dec.Anchor), dec.Policy, describeDecision(dec))
+		if dec.Policy == chain.PolicyTOFU {
+			r.warnf("trust on first use: check this fingerprint with the provider before the proxy pins it: %s", chain.SPKIHash(dec.Anchor))
+		}
+		p = chain.PinFromDecision(d, dec, time.Now())
+		r.firstPin = true
+		r.describe = "the anchor run would pin"
+		r.source = fmt.Sprintf("the anchor run would pin on first start (policy %s)", dec.Policy)
+	default:
+		return &checkFailure{what: "reading the pin: " + err.Error(),
+			hint: "inspect the pin file; if it is damaged, remove it and pin again with: " + strings.TrimSuffix(ut.repin, " --repin")}
+	}
+	r.pin = p
+	d.Roots = nil
+	d.Trust = &fixedTrust{v: chain.Verifier{Roots: p.Pool(), Intermediates: p.Intermediates, AIA: ut.aia,
+		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system}}
+	return nil
+}
+
+// pinned lists the pinned anchors' fingerprints, to mark them in lists.
+func (r *routeReport) pinned() []string {
+	if r.pin == nil {
+		return nil
+	}
+	return r.pin.Fingerprints()
+}
+
+// fetchedThroughAIA returns the certificates of the verified path that the
+// server did not present and that are neither the anchor nor kept in the
+// pin: those came through AIA.
+func (r *routeReport) fetchedThroughAIA(path, presented []*x509.Certificate) []*x509.Certificate {
+	if len(path) < 3 {
+		return nil
+	}
+	known := append([]*x509.Certificate{}, presented...)
+	if r.pin != nil {
+		known = append(known, r.pin.Intermediates...)
+	}
+	var out []*x509.Certificate
+	for _, c := range path[1 : len(path)-1] {
+		if !containsCert(known, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range list {
+		if bytes.Equal(x.Raw, c.Raw) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostname reports how the leaf matches the name checked.
+func (r *routeReport) hostname(leaf *x509.Certificate, name string) {
+	match, err := chain.VerifyHostname(leaf, name)
+	switch {
+	case err != nil:
+		r.line("Host name", "MISMATCH: %v", err)
+	case match == chain.MatchCommonName:
+		r.line("Host name", "the certificate carries %q only as its common name (CN)", name)
+		r.warnf("the certificate has no subjectAltName of the host's type and matched by its CN only; libpq accepts this too, but ask the server's operator for a certificate with a SAN")
+	default:
+		r.line("Host name", "the certificate carries %q (its names: %s)", name, strings.Join(chain.CertNames(leaf), ", "))
+	}
+}
+
+// expiry reports the days left of the leaf and of the anchor, and warns
+// about any certificate of the path below the expiry warning threshold.
+func (r *routeReport) expiry(leaf *x509.Certificate, path []*x509.Certificate) {
+	now := time.Now()
+	r.line("Expiry", "server certificate: %s", daysLeft(leaf, now))
+	if len(path) > 1 {
+		r.line("", "anchor: %s", daysLeft(path[len(path)-1], now))
+	}
+	certs := path
+	if len(certs) == 0 {
+		certs = []*x509.Certificate{leaf}
+	}
+	for i, c := range certs {
+		if c.NotAfter.Sub(now) >= r.warn {
+			continue
+		}
+		what := "a CA certificate of the path"
+		switch {
+		case i == 0:
+			what = "the server certificate"
+		case i == len(certs)-1:
+			what = "the anchor"
+		}
+		r.warnf("%s %q expires within the expiry warning (%s): %s", what, c.Subject.String(), durationWords(r.warn), daysLeft(c, now))
+	}
+}
+
+// clientCert reports the client certificate presented, if any.
+func (r *routeReport) clientCert(d *chain.Dialer, accepted bool) {
+	if d.ClientCert == nil || d.ClientCert.Leaf == nil {
+		r.line("Client cert", "none configured (upstream_cert)")
+		return
+	}
+	c := d.ClientCert.Leaf
+	verdict := "the server did not reject it"
+	if !accepted {
+		verdict = "the server REJECTED the session"
+	}
+	r.line("Client cert", "presented %q (issuer %q, %s); %s", c.Subject.String(), c.Issuer.String(), daysLeft(c, time.Now()), verdict)
+	if time.Until(c.NotAfter) < r.warn {
+		r.warnf("the client certificate %s expires within the expiry warning (%s)", r.tc.UpstreamCert, durationWords(r.warn))
+	}
+}
+
+// daysLeft says how long a certificate stays valid.
+func daysLeft(c *x509.Certificate, now time.Time) string {
+	until := c.NotAfter.UTC().Format("2006-01-02 15:04 UTC")
+	switch {
+	case now.After(c.NotAfter):
+		return "EXPIRED on " + until
+	case now.Before(c.NotBefore):
+		return "NOT YET VALID (from " + c.NotBefore.UTC().Format("2006-01-02 15:04 UTC") + ")"
+	}
+	return fmt.Sprintf("%d days left (until %s)", int(c.NotAfter.Sub(now).Hours()/24), until)
+}
+
+// durationWords writes whole days as days.
+func durationWords(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
+// describeCheckError names the step that failed and why.
+func describeCheckError(err error) string {
+	var de *chain.DialError
+	if errors.As(err, &de) {
+		return strings.TrimPrefix(err.Error(), "upstream "+de.Addr+": ")
+	}
+	var te *chain.TrustError
+	if errors.As(err, &te) {
+		return "deciding what to pin: " + err.Error()
+	}
+	var ve *chain.VerifyError
+	if errors.As(err, &ve) {
+		return string(chain.StepVerify) + ": " + err.Error()
+	}
+	return err.Error()
+}
+
+// hint says what to do about a failed check, as the proxy tells its
+// clients.
+func (r *routeReport) hint(err error) string {
+	var te *chain.TrustError
+	if errors.As(err, &te) && te.Hint != "" {
+		return te.Hint
+	}
+	var de *chain.DialError
+	if errors.As(err, &de) {
+		if de.Hint != "" {
+			return de.Hint
+		}
+		switch {
+		case de.Step == chain.StepConnect:
+			return "check the upstream host and port, and that the server is up and accepts connections from this machine (firewall, listen_addresses)"
+		case de.Refused:
+			return "pgverifyproxy only talks to the upstream over verified TLS: enable ssl on the server; if the server has TLS on, something on the network path is stripping it"
+		case de.Injected:
+			return "nothing was sent to the server; this is what a man-in-the-middle does: check the network path between this machine and the server"
+		case de.Step == chain.StepTrust:
+			return "fix what the message says, or pin explicitly with: " + strings.TrimSuffix(r.ut.repin, " --repin")
+		case de.Step == chain.StepVerify:
+			return r.verifyHint(de.Err)
+		}
+		return "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"
+	}
+	var ve *chain.VerifyError
+	if errors.As(err, &ve) {
+		return r.verifyHint(ve)
+	}
+	return "check the upstream address and that the server is up"
+}
+
+// verifyHint says what to do about a failed verify-full check.
+func (r *routeReport) verifyHint(err error) string {
+	trust := r.describe
+	if trust == "" {
+		trust = "the configured trust anchors"
+	}
+	var ve *chain.VerifyError
+	if !errors.As(err, &ve) {
+		return "the server's certificate could not be verified against " + trust
+	}
+	switch ve.Kind {
+	case chain.KindIdentityChanged:
+		return "if the provider has confirmed a change of CA, re-pin with: " + r.ut.repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
+	case chain.KindHostname:
+		return "connect with a name the certificate carries (in upstream, or in server_name / --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
+	case chain.KindExpired:
+		return "the server's certificate (or a CA in its chain) has expired: the server's operator must renew it; also check this machine's clock"
+	case chain.KindNotYetValid:
+		return "a certificate in the chain is not valid yet: check this machine's clock, or wait until the certificate's start date"
+	case chain.KindSelfSigned:
+		return "the server presents a self-signed certificate that is not among " + trust + "; if you have checked its fingerprint out of band, put that certificate in --ca-file"
+	case chain.KindUnknownAuthority:
+		if r.ut.caRoots != nil {
+			return "the server's chain does not lead to " + trust + ": if the server's CA changed, put the new CA (as the provider publishes it) in that file; otherwise someone may be intercepting the connection"
+		}
+		return "the server's chain does not lead to " + trust + "; if the server's CA changed, re-pin with: " + r.ut.repin + "; otherwise someone may be intercepting the connection"
+	}
+	return "the server's certificate could not be verified against " + trust
 }
