@@ -79,10 +79,16 @@ file (--config), in that order of precedence.`,
 	return root
 }
 
-func versionString() string {
+// versionNumber is the version alone: set at build time, else the module
+// version go install recorded, else "dev".
+func versionNumber() string {
 	v := version
 	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		v = bi.Main.Version
 	}
-	return fmt.Sprintf("pgverifyproxy %s (%s %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return v
+}
+
+func versionString() string {
+	return fmt.Sprintf("pgverifyproxy %s (%s %s/%s)", versionNumber(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

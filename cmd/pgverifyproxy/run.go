@@ -181,7 +181,7 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	var obs proxy.Observer
 	var onVerified func(string, []*x509.Certificate)
 	if rc.Admin != "" {
-		r.adm = admin.New(admin.Options{Version: versionString(), ReadyWindow: rc.ReadyWindow,
+		r.adm = admin.New(admin.Options{Version: versionNumber(), ReadyWindow: rc.ReadyWindow,
 			// Read at scrape time; the admin endpoint starts after the server.
 			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() }})
 		obs = r.adm
@@ -380,6 +380,7 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 		return
 	}
 	defer c.Close()
+	rtt := time.Since(start)
 	// With TLS 1.3 a server that refuses the client certificate (or its
 	// absence) says so only after the handshake: listen for a moment. A
 	// PostgreSQL server waiting for a startup message sends nothing.
@@ -399,7 +400,7 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 	attrs := []any{"upstream", d.Addr(), "server_name", d.VerifyName(),
 		"tls", tls.VersionName(cs.Version), "leaf", leaf.Subject.String(),
 		"leaf_expires", leaf.NotAfter.UTC().Format(time.RFC3339),
-		"rtt", time.Since(start).Round(time.Millisecond).String()}
+		"handshake", rtt.Round(time.Millisecond).String()}
 	if d.Negotiation == chain.NegotiateDirect {
 		attrs = append(attrs, "negotiation", "direct", "alpn", cs.NegotiatedProtocol)
 	}
