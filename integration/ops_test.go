@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"math"
@@ -513,3 +515,77 @@ func TestOpsTCPKeepalive(t *testing.T) {
 
 // regexpKeepalive captures the time left on a keepalive timer and its unit.
 var regexpKeepalive = regexp.MustCompile(`timer:\(keepalive,([0-9.]+)([a-z]*),`)
+
+// clientLegCertificate opens a TLS client leg to the proxy (SSLRequest,
+// then a handshake that trusts the test root) and returns the certificate
+// the proxy presented.
+func clientLegCertificate(t *testing.T, port int) *x509.Certificate {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
+		t.Fatalf("SSLRequest answer %q %v", b, err)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: harness.Pool(pki.Root), NextProtos: []string{"postgresql"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("client-leg handshake: %v", err)
+	}
+	return tc.ConnectionState().PeerCertificates[0]
+}
+
+// TestOpsSIGHUPReloadsClientTLSCertificate: a renewed client_tls_cert is
+// served to new clients after SIGHUP; the session that was open keeps going.
+func TestOpsSIGHUPReloadsClientTLSCertificate(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "local.crt"), filepath.Join(dir, "local.key")
+	issue := func(cn string) *harness.Cert {
+		c, err := harness.IssueLeaf(pki.Intermediate, harness.LeafOptions{CommonName: cn, DNSNames: []string{"localhost"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := harness.WritePEMFile(certFile, c.ChainPEM(pki.Intermediate)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, c.KeyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := issue("local first")
+	p := startCLI(t, nil, "--upstream", fmt.Sprintf("localhost:%d", cluster.Port), "--ca-file", rootFile, "--pin-dir", t.TempDir(),
+		"--client-tls", "require", "--client-tls-cert", certFile, "--client-tls-key", keyFile)
+	if got := clientLegCertificate(t, p.port); got.Subject.CommonName != "local first" {
+		t.Fatalf("client leg certificate %q, want the first one", got.Subject.CommonName)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=require", p.port, harness.MD5User, harness.MD5Password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+
+	second := issue("local renewed")
+	if first.Cert.SerialNumber.Cmp(second.Cert.SerialNumber) == 0 {
+		t.Fatal("the renewed certificate has the old serial")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p, "configuration reloaded")
+	if got := clientLegCertificate(t, p.port); got.Subject.CommonName != "local renewed" {
+		t.Errorf("after SIGHUP the client leg presents %q, want the renewed certificate", got.Subject.CommonName)
+	}
+	var one int
+	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+		t.Errorf("the session open across the reload: %d %v", one, err)
+	}
+}
