@@ -6,14 +6,13 @@ import (
 	"strings"
 )
 
-// Listen opens the admin endpoint's TCP listener. addr is "PORT" or
-// ":PORT", which listen on loopback (127.0.0.1:PORT), or "HOST:PORT",
-// used as given. Use IsLoopback on the listener's Addr to warn when the
-// endpoint is reachable from other hosts.
+// Listen opens the admin endpoint's TCP listener at ResolveAddr(addr). Use
+// IsLoopback on the listener's Addr to warn when the endpoint is reachable
+// from other hosts.
 func Listen(addr string) (net.Listener, error) {
-	a, err := resolveAddr(addr)
+	a, err := ResolveAddr(addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("admin: listening on %q: %w", addr, err)
 	}
 	l, err := net.Listen("tcp", a)
 	if err != nil {
@@ -22,33 +21,33 @@ func Listen(addr string) (net.Listener, error) {
 	return l, nil
 }
 
-// resolveAddr applies Listen's address rules.
-func resolveAddr(addr string) (string, error) {
-	switch {
-	case addr == "":
-		return "", fmt.Errorf("admin: listening on %q: empty address (want PORT, :PORT or HOST:PORT)", addr)
-	case isPort(addr):
-		return net.JoinHostPort("127.0.0.1", addr), nil
-	case strings.HasPrefix(addr, ":") && isPort(addr[1:]):
-		return net.JoinHostPort("127.0.0.1", addr[1:]), nil
+// ResolveAddr applies the admin address rules: "PORT" or ":PORT" is
+// 127.0.0.1:PORT (loopback by default), "HOST:PORT" is used as given.
+func ResolveAddr(addr string) (string, error) {
+	addr = strings.TrimSpace(addr)
+	if p := strings.TrimPrefix(addr, ":"); isPort(p) {
+		return net.JoinHostPort("127.0.0.1", p), nil
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return "", fmt.Errorf("admin: listening on %s: address must be PORT, :PORT or HOST:PORT: %w", addr, err)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || !isPort(port) {
+		return "", fmt.Errorf("admin address %q must be PORT, :PORT or HOST:PORT", addr)
 	}
-	return addr, nil
+	return net.JoinHostPort(host, port), nil
 }
 
-// isPort reports whether s is a decimal port number.
+// isPort reports whether s is a port number, 0 to 65535.
 func isPort(s string) bool {
 	if s == "" || len(s) > 5 {
 		return false
 	}
+	n := 0
 	for _, c := range s {
 		if c < '0' || c > '9' {
 			return false
 		}
+		n = n*10 + int(c-'0')
 	}
-	return true
+	return n <= 65535
 }
 
 // IsLoopback reports whether addr is a TCP or UDP address on a loopback IP

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
+	"github.com/pgverifyproxy/pgverifyproxy/admin"
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
@@ -454,6 +455,11 @@ func (rc *runConfig) validate() error {
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)
+	}
+	if rc.Admin != "" {
+		if _, err := admin.ResolveAddr(rc.Admin); err != nil {
+			return err
+		}
 	}
 	if rc.Admin != "" && rc.ReadyWindow < 3*time.Second {
 		return fmt.Errorf("ready_window must be at least 3s (the upstream is probed every third of it), not %s", rc.ReadyWindow)

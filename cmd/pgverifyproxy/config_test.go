@@ -422,6 +422,7 @@ func TestOperationsSettingsValidation(t *testing.T) {
 		{"keepalive off", []string{"--tcp-keepalive", "0"}, ""},
 		{"admin with a tiny ready window", []string{"--admin", "9543", "--ready-window", "1s"}, "ready_window must be at least 3s"},
 		{"admin", []string{"--admin", "9543"}, ""},
+		{"admin without a port", []string{"--admin", "localhost"}, `admin address "localhost" must be PORT, :PORT or HOST:PORT`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

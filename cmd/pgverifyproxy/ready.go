@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pgverifyproxy/pgverifyproxy/admin"
 )
 
 // readyOptions are the settings of `ready`: run's admin address, read the
@@ -84,18 +86,18 @@ every interface (0.0.0.0:PORT, [::]:PORT) is asked on loopback.`,
 // readyAddr turns the admin setting into the HOST:PORT to ask: PORT and
 // :PORT are 127.0.0.1:PORT (as run listens), and an unspecified host
 // (0.0.0.0, ::) is asked on the loopback address of its family.
-func readyAddr(admin string) (string, error) {
-	admin = strings.TrimSpace(admin)
-	if admin == "" {
+func readyAddr(adminAddr string) (string, error) {
+	adminAddr = strings.TrimSpace(adminAddr)
+	if adminAddr == "" {
 		return "", errors.New("no admin address: pass --admin ADDR or set PGVERIFYPROXY_ADMIN, as given to the proxy's run --admin")
 	}
-	port := strings.TrimPrefix(admin, ":")
-	if isDecimalPort(port) {
-		return net.JoinHostPort("127.0.0.1", port), nil
+	a, err := admin.ResolveAddr(adminAddr)
+	if err != nil {
+		return "", err
 	}
-	host, port, err := net.SplitHostPort(admin)
-	if err != nil || !isDecimalPort(port) {
-		return "", fmt.Errorf("admin address %q must be PORT, :PORT or HOST:PORT", admin)
+	host, port, _ := net.SplitHostPort(a)
+	if port == "0" {
+		return "", fmt.Errorf("admin address %q must be PORT, :PORT or HOST:PORT with a port other than 0", adminAddr)
 	}
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		if ip.To4() != nil {
@@ -105,21 +107,6 @@ func readyAddr(admin string) (string, error) {
 		}
 	}
 	return net.JoinHostPort(host, port), nil
-}
-
-// isDecimalPort reports whether s is a port number 1-65535.
-func isDecimalPort(s string) bool {
-	if s == "" || len(s) > 5 {
-		return false
-	}
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n > 0 && n <= 65535
 }
 
 // runReady asks http://addr/readyz, prints the answer to out and returns
