@@ -589,3 +589,37 @@ func TestOpsSIGHUPReloadsClientTLSCertificate(t *testing.T) {
 		t.Errorf("the session open across the reload: %d %v", one, err)
 	}
 }
+
+// TestOpsPrewarm: with prewarm, verified upstream connections are made
+// before any client, replaced when they reach prewarm_max_age, and a
+// client's session runs over one of them.
+func TestOpsPrewarm(t *testing.T) {
+	ports := freePorts(t, 1)
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	p := startCLI(t, nil, "--upstream", fmt.Sprintf("localhost:%d", cluster.Port), "--ca-file", rootFile, "--pin-dir", t.TempDir(),
+		"--prewarm", "2", "--prewarm-max-age", "2s", "--admin", admin)
+	dials := func() float64 {
+		return scrape(t, admin)[`pgverifyproxy_upstream_handshake_seconds_count{result="ok",route="default"}`]
+	}
+	// Two pre-dials and the readiness probe, then replacements as the
+	// connections reach 2 s, all before any client.
+	waitFor(t, "pre-dialled connections are replaced when old", func() bool { return dials() >= 7 })
+	if v := scrape(t, admin)[`pgverifyproxy_sessions_total{result="completed",route="default"}`]; v != 0 {
+		t.Fatalf("%v sessions before any client", v)
+	}
+	before := dials()
+	if r := runPsql(t, p.port, "sslmode=disable user="+harness.MD5User, harness.MD5Password, "select 'warm'"); r.code != 0 || r.out != "warm" {
+		t.Fatalf("psql through a pre-dialled connection: %+v", r)
+	}
+	waitFor(t, "the session is counted", func() bool {
+		return scrape(t, admin)[`pgverifyproxy_sessions_total{result="completed",route="default"}`] == 1
+	})
+	// The session ran over a ready connection, and nothing failed.
+	waitForLog(t, p, "prewarmed=true")
+	if strings.Contains(p.log(), "level=ERROR") {
+		t.Errorf("errors in the log:\n%s", p.log())
+	}
+	if dials() < before {
+		t.Error("handshake counter went backwards")
+	}
+}

@@ -103,7 +103,17 @@ type Route struct {
 	// 15 s), Enable false turns it off.
 	KeepAlive *net.KeepAliveConfig
 
+	// Prewarm keeps this many upstream connections already through TCP,
+	// the TLS negotiation, the handshake and verify-full, with nothing
+	// sent, so a new client skips those round trips. Zero turns it off.
+	Prewarm int
+	// PrewarmMaxAge replaces a pre-dialled connection after this long; it
+	// must stay below the server's authentication_timeout. Zero means
+	// DefaultPrewarmMaxAge.
+	PrewarmMaxAge time.Duration
+
 	relayBase *pgconn.Config // set by validate for AuthRelay
+	pool      *prewarmPool   // set by the Server when Prewarm > 0
 }
 
 // Config is the whole proxy.
@@ -152,6 +162,12 @@ func (r *Route) validate() error {
 	}
 	if r.MaxConnections < 0 {
 		return fmt.Errorf("route %s: max_connections must be 0 (no limit) or more, not %d", r.Name, r.MaxConnections)
+	}
+	if r.Prewarm < 0 || r.Prewarm > 1000 {
+		return fmt.Errorf("route %s: prewarm must be between 0 and 1000, not %d", r.Name, r.Prewarm)
+	}
+	if r.PrewarmMaxAge < 0 {
+		return fmt.Errorf("route %s: prewarm_max_age must be positive", r.Name)
 	}
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout

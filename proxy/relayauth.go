@@ -159,10 +159,13 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 	cfg.LookupFunc = func(ctx context.Context, host string) ([]string, error) { return []string{host}, nil }
 	var dialErr error
 	cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
-		c, err := ss.s.dialUpstream(ctx, r)
+		c, warm, err := ss.s.upstreamConn(ctx, r)
 		if err != nil {
 			dialErr = err
 			return nil, err
+		}
+		if warm {
+			ss.log = ss.log.With("prewarmed", true)
 		}
 		if _, ok := c.(*tls.Conn); !ok {
 			// Channel binding needs the TLS connection itself.

@@ -117,8 +117,30 @@ func (s *Server) Listen() error {
 		return err
 	}
 	s.listeners = ls
+	s.startPools(s.routes)
 	s.obs.RoutesChanged(routeNames(s.routes))
 	return nil
+}
+
+// startPools starts the pre-dial pools of routes that ask for one.
+func (s *Server) startPools(routes []*Route) {
+	for _, r := range routes {
+		if r.Prewarm > 0 && r.pool == nil {
+			r := r
+			r.pool = newPrewarmPool(r, func(ctx context.Context) (net.Conn, error) { return s.dialUpstream(ctx, r) })
+			r.pool.start()
+		}
+	}
+}
+
+// stopPools closes the pre-dial pools of routes (in the background: a
+// pool may be waiting for a dial to end).
+func stopPools(routes []*Route) {
+	for _, r := range routes {
+		if r.pool != nil {
+			go r.pool.close()
+		}
+	}
 }
 
 // open opens the listeners of routes, reusing those of reuse whose listen
@@ -344,7 +366,9 @@ func (s *Server) Reload(routes []Route) error {
 	for _, l := range s.listeners {
 		old[l] = true
 	}
+	stopPools(s.routes)
 	s.listeners, s.routes = ls, nr
+	s.startPools(nr)
 	if s.serving {
 		for _, l := range ls {
 			if !old[l] {
@@ -398,6 +422,19 @@ func (s *Server) Probe(ctx context.Context, route string) error {
 	return c.Close()
 }
 
+// upstreamConn returns a verified upstream connection for a session: a
+// pre-dialled one when the route keeps a pool and one is ready (warm),
+// else a new dial.
+func (s *Server) upstreamConn(ctx context.Context, r *Route) (c net.Conn, warm bool, err error) {
+	if r.pool != nil {
+		if c := r.pool.take(); c != nil {
+			return c, true, nil
+		}
+	}
+	c, err = s.dialUpstream(ctx, r)
+	return c, false, err
+}
+
 // dialUpstream opens a verified upstream connection for r and reports the
 // dial to the Observer.
 func (s *Server) dialUpstream(ctx context.Context, r *Route) (net.Conn, error) {
@@ -413,6 +450,7 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
+		stopPools(s.routes)
 		for _, l := range s.listeners {
 			l.Close()
 		}
@@ -433,6 +471,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+	stopPools(s.routes)
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

@@ -78,10 +78,13 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		ss.relayAuthSession(dctx, pkt, params)
 		return
 	}
-	up, err := s.dialUpstream(dctx, r)
+	up, warm, err := s.upstreamConn(dctx, r)
 	if err != nil {
 		ss.refuse(upstreamError(r, err))
 		return
+	}
+	if warm {
+		ss.log = ss.log.With("prewarmed", true)
 	}
 	defer up.Close()
 	_ = up.SetDeadline(deadline)
@@ -321,7 +324,7 @@ func (ss *session) refused(cause string) {
 func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
 	ctx, cancel := context.WithTimeout(ctx, cancelWait+ss.route.StartupTimeout)
 	defer cancel()
-	up, err := ss.s.dialUpstream(ctx, ss.route)
+	up, _, err := ss.s.upstreamConn(ctx, ss.route)
 	if err != nil {
 		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason, "error", err.Error())
 		return

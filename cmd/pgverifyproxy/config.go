@@ -46,6 +46,8 @@ type runConfig struct {
 	PasswordFile   string        `mapstructure:"password_file"`
 	PasswordEnv    string        `mapstructure:"password_env"`
 	MaxConnections int           `mapstructure:"max_connections"`
+	Prewarm        int           `mapstructure:"prewarm"`
+	PrewarmMaxAge  time.Duration `mapstructure:"prewarm_max_age"`
 	TCPKeepalive   time.Duration `mapstructure:"tcp_keepalive"`
 	Admin          string        `mapstructure:"admin"`
 	ReadyWindow    time.Duration `mapstructure:"ready_window"`
@@ -79,6 +81,7 @@ type routeConfig struct {
 	PasswordFile   string   `mapstructure:"password_file"`
 	PasswordEnv    string   `mapstructure:"password_env"`
 	MaxConnections int      `mapstructure:"max_connections"`
+	Prewarm        int      `mapstructure:"prewarm"`
 	// set holds the keys the file gives for this route, even empty ones:
 	// `ca_file: ""` in a route means "use a pin", not "inherit".
 	set map[string]bool
@@ -87,7 +90,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "password_file", "password_env", "max_connections"}
+	"auth", "channel_binding", "password_file", "password_env", "max_connections", "prewarm"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -119,6 +122,8 @@ var runOptions = []option{
 	{"password_file", "password-file", "", "with auth relay: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
 	{"password_env", "password-env", "", "with auth relay: the name of an environment variable holding that password instead"},
 	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
+	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
+	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long (keep it below the server's authentication_timeout, 60s by default)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
 	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
@@ -303,7 +308,7 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
 			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
-			MaxConnections: rc.MaxConnections,
+			MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
 		}}, nil
 	}
 	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != "",
@@ -356,12 +361,19 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			}
 			*f = top[k]
 		}
-		if r.set["max_connections"] {
-			if src := rc.setBy["max_connections"]; src == "flag" || src == "environment" {
-				return nil, fmt.Errorf("%s is given for this run and route %s sets max_connections itself: remove one (the route's own value would silently win)", describeSource(src, "max_connections"), r.Name)
+		ints := []struct {
+			key string
+			top int
+			own *int
+		}{{"max_connections", rc.MaxConnections, &r.MaxConnections}, {"prewarm", rc.Prewarm, &r.Prewarm}}
+		for _, k := range ints {
+			if r.set[k.key] {
+				if src := rc.setBy[k.key]; src == "flag" || src == "environment" {
+					return nil, fmt.Errorf("%s is given for this run and route %s sets %s itself: remove one (the route's own value would silently win)", describeSource(src, k.key), r.Name, k.key)
+				}
+				continue
 			}
-		} else {
-			r.MaxConnections = rc.MaxConnections
+			*k.own = k.top
 		}
 		out[i] = r
 	}
@@ -420,6 +432,9 @@ func (r *routeConfig) validate() error {
 	if r.MaxConnections < 0 {
 		return fmt.Errorf("max_connections must be 0 (no limit) or more, not %d", r.MaxConnections)
 	}
+	if r.Prewarm < 0 || r.Prewarm > 1000 {
+		return fmt.Errorf("prewarm must be between 0 (off) and 1000, not %d", r.Prewarm)
+	}
 	if (r.PasswordFile != "" || r.PasswordEnv != "") && auth != proxy.AuthRelay {
 		return errors.New("a stored password (--password-file, --password-env) needs --auth relay: in passthrough mode the client logs in itself")
 	}
@@ -452,6 +467,9 @@ func (rc *runConfig) validate() error {
 	case "text", "json":
 	default:
 		return fmt.Errorf("log format must be text or json, not %q", rc.LogFormat)
+	}
+	if rc.PrewarmMaxAge < time.Second {
+		return fmt.Errorf("prewarm_max_age must be at least 1s (and below the server's authentication_timeout), not %s", rc.PrewarmMaxAge)
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

@@ -73,7 +73,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", Negotiation: "postgres", Auth: "passthrough", ChannelBinding: "prefer",
-		TCPKeepalive: 30 * time.Second, ReadyWindow: 30 * time.Second,
+		TCPKeepalive: 30 * time.Second, ReadyWindow: 30 * time.Second, PrewarmMaxAge: 30 * time.Second,
 	}
 	rc.setBy = nil
 	if !reflect.DeepEqual(rc, want) {
@@ -422,6 +422,9 @@ func TestOperationsSettingsValidation(t *testing.T) {
 		{"keepalive off", []string{"--tcp-keepalive", "0"}, ""},
 		{"admin with a tiny ready window", []string{"--admin", "9543", "--ready-window", "1s"}, "ready_window must be at least 3s"},
 		{"admin", []string{"--admin", "9543"}, ""},
+		{"prewarm", []string{"--prewarm", "4", "--prewarm-max-age", "20s"}, ""},
+		{"too much prewarm", []string{"--prewarm", "5000"}, "prewarm must be between 0 (off) and 1000"},
+		{"tiny prewarm age", []string{"--prewarm-max-age", "10ms"}, "prewarm_max_age must be at least 1s"},
 		{"admin without a port", []string{"--admin", "localhost"}, `admin address "localhost" must be PORT, :PORT or HOST:PORT`},
 	}
 	for _, tc := range tests {

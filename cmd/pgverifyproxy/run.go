@@ -117,6 +117,8 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(r
 		StoredPassword:     stored,
 		MaxConnections:     r.MaxConnections,
 		KeepAlive:          ka,
+		Prewarm:            r.Prewarm,
+		PrewarmMaxAge:      rc.PrewarmMaxAge,
 	}
 	return builtRoute{route: route, trust: ut, conf: r}, nil
 }
