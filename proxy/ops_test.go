@@ -6,7 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -331,5 +334,61 @@ func TestShutdownDrainsThenCloses(t *testing.T) {
 	}
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("session still open after the drain ended")
+	}
+}
+
+// flakyListener fails its first Accept with EMFILE, as a process out of
+// file descriptors sees.
+type flakyListener struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func TestAcceptErrorsThatPassDoNotStopTheServer(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: inner}
+	srv := startServer(t, nil, Route{Name: "r", Listeners: []net.Listener{fl}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable})
+	c := login(t, inner.Addr().String())
+	echo(t, c, "accepted after EMFILE")
+	if !fl.failed.Load() {
+		t.Fatal("the listener never failed")
+	}
+	// A reload that keeps the same pre-opened listener keeps serving it.
+	if err := srv.Reload([]Route{{Name: "r", Listeners: []net.Listener{fl}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable}}); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, login(t, inner.Addr().String()), "still served after a reload")
+	echo(t, c, "and the first session too")
+}
+
+func TestSlowClientIsNotCountedAgainstTheUpstream(t *testing.T) {
+	obs := newRecObserver()
+	addr := freeAddr(t)
+	// An upstream dial that takes longer than what is left of the
+	// client's startup deadline.
+	slow := func(ctx context.Context) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: slow, ClientTLS: ClientTLSDisable, StartupTimeout: 300 * time.Millisecond})
+	c := dialProxy(t, addr)
+	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	er := expectFatal(t, pgproto3.NewFrontend(c, c), "08001", "startup_timeout (300ms) ran out while connecting to upstream")
+	if er.Hint == "" {
+		t.Error("no hint")
+	}
+	eventually(t, "the refusal is counted", func() bool { return obs.get(obs.refused, "r/startup_timeout") == 1 })
+	if n := obs.get(obs.dials, "r/error"); n != 0 {
+		t.Errorf("%d failed dials reported against the upstream, want 0", n)
 	}
 }

@@ -187,7 +187,7 @@ func (ss *session) loginUpstream(ctx context.Context, pkt *startupPacket, params
 	cfg.Password = ""
 	if err != nil {
 		if dialErr != nil {
-			return nil, upstreamError(r, dialErr)
+			return nil, ss.dialFailed(ctx, dialErr)
 		}
 		// The server's own error (28P01 ...) goes to the client as it is.
 		if raw := lastMessage(rec.buf.Bytes(), 'E'); raw != nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,7 @@ type Server struct {
 	listeners []*listener
 	conns     map[net.Conn]struct{}
 	serveCtx  context.Context
+	cancel    context.CancelFunc // ends serveCtx: sessions' dials and logins stop at Close
 	serving   bool
 	loopErr   chan error
 	closed    bool
@@ -155,14 +157,27 @@ func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
 		return nil, err
 	}
 	byKey := map[string]*listener{}
+	byListener := map[net.Listener]*listener{}
 	for _, l := range reuse {
-		if l.key != "" && !l.retired {
+		if l.retired {
+			continue
+		}
+		if l.key != "" {
 			byKey[l.key] = l
+		} else {
+			byListener[l.Listener] = l
 		}
 	}
 	kept := map[*listener]*Route{}
 	for _, r := range routes {
 		for _, l := range r.Listeners {
+			if old := byListener[l]; old != nil {
+				if _, dup := kept[old]; !dup {
+					kept[old] = r
+					out = append(out, old)
+					continue
+				}
+			}
 			nl := &listener{Listener: l, route: r}
 			opened = append(opened, nl)
 			out = append(out, nl)
@@ -238,7 +253,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mu.Unlock()
 		return errors.New("proxy: Serve called before Listen")
 	}
-	s.serveCtx, s.serving = ctx, true
+	s.serveCtx, s.cancel = context.WithCancel(ctx)
+	s.serving = true
 	for _, l := range s.listeners {
 		s.startAccept(l)
 	}
@@ -281,6 +297,7 @@ func (s *Server) startAccept(l *listener) {
 }
 
 func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
+	var backoff time.Duration
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -294,12 +311,27 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
+			if transientAcceptError(err) {
+				// Out of file descriptors or buffers: running sessions
+				// go on; accepting resumes when resources come back.
+				if backoff == 0 {
+					backoff = 5 * time.Millisecond
+					s.log.Warn("cannot accept new connections for now; retrying (running sessions are not affected)",
+						"route", l.route.Name, "addr", l.Addr().String(), "error", err.Error(),
+						"hint", "raise the open-files limit (ulimit -n, LimitNOFILE=) or lower max_connections")
+				} else if backoff *= 2; backoff > time.Second {
+					backoff = time.Second
+				}
+				time.Sleep(backoff)
+				continue
+			}
 			return fmt.Errorf("proxy: accepting on %s: %w", l.Addr(), err)
 		}
+		backoff = 0
 		r, st, ok := s.track(conn, l)
 		if !ok {
 			conn.Close()
-			return nil
+			continue
 		}
 		go func() {
 			defer s.untrack(conn, r, st)
@@ -308,12 +340,23 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 	}
 }
 
+// transientAcceptError reports accept errors that pass: descriptors or
+// memory running out, or a client that reset before it was accepted.
+func transientAcceptError(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // track registers a new client connection and returns the route it
 // belongs to now.
 func (s *Server) track(c net.Conn, l *listener) (*Route, *routeState, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.draining {
 		return nil, nil, false
 	}
 	r := l.route
@@ -367,6 +410,15 @@ func (s *Server) Reload(routes []Route) error {
 		old[l] = true
 	}
 	stopPools(s.routes)
+	inService := map[string]bool{}
+	for _, r := range nr {
+		inService[r.Name] = true
+	}
+	for name := range s.states {
+		if !inService[name] {
+			delete(s.states, name) // its running sessions keep their own pointer
+		}
+	}
 	s.listeners, s.routes = ls, nr
 	s.startPools(nr)
 	if s.serving {
@@ -440,6 +492,11 @@ func (s *Server) upstreamConn(ctx context.Context, r *Route) (c net.Conn, warm b
 func (s *Server) dialUpstream(ctx context.Context, r *Route) (net.Conn, error) {
 	start := time.Now()
 	c, err := r.Dial(ctx)
+	if err != nil && ctx.Err() != nil {
+		// The caller gave up (a client's startup deadline, a shutdown):
+		// not a fact about the upstream, so not reported.
+		return c, err
+	}
 	s.obs.UpstreamDialed(r.Name, time.Since(start), err)
 	return c, err
 }
@@ -450,6 +507,9 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
+		if s.cancel != nil {
+			s.cancel()
+		}
 		stopPools(s.routes)
 		for _, l := range s.listeners {
 			l.Close()

@@ -80,7 +80,7 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 	}
 	up, warm, err := s.upstreamConn(dctx, r)
 	if err != nil {
-		ss.refuse(upstreamError(r, err))
+		ss.refuse(ss.dialFailed(dctx, err))
 		return
 	}
 	if warm {
@@ -286,11 +286,31 @@ func lingerClose(c net.Conn) {
 	c.Close()
 }
 
+// dialFailed is what the client sees when its upstream dial failed: the
+// upstream's fault, or the startup deadline running out (a slow client, or
+// a slow upstream) or a shutdown, which are not counted against the
+// upstream.
+func (ss *session) dialFailed(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return &ClientError{Code: codeUnableToConnect, Reason: CauseStartupTimeout, Cause: err,
+			Message: fmt.Sprintf("pgverifyproxy: startup_timeout (%s) ran out while connecting to upstream %s: %v", ss.route.StartupTimeout, ss.route.UpstreamAddr, err),
+			Hint:    "send the startup message sooner, or raise startup_timeout if the upstream is slow to answer"}
+	case ctx.Err() != nil:
+		return &ClientError{Code: "57P01", Reason: "shutdown", Cause: err,
+			Message: "pgverifyproxy: the proxy is shutting down", Hint: "connect again in a moment"}
+	}
+	return upstreamError(ss.route, err)
+}
+
 // refuse reports err to the client when it can be reported, logs it, and
 // counts it.
 func (ss *session) refuse(err error) {
 	var ce *ClientError
 	if errors.As(err, &ce) {
+		// The startup deadline may just have passed: give the error
+		// itself a moment to go out.
+		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 		writeClientError(ss.client, ce)
 		ss.refused(ce.Reason)
 		attrs := []any{"reason", ce.Reason, "error", ce.Message}

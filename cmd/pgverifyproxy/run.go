@@ -260,7 +260,8 @@ func (r *runner) verified(route string, path []*x509.Certificate) {
 func (r *runner) startChecks(routes []builtRoute) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stopChecks = cancel
-	warn := r.rc.ExpiryWarning
+	// Copied now: a reload replaces r.rc while these goroutines run.
+	warn, window := r.rc.ExpiryWarning, r.rc.ReadyWindow
 	for _, b := range routes {
 		// Each route is checked on its own: one upstream that cannot be
 		// trusted does not stop the others.
@@ -275,7 +276,7 @@ func (r *runner) startChecks(routes []builtRoute) {
 			var probe <-chan time.Time
 			if r.adm != nil {
 				_ = r.srv.Probe(ctx, name)
-				t := time.NewTicker(r.rc.ReadyWindow / 3)
+				t := time.NewTicker(window / 3)
 				defer t.Stop()
 				probe = t.C
 			}
@@ -286,6 +287,9 @@ func (r *runner) startChecks(routes []builtRoute) {
 				case <-logTick.C:
 					checkUpstream(ctx, ut.dialer, log, warn)
 				case <-probe:
+					if ctx.Err() != nil {
+						return
+					}
 					if err := r.srv.Probe(ctx, name); err != nil && ctx.Err() == nil {
 						log.Debug("readiness probe failed", "error", err.Error())
 					}
@@ -362,11 +366,14 @@ func (r *runner) drain(sig os.Signal, sigs <-chan os.Signal, serveErr <-chan err
 	} else {
 		r.log.Info("drained: every session ended", "after", time.Since(start).Round(time.Millisecond).String())
 	}
-	<-serveErr
+	serr := <-serveErr
 	if r.adm != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = r.adm.Shutdown(sctx)
 		scancel()
+	}
+	if serr != nil {
+		return serr
 	}
 	r.log.Info("stopped")
 	return nil
@@ -378,6 +385,9 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 	start := time.Now()
 	c, err := d.Dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return // replaced by a reload, or shutting down
+		}
 		log.Error("upstream check failed; clients will get this error until it is fixed", "error", err.Error())
 		return
 	}
