@@ -1,0 +1,270 @@
+// Command bench compares, side by side, four ways to reach a PostgreSQL
+// server over TLS verified like libpq's sslmode=verify-full: connecting
+// directly, and through pgverifyproxy, PgBouncer and stunnel. It starts its
+// own PKI and PostgreSQL 15 (with the integration harness), installs
+// PgBouncer, stunnel and strace with apt when they are missing, measures
+// every path in rounds whose order rotates (so drift of a shared machine
+// hits all paths alike) and prints one table of medians with their ratios
+// to the direct path of the same round.
+//
+//	go run ./bench            # full run (about 20 minutes)
+//	go run ./bench -quick     # smoke test (about a minute)
+//
+// See bench/README.md for what each figure means.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	rounds       int
+	duration     time.Duration
+	copyMB       int
+	idle         int
+	ttfqN        int
+	ttfqDelayedN int
+	rtt          time.Duration
+	straceTx     int
+	prewarm      int
+	scale        int
+	out          string
+	bin          string
+	paths        string
+	quick        bool
+	keep         bool
+	verbose      bool
+}
+
+// parseFlags reads the command line, applying -quick's small sizes to
+// every flag not given explicitly.
+func parseFlags() options {
+	var o options
+	flag.IntVar(&o.rounds, "rounds", 3, "measurement rounds; the order of the paths rotates each round")
+	flag.DurationVar(&o.duration, "duration", 15*time.Second, "length of each pgbench -T run (whole seconds)")
+	flag.IntVar(&o.copyMB, "copy-mb", 320, "MB (10^6 bytes) relayed by each COPY TO and COPY FROM")
+	flag.IntVar(&o.idle, "idle", 1000, "idle connections opened through each hop for the memory figure")
+	flag.IntVar(&o.ttfqN, "ttfq-n", 200, "sequential connect+query samples for time to first query")
+	flag.IntVar(&o.ttfqDelayedN, "ttfq-delayed-n", 100, "samples for time to first query over the delayed path")
+	flag.DurationVar(&o.rtt, "rtt", 20*time.Millisecond, "round-trip time of the delayed path (half each way)")
+	flag.IntVar(&o.straceTx, "strace-t", 2000, "pgbench -t (per client, 8 clients) for the syscall count under strace")
+	flag.IntVar(&o.prewarm, "prewarm", 0, "also measure pgverifyproxy --prewarm N (connection figures) when N > 0")
+	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor of the select-only data set")
+	flag.StringVar(&o.out, "out", "bench/results.md", "write the results as Markdown here (with -quick: bench/results-quick.md unless given)")
+	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
+	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,scram,prewarm,pgbouncer,stunnel")
+	flag.BoolVar(&o.quick, "quick", false, "smoke test: 2s runs, 16 MB COPY, 50 idle, 1 round")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")
+	flag.BoolVar(&o.verbose, "v", false, "print every command the bench runs")
+	flag.Parse()
+	if o.quick {
+		applyQuick(&o)
+	}
+	return o
+}
+
+// applyQuick shrinks every size that was not set on the command line.
+func applyQuick(o *options) {
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	quick := []struct {
+		name  string
+		apply func()
+	}{
+		{"rounds", func() { o.rounds = 1 }},
+		{"duration", func() { o.duration = 2 * time.Second }},
+		{"copy-mb", func() { o.copyMB = 16 }},
+		{"idle", func() { o.idle = 50 }},
+		{"ttfq-n", func() { o.ttfqN = 20 }},
+		{"ttfq-delayed-n", func() { o.ttfqDelayedN = 10 }},
+		{"strace-t", func() { o.straceTx = 200 }},
+		{"scale", func() { o.scale = 1 }},
+		{"out", func() { o.out = "bench/results-quick.md" }},
+	}
+	for _, q := range quick {
+		if !set[q.name] {
+			q.apply()
+		}
+	}
+}
+
+// validate rejects flag values that cannot give a meaningful result.
+func (o options) validate() error {
+	switch {
+	case o.rounds < 1:
+		return errors.New("-rounds must be at least 1")
+	case o.duration < time.Second:
+		return errors.New("-duration must be at least 1s")
+	case o.copyMB < 1:
+		return errors.New("-copy-mb must be at least 1")
+	case o.idle < 1 || o.idle > 1100:
+		return errors.New("-idle must be between 1 and 1100 (max_connections is 1200)")
+	case o.ttfqN < 2 || o.ttfqDelayedN < 2:
+		return errors.New("-ttfq-n and -ttfq-delayed-n must be at least 2")
+	case o.rtt <= 0:
+		return errors.New("-rtt must be positive")
+	case o.straceTx < 1:
+		return errors.New("-strace-t must be at least 1")
+	case o.prewarm < 0:
+		return errors.New("-prewarm must not be negative")
+	case o.scale < 1:
+		return errors.New("-scale must be at least 1")
+	}
+	if fi, err := os.Stat(filepath.Dir(o.out)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("-out %s: directory %s does not exist (run from the repository root or set -out)", o.out, filepath.Dir(o.out))
+	}
+	if o.paths == "" {
+		return nil
+	}
+	for _, k := range strings.Split(o.paths, ",") {
+		switch k = strings.TrimSpace(k); k {
+		case "direct", "pgverifyproxy", "scram", "pgbouncer", "stunnel":
+		case "prewarm":
+			if o.prewarm == 0 {
+				return errors.New("-paths prewarm needs -prewarm N")
+			}
+		default:
+			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, scram, prewarm, pgbouncer, stunnel)", k)
+		}
+	}
+	return nil
+}
+
+// cleanups is a stack of functions run once, last in first out, at the
+// end of the run or when it is interrupted.
+type cleanups struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+// add pushes fn; it runs at most once.
+func (c *cleanups) add(fn func()) {
+	var once sync.Once
+	c.mu.Lock()
+	c.fns = append(c.fns, func() { once.Do(fn) })
+	c.mu.Unlock()
+}
+
+// run pops and runs every function.
+func (c *cleanups) run() {
+	for {
+		c.mu.Lock()
+		if len(c.fns) == 0 {
+			c.mu.Unlock()
+			return
+		}
+		fn := c.fns[len(c.fns)-1]
+		c.fns = c.fns[:len(c.fns)-1]
+		c.mu.Unlock()
+		fn()
+	}
+}
+
+// main runs the bench and cleans up; it exits 1 when setup or any
+// measurement failed, 130 when interrupted.
+func main() {
+	o := parseFlags()
+	if err := o.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cl := &cleanups{}
+	handleSignals(cancel, cl)
+	err := run(ctx, o, cl)
+	cl.run()
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "bench: interrupted")
+			os.Exit(130)
+		}
+		fmt.Fprintln(os.Stderr, "bench: error:", err)
+		os.Exit(1)
+	}
+}
+
+// handleSignals cancels the run on SIGINT or SIGTERM so that it unwinds
+// and cleans up. If it has not finished 30s later, or on a second signal,
+// it runs the cleanups itself and exits.
+func handleSignals(cancel context.CancelFunc, cl *cleanups) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		logf("received %v: stopping and cleaning up (again to force)", s)
+		cancel()
+		select {
+		case <-sig:
+		case <-time.After(30 * time.Second):
+		}
+		logf("forcing cleanup")
+		cl.run()
+		os.Exit(130)
+	}()
+}
+
+// logf prints a progress line to stderr.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// commandLine is how the bench was invoked, for the report.
+func commandLine() string {
+	prog := os.Args[0]
+	if strings.Contains(prog, "go-build") {
+		prog = "go run ./bench"
+	}
+	parts := []string{prog}
+	for _, a := range os.Args[1:] {
+		if a == "" || strings.ContainsAny(a, " \t'\"$\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+// run sets everything up, measures every path in every round and reports.
+func run(ctx context.Context, o options, cl *cleanups) error {
+	start := time.Now()
+	b, err := setup(ctx, o, cl)
+	if err != nil {
+		return err
+	}
+	res := newResults()
+	paths, err := b.selectPaths()
+	if err != nil {
+		return err
+	}
+	for r := 0; r < o.rounds; r++ {
+		order := rotate(paths, r)
+		logf("round %d/%d: %s", r+1, o.rounds, pathNames(order))
+		for _, p := range order {
+			if err := b.runPath(ctx, r, p, res); err != nil {
+				return err
+			}
+		}
+	}
+	rep := b.report(res, paths, time.Since(start))
+	fmt.Println(rep)
+	if err := os.WriteFile(o.out, []byte(rep), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", o.out, err)
+	}
+	logf("wrote %s (%v in all)", o.out, time.Since(start).Round(time.Second))
+	if n := res.errorCount(); n > 0 {
+		return fmt.Errorf("%d measurement(s) failed (listed under the table)", n)
+	}
+	return nil
+}
