@@ -244,9 +244,8 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 		!strings.Contains(r.err, "rotation root B") || !strings.Contains(r.err, "--repin") {
 		t.Fatalf("after a new root: exit %d out %q err %q; want the identity-changed refusal", r.code, r.out, r.err)
 	}
-	if !strings.Contains(p.log(), "IDENTITY CHANGED") {
-		t.Errorf("proxy log lacks the identity-changed message:\n%s", p.log())
-	}
+	// The proxy writes the client's error before its own log line.
+	waitForLog(t, p, "IDENTITY CHANGED")
 	var n int
 	if err := long.QueryRow(ctx, "select 42").Scan(&n); err != nil || n != 42 {
 		t.Fatalf("the session opened before the rotations was harmed: %v", err)
