@@ -46,8 +46,15 @@ func startCLI(t *testing.T, env []string, args ...string) *cliProxy {
 // waits until it logs that it is listening.
 func startCLIArgs(t *testing.T, env []string, args ...string) *cliProxy {
 	t.Helper()
-	c := &cliProxy{cmd: exec.Command(binPath, args...)}
-	c.cmd.Env = append(cleanEnv(), env...)
+	return startBinary(t, binPath, append(cleanEnv(), env...), args...)
+}
+
+// startBinary runs bin with exactly env and args, and waits until it logs
+// that it is listening.
+func startBinary(t *testing.T, bin string, env []string, args ...string) *cliProxy {
+	t.Helper()
+	c := &cliProxy{cmd: exec.Command(bin, args...)}
+	c.cmd.Env = env
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,11 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -99,39 +97,7 @@ func scratchEnv(t *testing.T) (env []string, emptyDir string) {
 // waits until it logs that it is listening.
 func startExact(t *testing.T, bin string, env []string, args ...string) *cliProxy {
 	t.Helper()
-	c := &cliProxy{cmd: exec.Command(bin, args...)}
-	c.cmd.Env = append([]string{}, env...) // non-nil: nothing inherited
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			c.mu.Lock()
-			c.logs.WriteString(sc.Text() + "\n")
-			c.mu.Unlock()
-			if strings.Contains(sc.Text(), "msg=listening") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	t.Cleanup(func() {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		_ = c.cmd.Wait()
-	})
-	select {
-	case <-ready:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("proxy did not start; log:\n%s", c.log())
-	}
-	return c
+	return startBinary(t, bin, append([]string{}, env...), args...) // non-nil: nothing inherited
 }
 
 // runExact runs bin to completion with exactly env; it returns standard
