@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 )
 
 // sslRequestCode is the magic number of PostgreSQL's SSLRequest.
@@ -194,7 +196,7 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 		verified = path
 		return err
 	}
-	conn := tls.Client(raw, cfg)
+	conn := tls.Client(rawsock.Wrap(raw), cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, d.handshakeError(err)

@@ -9,7 +9,9 @@ package proxy
 // and a TLS upstream leg (a loopback TLS server with a self-signed
 // certificate), as in production. Besides ns/op and allocs/op they report
 // syscalls/op (read+write system calls of the whole process, from
-// /proc/self/io: harness and relay together), cs/op (context switches of
+// /proc/self/io: harness and relay together; the kernel does not count
+// recvmsg(2) there, which the relay uses on a TCP client leg, so use strace
+// -c -f or the bench command for the full count), cs/op (context switches of
 // the whole process, from getrusage: a measure of wake-ups) and cpu-ns/op
 // (user+system CPU time of the whole process, from getrusage: steadier than
 // ns/op on a shared machine, where wall time also counts waiting for a CPU).

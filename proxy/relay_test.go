@@ -441,3 +441,34 @@ func TestRelayIdleMemory(t *testing.T) {
 		t.Errorf("relay holds %.0f B per idle session, want at most 32 KiB", m.relay())
 	}
 }
+
+// TestRelayResetRightAfterData: a client that sends a message and resets
+// at once (the reset can reach the socket with the data, which TCP_INQ
+// does not count) still ends its session, within relayRecheck, and the
+// server gets the message first.
+func TestRelayResetRightAfterData(t *testing.T) {
+	old := relayRecheck
+	relayRecheck = 300 * time.Millisecond
+	t.Cleanup(func() { relayRecheck = old })
+	msg := []byte("X\x00\x00\x00\x04")
+	for i := range 20 {
+		r := startTestRelay(t, legTCP, legTLS)
+		if _, err := r.app.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		relayResetConn(t, r.app)
+		got := make([]byte, len(msg))
+		_ = r.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(r.server, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("round %d: server read %q, %v; want %q", i, got, err, msg)
+		}
+		start := time.Now()
+		st := r.wait(t)
+		if d := time.Since(start); d > relayRecheck+2*time.Second {
+			t.Errorf("round %d: relay ended %v after the reset, want within %v", i, d, relayRecheck)
+		}
+		if st.ClosedBy != SideClient {
+			t.Errorf("round %d: closed by %q, want the client", i, st.ClosedBy)
+		}
+	}
+}

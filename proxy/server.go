@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -22,7 +23,7 @@ type Server struct {
 	routes    []*Route               // in service, in configuration order
 	states    map[string]*routeState // by route name; kept across reloads
 	listeners []*listener
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]io.Closer // a client connection → what closes its session
 	serveCtx  context.Context
 	cancel    context.CancelFunc // ends serveCtx: sessions' dials and logins stop at Close
 	serving   bool
@@ -72,7 +73,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Routes = nil
 	return &Server{cfg: cfg, log: log, obs: obs, routes: routes, states: map[string]*routeState{},
-		conns: map[net.Conn]struct{}{}, loopErr: make(chan error, 1)}, nil
+		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1)}, nil
 }
 
 // validateRoutes copies and validates routes; names must be unique.
@@ -362,10 +363,33 @@ func (s *Server) track(c net.Conn, l *listener) (*Route, *routeState, bool) {
 	r := l.route
 	st := s.state(r.Name)
 	st.active.Add(1)
-	s.conns[c] = struct{}{}
+	s.conns[c] = c
 	s.wg.Add(1)
 	s.obs.SessionStarted(r.Name)
 	return r, st, true
+}
+
+// relaying records that client c's session relays to up: closing the
+// session closes up first, then c (see copySocket). If the server is
+// already closed it closes both at once.
+func (s *Server) relaying(c, up net.Conn) {
+	cl := sessionCloser{client: c, upstream: up}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		cl.Close()
+		return
+	}
+	s.conns[c] = cl
+}
+
+// sessionCloser closes a relaying session, upstream side first.
+type sessionCloser struct{ client, upstream net.Conn }
+
+// Close closes the upstream connection, then the client's.
+func (c sessionCloser) Close() error {
+	c.upstream.Close()
+	return c.client.Close()
 }
 
 func (s *Server) untrack(c net.Conn, r *Route, st *routeState) {
@@ -514,8 +538,8 @@ func (s *Server) Close() error {
 		for _, l := range s.listeners {
 			l.Close()
 		}
-		for c := range s.conns {
-			c.Close()
+		for _, cl := range s.conns {
+			cl.Close()
 		}
 	}
 	s.mu.Unlock()

@@ -28,6 +28,7 @@ type session struct {
 	s      *Server
 	route  *Route
 	state  *routeState
+	conn   net.Conn // the accepted connection, as the server tracks it
 	client net.Conn // becomes the *tls.Conn after an SSLRequest
 	tls    bool
 	log    *slog.Logger
@@ -38,7 +39,7 @@ type session struct {
 // handle runs one client connection from its first byte to its close.
 func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.Conn) {
 	defer conn.Close()
-	ss := &session{s: s, route: r, state: st, client: conn, start: time.Now(), result: ResultClientLeft,
+	ss := &session{s: s, route: r, state: st, conn: conn, client: conn, start: time.Now(), result: ResultClientLeft,
 		log: s.log.With("route", r.Name, "client", conn.RemoteAddr().String())}
 	defer func() { s.obs.SessionEnded(r.Name, ss.result) }()
 	if tc, ok := conn.(*net.TCPConn); ok && r.KeepAlive != nil {
@@ -116,6 +117,7 @@ func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	ss.result = ResultCompleted
+	ss.s.relaying(ss.conn, up)
 	st := Relay(ss.client, up, &ss.state.counters)
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
