@@ -135,6 +135,11 @@ func (a *authRelay) authRequest(m *message) (done bool, err error) {
 	}
 	switch code := binary.BigEndian.Uint32(body); code {
 	case authOK:
+		if len(body) != 4 {
+			// Exactly 8 bytes from every PostgreSQL server: anything else
+			// would hand the client bytes the proxy has not understood.
+			return false, &ClientError{Code: codeProtocolViolation, Message: fmt.Sprintf("pgverifyproxy: upstream sent an AuthenticationOk of %d bytes instead of 8", len(m.raw)-1), Reason: "upstream_protocol"}
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationOk: %w", err)
 		}

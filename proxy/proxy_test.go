@@ -494,3 +494,42 @@ func TestDirectTLSFromClient(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthRequestAuthenticationOkLength: AuthenticationOk is forwarded
+// only as the exact 8-byte message; a longer one is a protocol violation
+// and nothing reaches the client.
+func TestAuthRequestAuthenticationOkLength(t *testing.T) {
+	tests := []struct {
+		name     string
+		raw      []byte
+		wantDone bool
+		wantErr  string
+	}{
+		{"exact", []byte("R\x00\x00\x00\x08\x00\x00\x00\x00"), true, ""},
+		{"trailing bytes", []byte("R\x00\x00\x00\x0c\x00\x00\x00\x00ZZZZ"), false, "AuthenticationOk of 12 bytes instead of 8"},
+		{"truncated", []byte("R\x00\x00\x00\x06\x00\x00"), false, "truncated authentication request"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var client bytes.Buffer
+			a := &authRelay{client: &client, upstream: &bytes.Buffer{}}
+			done, err := a.authRequest(&message{typ: 'R', raw: tc.raw})
+			if done != tc.wantDone {
+				t.Errorf("done = %v, want %v", done, tc.wantDone)
+			}
+			if tc.wantErr == "" {
+				if err != nil || !bytes.Equal(client.Bytes(), tc.raw) {
+					t.Fatalf("err %v, client got %q; want the message forwarded", err, client.Bytes())
+				}
+				return
+			}
+			var ce *ClientError
+			if !errors.As(err, &ce) || ce.Code != codeProtocolViolation || !strings.Contains(ce.Message, tc.wantErr) {
+				t.Fatalf("err = %v, want a 08P01 ClientError containing %q", err, tc.wantErr)
+			}
+			if client.Len() != 0 {
+				t.Errorf("the client got %q", client.Bytes())
+			}
+		})
+	}
+}
