@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -390,5 +391,45 @@ func TestSlowClientIsNotCountedAgainstTheUpstream(t *testing.T) {
 	eventually(t, "the refusal is counted", func() bool { return obs.get(obs.refused, "r/startup_timeout") == 1 })
 	if n := obs.get(obs.dials, "r/error"); n != 0 {
 		t.Errorf("%d failed dials reported against the upstream, want 0", n)
+	}
+}
+
+// TestCloseEndsSessionsWaitingForUpstreamAuth: Close does not wait for an
+// upstream that never answers the startup message (it would have waited
+// for the startup deadline, a minute by default).
+func TestCloseEndsSessionsWaitingForUpstreamAuth(t *testing.T) {
+	got := make(chan struct{}, 1)
+	silent := func(context.Context) (net.Conn, error) {
+		c, s := net.Pipe()
+		go func() {
+			buf := make([]byte, 1024)
+			if _, err := s.Read(buf); err == nil {
+				got <- struct{}{}
+			}
+			io.Copy(io.Discard, s) // reads on, answers nothing
+		}()
+		return c, nil
+	}
+	addr := freeAddr(t)
+	srv := startServer(t, newRecObserver(), Route{Name: "r", Listen: []string{addr}, Dial: silent, ClientTLS: ClientTLSDisable, StartupTimeout: time.Minute})
+	c := dialProxy(t, addr)
+	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the startup message did not reach the upstream")
+	}
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { srv.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the upstream's answer")
+	}
+	t.Logf("Close returned after %v", time.Since(start).Round(time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client connection: %v, want it closed", err)
 	}
 }

@@ -369,10 +369,11 @@ func (s *Server) track(c net.Conn, l *listener) (*Route, *routeState, bool) {
 	return r, st, true
 }
 
-// relaying records that client c's session relays to up: closing the
-// session closes up first, then c (see copySocket). If the server is
+// upstreamOpened records that client c's session has the upstream
+// connection up: closing the session closes up first, then c (a relay's
+// client-side copy may be writing to up: see copySocket). If the server is
 // already closed it closes both at once.
-func (s *Server) relaying(c, up net.Conn) {
+func (s *Server) upstreamOpened(c, up net.Conn) {
 	cl := sessionCloser{client: c, upstream: up}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -383,7 +384,8 @@ func (s *Server) relaying(c, up net.Conn) {
 	s.conns[c] = cl
 }
 
-// sessionCloser closes a relaying session, upstream side first.
+// sessionCloser closes a session with an upstream connection, upstream
+// side first.
 type sessionCloser struct{ client, upstream net.Conn }
 
 // Close closes the upstream connection, then the client's.

@@ -88,6 +88,9 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		ss.log = ss.log.With("prewarmed", true)
 	}
 	defer up.Close()
+	// From here closing the session (Server.Close) closes up too, so an
+	// authentication exchange waiting for the server ends at once.
+	ss.s.upstreamOpened(ss.conn, up)
 	_ = up.SetDeadline(deadline)
 	if _, err := up.Write(pkt.raw); err != nil {
 		ss.refuse(upstreamError(r, err))
@@ -117,7 +120,7 @@ func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	ss.result = ResultCompleted
-	ss.s.relaying(ss.conn, up)
+	ss.s.upstreamOpened(ss.conn, up)
 	st := Relay(ss.client, up, &ss.state.counters)
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
