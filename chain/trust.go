@@ -181,9 +181,31 @@ func FetchAndDecide(ctx context.Context, d *Dialer, aia *Completer, policy Polic
 	extra, aiaErr := aia.Complete(ctx, f.Presented, roots)
 	dec, err := Decide(f, extra, d.VerifyName(), policy, system, caRoots, time.Now())
 	if err != nil && aiaErr != nil {
+		if ie := incompleteChain(err, f, extra, aiaErr); ie != nil {
+			return f, extra, nil, ie
+		}
 		err = fmt.Errorf("%w (completing the chain through AIA also failed: %v)", err, aiaErr)
 	}
 	return f, extra, dec, err
+}
+
+// incompleteChain rewords an unknown-authority refusal whose chain stops
+// below a root because the AIA fetch of the next issuer failed: the cause
+// is the fetch, not the CA, and pinning what was reached (--trust tofu)
+// would pin a certificate that changes at renewal. It returns nil when
+// that is not the case.
+func incompleteChain(err error, f *Fetched, extra []*x509.Certificate, aiaErr error) *TrustError {
+	var te *TrustError
+	if !errors.As(err, &te) || te.Kind != KindUnknownAuthority || len(f.Presented) == 0 {
+		return nil
+	}
+	top := topOfChain(f.Presented[0], append(append([]*x509.Certificate{}, f.Presented[1:]...), extra...))
+	if isSelfSigned(top) {
+		return nil
+	}
+	return &TrustError{Kind: KindUnknownAuthority, Retryable: true,
+		Reason: fmt.Sprintf("the server's chain stops at %q (SPKI SHA-256 %s), which is not a root, and fetching its issuer through AIA failed: %v", top.Subject.String(), SPKIHash(top), aiaErr),
+		Hint:   "the proxy completes a server's chain by downloading the missing issuer from the address in its certificate: check that this machine can reach it over HTTP (port 80, any outbound proxy), then retry (--wait 10m keeps trying); or pass the CA's certificate with --ca-file. Do not pin this with --trust tofu: it would pin a certificate that changes when the server's is renewed"}
 }
 
 // describeCerts lists subjects for messages.

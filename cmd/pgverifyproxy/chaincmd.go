@@ -122,7 +122,7 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 		retry := wait > 0 && time.Now().Add(waitRetryInterval).Before(deadline)
 		if !retry {
 			if errors.As(err, &te) {
-				return fmt.Errorf("not pinned: %s\nwhat to do: %s", te.Reason, te.Hint)
+				return fmt.Errorf("not pinned: %v\nwhat to do: %s", err, te.Hint)
 			}
 			return fmt.Errorf("not pinned: %w", err)
 		}
