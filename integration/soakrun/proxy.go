@@ -1,0 +1,290 @@
+package soakrun
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+)
+
+// proxyProc is the running pgverifyproxy binary.
+type proxyProc struct {
+	cmd       *exec.Cmd
+	pid       int
+	port      int // client listener on 127.0.0.1
+	adminPort int // --admin on 127.0.0.1
+	log       string
+	done      chan struct{} // closed when the process has exited
+	http      *http.Client  // keep-alive client for the admin endpoint
+	stopOnce  sync.Once
+	stopped   bool // stop sent SIGTERM or SIGQUIT (so an exit is expected)
+	dumped    bool // SIGQUIT made it dump its goroutines and exit
+	exitErr   error
+}
+
+// exited reports whether the process has ended.
+func (p *proxyProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM and waits up to 10s for the process (its drain
+// timeout is 2s), then kills it. It is idempotent.
+func (p *proxyProc) stop() {
+	p.stopOnce.Do(func() {
+		if p.exited() {
+			return
+		}
+		p.stopped = true
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		p.http.CloseIdleConnections()
+	})
+}
+
+// setupProxy starts the proxy on free loopback ports and waits until it is
+// ready; a port taken between FreePort and the proxy's bind gets one more
+// attempt with new ports.
+func (r *Runner) setupProxy(ctx context.Context) error {
+	var err error
+	for attempt := 1; attempt <= 2; attempt++ {
+		if err = r.startProxy(ctx, attempt); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		r.o.Logf("starting the proxy failed (attempt %d): %v", attempt, err)
+	}
+	return err
+}
+
+// startProxy starts one proxy process and waits for /readyz and a query
+// through it.
+func (r *Runner) startProxy(ctx context.Context, attempt int) error {
+	port, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
+	adminPort, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(r.work, fmt.Sprintf("proxy-%d.log", attempt))
+	f, err := os.Create(logPath)
+	if err != nil {
+		return fmt.Errorf("creating proxy log: %w", err)
+	}
+	defer f.Close()
+	argv := []string{"run",
+		"--upstream", fmt.Sprintf("localhost:%d", r.cluster.Port),
+		"--ca-file", r.rootFile,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--admin", fmt.Sprintf("127.0.0.1:%d", adminPort),
+		"--pin-dir", filepath.Join(r.work, "pins"),
+		"--max-connections", strconv.Itoa(proxyMaxConnections(r.o.Clients)),
+		"--drain-timeout", "2s",
+		"--log-level", "info",
+		// The harness's leaf lives a day: without this, the expiry
+		// warning would be the one expected warning in the log.
+		"--expiry-warning", "1m",
+	}
+	cmd := exec.Command(r.bin, argv...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Dir = r.work
+	cmd.Env = cleanEnv()
+	// Its own process group: a terminal's Ctrl-C reaches only the soak,
+	// which stops the proxy itself; killed if the soak dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", r.bin, err)
+	}
+	p := &proxyProc{cmd: cmd, pid: cmd.Process.Pid, port: port, adminPort: adminPort, log: logPath,
+		done: make(chan struct{}),
+		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}}}
+	go func() {
+		p.exitErr = cmd.Wait()
+		close(p.done)
+	}()
+	r.addCleanup(p.stop)
+	if err := r.waitProxyReady(ctx, p); err != nil {
+		p.stop()
+		return fmt.Errorf("proxy did not start: %w\n---- proxy log tail (%s) ----\n%s", err, logPath, fileTail(logPath, 20))
+	}
+	r.proxy = p
+	r.o.Logf("pgverifyproxy (pid %d) on 127.0.0.1:%d, admin 127.0.0.1:%d, --max-connections %d",
+		p.pid, port, adminPort, proxyMaxConnections(r.o.Clients))
+	return nil
+}
+
+// waitProxyReady polls /readyz and then "select 1" through the proxy for
+// up to 30s.
+func (r *Runner) waitProxyReady(ctx context.Context, p *proxyProc) error {
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		if p.exited() {
+			return fmt.Errorf("process exited (%v)", p.exitErr)
+		}
+		if last = r.readyOnce(ctx, p); last == nil {
+			return nil
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("not ready within 30s: %w", last)
+}
+
+// readyOnce asks /readyz and runs "select 1" through the proxy.
+func (r *Runner) readyOnce(ctx context.Context, p *proxyProc) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/readyz", p.adminPort), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("readyz: %w", err)
+	}
+	body, _ := readAllLimit(resp.Body, 4096)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("readyz: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable connect_timeout=5",
+		p.port, harness.MD5User, harness.MD5Password))
+	if err != nil {
+		return err
+	}
+	conn, err := pgconn.ConnectConfig(rctx, cfg)
+	if err != nil {
+		return fmt.Errorf("select 1 through the proxy: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(rctx, "select 1").ReadAll(); err != nil {
+		return fmt.Errorf("select 1 through the proxy: %w", err)
+	}
+	return nil
+}
+
+// stopProxy stops the proxy at the end of the run, records its exit and
+// scans its log for warnings, errors and panics.
+func (r *Runner) stopProxy(res *Result) {
+	p := r.proxy
+	if p == nil {
+		return
+	}
+	if p.exited() && !p.stopped {
+		res.fail("proxy: exited during the run (%v); log tail:\n%s", p.exitErr, fileTail(p.log, 20))
+	} else {
+		p.stop()
+		if p.exitErr != nil {
+			res.fail("proxy: exit after SIGTERM: %v; log tail:\n%s", p.exitErr, fileTail(p.log, 20))
+		}
+	}
+	res.ProxyExit = fmt.Sprint(p.cmd.ProcessState)
+	if p.dumped {
+		res.ProxyExit = "none, killed by SIGQUIT for the goroutine dump"
+	}
+	r.scanProxyLog(res)
+}
+
+// scanProxyLog counts the proxy log's lines by level and fails the run on
+// any warning, error or panic: in a soak every one of them is unexpected.
+func (r *Runner) scanProxyLog(res *Result) {
+	f, err := os.Open(r.proxy.log)
+	if err != nil {
+		res.fail("proxy log: %v", err)
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	var bad []string
+	for sc.Scan() {
+		line := sc.Text()
+		res.ProxyLogLines++
+		switch {
+		case strings.Contains(line, "level=WARN"):
+			res.ProxyLogWarn++
+		case strings.Contains(line, "level=ERROR"):
+			res.ProxyLogError++
+		case strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:"):
+			res.ProxyLogPanic++
+		case strings.Contains(line, `msg="session ended"`):
+			res.ProxySessionsLogged++
+			continue
+		default:
+			continue
+		}
+		if len(bad) < maxMessages {
+			bad = append(bad, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		res.fail("proxy log: reading: %v", err)
+	}
+	if n := res.ProxyLogWarn + res.ProxyLogError + res.ProxyLogPanic; n > 0 {
+		res.fail("proxy log: %d warning(s), %d error(s), %d panic(s); first:\n  %s",
+			res.ProxyLogWarn, res.ProxyLogError, res.ProxyLogPanic, strings.Join(bad, "\n  "))
+	}
+}
+
+// cleanEnv is the environment without PG* variables.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// fileTail returns the last n lines of the file at path.
+func fileTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sleepCtx sleeps for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

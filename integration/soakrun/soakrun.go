@@ -1,0 +1,285 @@
+// Package soakrun is the soak test of pgverifyproxy: it starts its own PKI
+// and PostgreSQL with TLS (integration/harness), the real pgverifyproxy
+// binary in front with --admin, and then drives many concurrent pgx clients
+// through the proxy for a given duration with a random mix of short
+// queries, transactions, COPY both ways with checksums, cancels,
+// reconnects and abrupt disconnects, over plaintext, sslmode=require and
+// direct-TLS client legs with md5 and SCRAM users.
+//
+// It records the proxy's goroutines and open file descriptors (from
+// /metrics and /proc/PID/fd) before the load, their peak during it, and
+// waits after the last client has gone for them to return to the baseline.
+// Any unexpected client error, proxy warning, proxy exit or leak is a
+// failure of the run (Result.Failures).
+//
+// The command integration/soak and the test TestSoak in package
+// integration are thin wrappers around Runner.
+package soakrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+)
+
+// Leak slack: how far above the baseline the proxy's figures may stay once
+// every client has gone and the wait has ended.
+const (
+	// GoroutineSlack allows for the Go runtime's finalizer and cleanup
+	// goroutines: runtime.NumGoroutine (go_goroutines) counts each of them
+	// only while it runs finalizers or cleanups, which it does after the
+	// garbage collections that free the closed sessions' connections, at
+	// times no polling can predict. A leaked session holds at least one
+	// goroutine and two fds (client and upstream socket), so the fd check,
+	// which has no slack, catches it even when it hides in this slack.
+	GoroutineSlack = 2
+	// FDSlack is zero: every file descriptor a session opens (client and
+	// upstream socket) must be closed once it ends. Transient ones (the
+	// admin's periodic upstream probe, the scrape's own connection, which
+	// is in the baseline too) are waited out by polling, not by slack.
+	FDSlack = 0
+)
+
+// DefaultSettleTimeout bounds the wait for the proxy's goroutines and fds
+// to return to the baseline after the last client closed.
+const DefaultSettleTimeout = 15 * time.Second
+
+// Options configure a soak run.
+type Options struct {
+	// Duration is how long the clients run their operations.
+	Duration time.Duration
+	// Clients is the number of concurrent clients.
+	Clients int
+	// Bin is the pgverifyproxy binary; empty: build ./cmd/pgverifyproxy
+	// of the module the process runs in (go build) into the work
+	// directory.
+	Bin string
+	// Keep leaves the work directory (proxy log, PKI) in place.
+	Keep bool
+	// Verbose logs every unexpected error as it happens and a sample of
+	// the proxy's figures every 5 seconds.
+	Verbose bool
+	// SettleTimeout bounds the wait for the figures to return to the
+	// baseline; default DefaultSettleTimeout.
+	SettleTimeout time.Duration
+	// Seed seeds the clients' random choices; 0: from the clock.
+	Seed int64
+	// Logf receives progress lines; nil: discarded.
+	Logf func(format string, args ...any)
+}
+
+// validate checks the options and fills in defaults.
+func (o *Options) validate() error {
+	switch {
+	case o.Duration < time.Second:
+		return errors.New("options: duration must be at least 1s")
+	case o.Clients < 1:
+		return errors.New("options: clients must be at least 1")
+	case o.Clients > 2000:
+		return errors.New("options: clients must be at most 2000")
+	}
+	if o.SettleTimeout <= 0 {
+		o.SettleTimeout = DefaultSettleTimeout
+	}
+	if o.Seed == 0 {
+		o.Seed = time.Now().UnixNano()
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	return nil
+}
+
+// Runner runs one soak. Cleanup may be called from another goroutine (a
+// second Ctrl-C) to stop the proxy and the cluster at once.
+type Runner struct {
+	o Options
+
+	mu       sync.Mutex
+	cleanups []func()
+
+	work     string
+	rootFile string
+	pki      *harness.PKI
+	cluster  *harness.Cluster
+	bin      string
+	proxy    *proxyProc
+}
+
+// New returns a Runner for o.
+func New(o Options) *Runner {
+	return &Runner{o: o}
+}
+
+// addCleanup pushes fn on the cleanup stack; it runs at most once.
+func (r *Runner) addCleanup(fn func()) {
+	var once sync.Once
+	r.mu.Lock()
+	r.cleanups = append(r.cleanups, func() { once.Do(fn) })
+	r.mu.Unlock()
+}
+
+// Cleanup stops the proxy and the cluster and removes the work directory
+// (unless Keep), last started first. It is idempotent and safe to call
+// concurrently with Run.
+func (r *Runner) Cleanup() {
+	for {
+		r.mu.Lock()
+		if len(r.cleanups) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		fn := r.cleanups[len(r.cleanups)-1]
+		r.cleanups = r.cleanups[:len(r.cleanups)-1]
+		r.mu.Unlock()
+		fn()
+	}
+}
+
+// WorkDir is the run's work directory (empty before Run created it).
+func (r *Runner) WorkDir() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.work
+}
+
+// Run sets everything up, runs the load, checks for leaks and cleans up.
+// An error means the run could not be carried out (setup failed or ctx
+// was cancelled); the findings of a completed run are in
+// Result.Failures.
+func (r *Runner) Run(ctx context.Context) (*Result, error) {
+	if err := r.o.validate(); err != nil {
+		return nil, err
+	}
+	defer r.Cleanup()
+	start := time.Now()
+	steps := []struct {
+		what string
+		fn   func(context.Context) error
+	}{
+		{"work directory", r.setupWorkDir},
+		{"pki", r.setupPKI},
+		{"pgverifyproxy binary", r.setupBinary},
+		{"postgresql", r.setupCluster},
+		{"tables", r.setupTables},
+		{"proxy", r.setupProxy},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("setup: %s: %w", s.what, err)
+		}
+		if err := s.fn(ctx); err != nil {
+			return nil, fmt.Errorf("setup: %s: %w", s.what, err)
+		}
+	}
+	res, err := r.soak(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.stopProxy(res)
+	res.Wall = time.Since(start)
+	return res, nil
+}
+
+// setupWorkDir creates the work directory (0755: the proxy and its files
+// are the run's own, but the cluster user may need to traverse /tmp).
+func (r *Runner) setupWorkDir(context.Context) error {
+	dir, err := os.MkdirTemp("", "pgvp-soak-")
+	if err != nil {
+		return fmt.Errorf("creating work directory: %w", err)
+	}
+	r.mu.Lock()
+	r.work = dir
+	r.mu.Unlock()
+	if r.o.Keep {
+		r.o.Logf("work directory %s (kept)", dir)
+	} else {
+		r.addCleanup(func() { os.RemoveAll(dir) })
+	}
+	return nil
+}
+
+// setupPKI generates the test PKI and writes its root for --ca-file.
+func (r *Runner) setupPKI(context.Context) error {
+	var err error
+	if r.pki, err = harness.NewPKI(); err != nil {
+		return err
+	}
+	r.rootFile = filepath.Join(r.work, "root.crt")
+	return harness.WritePEMFile(r.rootFile, r.pki.Root.CertPEM)
+}
+
+// setupBinary uses Options.Bin or builds ./cmd/pgverifyproxy.
+func (r *Runner) setupBinary(ctx context.Context) error {
+	if r.o.Bin != "" {
+		r.bin = r.o.Bin
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return errors.New("not inside the pgverifyproxy module: run from the repository or pass a binary")
+	}
+	r.bin = filepath.Join(r.work, "pgverifyproxy")
+	r.o.Logf("building pgverifyproxy from %s", filepath.Dir(gomod))
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", r.bin, "./cmd/pgverifyproxy")
+	cmd.Dir = filepath.Dir(gomod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/pgverifyproxy: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// pgMaxConnections is the cluster's max_connections for n clients: every
+// client's backend, the same again for reconnects whose old backend has
+// not exited yet, and room for the admin connection and cancel backends.
+func pgMaxConnections(n int) int { return 2*n + 20 }
+
+// proxyMaxConnections is the proxy's --max-connections for n clients:
+// above n (a reconnecting client's new session may be admitted before the
+// proxy has counted its old one out, and cancel requests are sessions
+// too), below the cluster's limit so that the proxy, not PostgreSQL,
+// would refuse first.
+func proxyMaxConnections(n int) int { return 2*n + 10 }
+
+// setupCluster starts PostgreSQL with TLS and max_connections raised for
+// the clients (ExtraConf comes after the harness's max_connections = 200
+// in postgresql.conf, and the later line wins).
+func (r *Runner) setupCluster(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	want := pgMaxConnections(r.o.Clients)
+	extra := fmt.Sprintf("max_connections = %d\nlog_connections = off\n", want)
+	c, err := harness.StartCluster(sctx, harness.ClusterOptions{
+		ServerCertPEM: r.pki.Leaf.ChainPEM(r.pki.Intermediate),
+		ServerKeyPEM:  r.pki.Leaf.KeyPEM,
+		ExtraConf:     extra,
+		Logf: func(f string, a ...any) {
+			if r.o.Verbose {
+				r.o.Logf("harness: "+f, a...)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	r.cluster = c
+	r.addCleanup(func() {
+		if err := c.Stop(); err != nil {
+			r.o.Logf("stopping postgresql: %v", err)
+		}
+	})
+	r.o.Logf("postgresql on %s (max_connections %d)", c.Addr(), want)
+	return nil
+}
