@@ -381,7 +381,9 @@ func (s *Server) upstreamOpened(c, up net.Conn) {
 		cl.Close()
 		return
 	}
-	s.conns[c] = cl
+	if _, tracked := s.conns[c]; tracked {
+		s.conns[c] = cl
+	}
 }
 
 // sessionCloser closes a session with an upstream connection, upstream
