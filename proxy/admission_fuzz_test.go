@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -116,7 +117,10 @@ func checkClientError(t *testing.T, ce *ClientError) {
 		t.Fatalf("ClientError does not encode: %v (%q)", err, ce.Message)
 	}
 	er := decodeFatal(t, b)
-	if er.Code != ce.Code || er.Message != ce.Message {
+	if strings.IndexByte(er.Message+er.Detail+er.Hint, 0) >= 0 || !utf8.ValidString(er.Message+er.Detail+er.Hint) {
+		t.Fatalf("ErrorResponse text holds a NUL or invalid UTF-8: %q", b)
+	}
+	if er.Code != ce.Code || er.Message != clientText(ce.Message) || er.Detail != clientText(ce.Detail) || er.Hint != clientText(ce.Hint) {
 		t.Fatalf("ErrorResponse %q %q does not round-trip %q %q", er.Code, er.Message, ce.Code, ce.Message)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -53,11 +54,21 @@ func (e *ClientError) response() ([]byte, error) {
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",
 		Code:                e.Code,
-		Message:             e.Message,
-		Detail:              e.Detail,
-		Hint:                e.Hint,
+		Message:             clientText(e.Message),
+		Detail:              clientText(e.Detail),
+		Hint:                clientText(e.Hint),
 	}
 	return msg.Encode(nil)
+}
+
+// clientText makes s safe as an ErrorResponse field: the fields are
+// NUL-terminated, so a NUL (which can come from an upstream's bytes quoted
+// in an error) would end the field early and make the client read the
+// rest as further fields; and clients decode the text as UTF-8. A NUL
+// becomes the four characters \x00, invalid UTF-8 becomes U+FFFD.
+func clientText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", `\x00`)
 }
 
 // writeClientError sends e to the client; errors writing are ignored since the
