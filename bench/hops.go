@@ -144,7 +144,7 @@ func (b *bench) startHop(ctx context.Context, name string, cred *syscall.Credent
 		return nil, fmt.Errorf("%s did not start: %w\n---- %s log tail (%s; -keep keeps it) ----\n%s", name, err, name, p.log, p.logTail(30))
 	}
 	// Let the hop settle (and a --prewarm pool fill) before measuring.
-	if err := sleepCtx(ctx, time.Second); err != nil {
+	if err := harness.Sleep(ctx, time.Second); err != nil {
 		p.stop()
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (b *bench) waitReady(ctx context.Context, h *hop) error {
 		if last = b.selectOne(ctx, h.ep); last == nil {
 			return nil
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -356,16 +356,4 @@ func (b *bench) chownPostgres(path string) error {
 		return nil
 	}
 	return os.Chown(path, int(b.postgres.Uid), int(b.postgres.Gid))
-}
-
-// sleepCtx sleeps for d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -19,12 +19,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
 // options are the command-line flags.
@@ -182,7 +182,7 @@ func main() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cl := &cleanups{}
-	handleSignals(cancel, cl)
+	harness.CancelOnSignal(cancel, cl.run, logf)
 	err := run(ctx, o, cl)
 	cl.run()
 	if err != nil {
@@ -193,26 +193,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: error:", err)
 		os.Exit(1)
 	}
-}
-
-// handleSignals cancels the run on SIGINT or SIGTERM so that it unwinds
-// and cleans up. If it has not finished 30s later, or on a second signal,
-// it runs the cleanups itself and exits.
-func handleSignals(cancel context.CancelFunc, cl *cleanups) {
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		s := <-sig
-		logf("received %v: stopping and cleaning up (again to force)", s)
-		cancel()
-		select {
-		case <-sig:
-		case <-time.After(30 * time.Second):
-		}
-		logf("forcing cleanup")
-		cl.run()
-		os.Exit(130)
-	}()
 }
 
 // logf prints a progress line to stderr.

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
 // pgbenchRun is what one pgbench run reports.
@@ -310,7 +311,7 @@ func (b *bench) measureStrace(ctx context.Context, h *hop, rec recorder) error {
 		_ = stopStrace()
 		return fmt.Errorf("strace did not attach to pid %d within 10s", h.proc.pid())
 	}
-	_ = sleepCtx(ctx, 300*time.Millisecond)
+	_ = harness.Sleep(ctx, 300*time.Millisecond)
 	r, err := b.pgbench(ctx, h.ep, false, "-S", "-n", "-c", "8", "-j", "2", "-t", strconv.Itoa(b.o.straceTx))
 	// strace's exit status after SIGINT says little; its summary is checked.
 	_ = stopStrace()
@@ -567,7 +568,7 @@ func (b *bench) measureIdle(ctx context.Context, h *hop, rec recorder) error {
 	if err != nil {
 		return err
 	}
-	if err := sleepCtx(ctx, time.Second); err != nil {
+	if err := harness.Sleep(ctx, time.Second); err != nil {
 		return err
 	}
 	rss1, err := rssKiB(pid)

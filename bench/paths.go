@@ -238,7 +238,7 @@ func (b *bench) waitBackendsGone(ctx context.Context) error {
 			logf("warning: %d sessions of the test users still open after 60s", n)
 			return nil
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return err
 		}
 	}

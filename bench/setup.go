@@ -389,18 +389,6 @@ func firstLine(ctx context.Context, prog string, args ...string) string {
 	return "(no output)"
 }
 
-// cleanEnv is the environment without PG* variables, plus extra.
-func cleanEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "PGPASSFILE=/nonexistent", "PGSERVICEFILE=/nonexistent", "PGSYSCONFDIR=/nonexistent", "PGGSSENCMODE=disable")
-	return append(env, extra...)
-}
-
 // tail returns the last n lines of s.
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
@@ -408,4 +396,10 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// cleanEnv is the environment without PG* variables, with libpq's files
+// and GSS encryption turned off, plus extra.
+func cleanEnv(extra ...string) []string {
+	return harness.EnvWithoutPG(append([]string{"PGPASSFILE=/nonexistent", "PGSERVICEFILE=/nonexistent", "PGSYSCONFDIR=/nonexistent", "PGGSSENCMODE=disable"}, extra...)...)
 }

@@ -331,11 +331,11 @@ func (c *Cluster) Reload(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("harness: reload: configuration was not reloaded within 10s\n---- server log tail ----\n%s", c.LogTail(20))
 		}
-		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 20*time.Millisecond); err != nil {
 			return fmt.Errorf("harness: reload: %w", err)
 		}
 	}
-	if err := sleepCtx(ctx, 300*time.Millisecond); err != nil {
+	if err := Sleep(ctx, 300*time.Millisecond); err != nil {
 		return fmt.Errorf("harness: reload: %w", err)
 	}
 	if logged := c.logSince(logSize); strings.Contains(logged, "SSL configuration was not reloaded") ||
@@ -576,16 +576,4 @@ func quoteConnValue(s string) string {
 		return s
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
-}
-
-// sleepCtx sleeps for d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -50,10 +50,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/soakrun"
 )
 
@@ -80,20 +79,7 @@ func main() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := soakrun.New(o)
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		s := <-sig
-		logf("received %v: stopping and cleaning up (again to force)", s)
-		cancel()
-		select {
-		case <-sig:
-		case <-time.After(30 * time.Second):
-		}
-		logf("forcing cleanup")
-		r.Cleanup()
-		os.Exit(130)
-	}()
+	harness.CancelOnSignal(cancel, r.Cleanup, logf)
 
 	res, err := r.Run(ctx)
 	if err != nil {

@@ -161,7 +161,7 @@ func (w *worker) run(ctx context.Context, until time.Time) {
 					return
 				}
 				w.fail(-1, err)
-				_ = sleepCtx(ctx, 100*time.Millisecond)
+				_ = harness.Sleep(ctx, 100*time.Millisecond)
 				continue
 			}
 		}
@@ -178,7 +178,7 @@ func (w *worker) run(ctx context.Context, until time.Time) {
 			continue
 		}
 		w.st.ok[op].Add(1)
-		_ = sleepCtx(ctx, time.Duration(w.rng.Intn(5000))*time.Microsecond)
+		_ = harness.Sleep(ctx, time.Duration(w.rng.Intn(5000))*time.Microsecond)
 	}
 }
 
@@ -311,7 +311,7 @@ func (w *worker) do(ctx context.Context, op int) error {
 	case opCancel:
 		return w.cancel(ctx)
 	case opIdle:
-		if err := sleepCtx(ctx, time.Duration(100+w.rng.Intn(900))*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, time.Duration(100+w.rng.Intn(900))*time.Millisecond); err != nil {
 			return err
 		}
 		return w.selectOne(ctx)
@@ -534,7 +534,7 @@ func (w *worker) drop(ctx context.Context) error {
 			defer close(ran)
 			_, _ = pg.Exec(ctx, "select pg_sleep(0.3)").ReadAll() // fails: the socket goes
 		}()
-		_ = sleepCtx(ctx, time.Duration(10+w.rng.Intn(40))*time.Millisecond)
+		_ = harness.Sleep(ctx, time.Duration(10+w.rng.Intn(40))*time.Millisecond)
 		_ = pg.Conn().Close()
 		<-ran
 	} else {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
 // Sample is one reading of the proxy's figures: from its /metrics, and
@@ -182,7 +184,7 @@ func (r *Runner) baseline(ctx context.Context) (Sample, error) {
 			base.RSS, base.ProcRSS, base.Threads = s.RSS, s.ProcRSS, s.Threads
 			base.BytesToUpstream, base.BytesToClient = s.BytesToUpstream, s.BytesToClient
 		}
-		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 250*time.Millisecond); err != nil {
 			return base, err
 		}
 	}

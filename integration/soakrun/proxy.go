@@ -113,7 +113,7 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	cmd := exec.Command(r.bin, argv...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = r.work
-	cmd.Env = cleanEnv()
+	cmd.Env = harness.EnvWithoutPG()
 	// Its own process group: a terminal's Ctrl-C reaches only the soak,
 	// which stops the proxy itself; killed if the soak dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -150,7 +150,7 @@ func (r *Runner) waitProxyReady(ctx context.Context, p *proxyProc) error {
 		if last = r.readyOnce(ctx, p); last == nil {
 			return nil
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -253,17 +253,6 @@ func (r *Runner) scanProxyLog(res *Result) {
 	}
 }
 
-// cleanEnv is the environment without PG* variables.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // fileTail returns the last n lines of the file at path.
 func fileTail(path string, n int) string {
 	b, err := os.ReadFile(path)
@@ -275,16 +264,4 @@ func fileTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// sleepCtx sleeps for d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -86,7 +86,7 @@ func (r *Runner) waitNoSessions(ctx context.Context, timeout time.Duration) (Sam
 		if time.Now().After(deadline) {
 			return s, fmt.Errorf("%d sessions still active after %v", s.Sessions, timeout)
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return s, err
 		}
 	}
@@ -104,7 +104,7 @@ func (r *Runner) soak(ctx context.Context) (*Result, error) {
 	if _, err := r.waitNoSessions(ctx, 15*time.Second); err != nil {
 		return nil, fmt.Errorf("after the warm-up: %w", err)
 	}
-	if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+	if err := harness.Sleep(ctx, 500*time.Millisecond); err != nil {
 		return nil, err
 	}
 	base, err := r.baseline(ctx)
@@ -193,7 +193,7 @@ loop:
 		if time.Since(settleStart) > o.SettleTimeout {
 			break
 		}
-		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+		if err := harness.Sleep(ctx, 250*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
