@@ -408,22 +408,12 @@ func (cp *copier) copySocket() error {
 		case cp.inq && errors.Is(err, os.ErrDeadlineExceeded):
 			continue // read again: see rawPump
 		case err != nil:
-			return cp.readError(err)
+			return rawsock.OpError("read", cp.src, err)
 		case cp.rerr != nil:
-			return cp.readError(os.NewSyscallError("recvmsg", cp.rerr))
+			return rawsock.OpError("read", cp.src, os.NewSyscallError("recvmsg", cp.rerr))
 		}
 		return nil // EOF
 	}
-}
-
-// readError words a read error as net.Conn.Read does.
-func (cp *copier) readError(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "raw-read" {
-		err = oe.Err
-	}
-	la := cp.src.LocalAddr()
-	return &net.OpError{Op: "read", Net: la.Network(), Source: la, Addr: cp.src.RemoteAddr(), Err: err}
 }
 
 // copyBuffered copies from any other source (TLS).

@@ -59,8 +59,7 @@ func (w *Writer) Write(b []byte) (int, error) {
 		err = os.NewSyscallError("write", w.err)
 	}
 	if err != nil {
-		la := w.c.LocalAddr()
-		return n, &net.OpError{Op: "write", Net: la.Network(), Source: la, Addr: w.c.RemoteAddr(), Err: unwrapRaw(err)}
+		return n, OpError("write", w.c, err)
 	}
 	return n, nil
 }
@@ -83,12 +82,15 @@ func (w *Writer) write(fd uintptr) bool {
 	return true
 }
 
-// unwrapRaw takes the cause out of a RawConn error ("raw-write").
-func unwrapRaw(err error) error {
+// OpError words err, from a RawConn operation on c or from the system
+// call inside it, as net.Conn's Read or Write (op) would: a *net.OpError
+// with c's addresses whose cause is the RawConn error's own.
+func OpError(op string, c net.Conn, err error) error {
 	if oe, ok := err.(*net.OpError); ok && (oe.Op == "raw-write" || oe.Op == "raw-read") {
-		return oe.Err
+		err = oe.Err
 	}
-	return err
+	la := c.LocalAddr()
+	return &net.OpError{Op: op, Net: la.Network(), Source: la, Addr: c.RemoteAddr(), Err: err}
 }
 
 // Conn is a TCP connection whose Write goes through a Writer; everything
