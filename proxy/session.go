@@ -116,11 +116,12 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 }
 
 // relay runs the raw relay after authentication and logs the session's end.
+// The caller has registered up with upstreamOpened, so that closing the
+// server closes up before the client (see copySocket).
 func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	ss.result = ResultCompleted
-	ss.s.upstreamOpened(ss.conn, up)
 	st := Relay(ss.client, up, &ss.state.counters)
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
@@ -171,6 +172,7 @@ func (ss *session) relayAuthSession(ctx context.Context, pkt *startupPacket, par
 		return
 	}
 	defer login.conn.Close()
+	ss.s.upstreamOpened(ss.conn, login.conn)
 	if _, err := ss.client.Write(login.toClient); err != nil {
 		ss.log.Debug("client left during the hand-over", "error", err.Error())
 		return
