@@ -212,9 +212,19 @@ func TestObserverAndRouteStats(t *testing.T) {
 		t.Fatalf("route stats %+v, want good with 1 active first", st)
 	}
 	// The relay counts from AuthenticationOk on: the server's 6-byte
-	// ReadyForQuery, then the echoed payload.
-	if st[0].BytesToUpstream != 10 || st[0].BytesToClient != 16 {
-		t.Errorf("bytes to upstream/client = %d/%d, want 10/16", st[0].BytesToUpstream, st[0].BytesToClient)
+	// ReadyForQuery, then the echoed payload. A copier adds what it wrote
+	// once its write returns, which can be after the client has read the
+	// echo, so the figures are awaited (and must then be exact).
+	var up, down int64
+	for i := 0; i < 500; i++ {
+		up, down = srv.RouteStats()[0].BytesToUpstream, srv.RouteStats()[0].BytesToClient
+		if up == 10 && down == 16 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if up != 10 || down != 16 {
+		t.Errorf("bytes to upstream/client = %d/%d, want 10/16", up, down)
 	}
 	c.Close()
 
