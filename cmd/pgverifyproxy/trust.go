@@ -165,6 +165,14 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 	}
 	ut.store = &chain.PinStore{Dir: dir}
 	ut.pins = &chain.PinTrust{Store: ut.store, Dialer: ut.dialer, Policy: policy, System: ut.system, AIA: ut.aia}
+	if log != nil {
+		// Set here, before any session can use the route: a client that
+		// arrives before the start-up check may be the one that pins.
+		ut.pins.OnPinned = func(p *chain.Pin, path string) {
+			log.Info("upstream pinned", "upstream", spec.addr(), "policy", p.Policy, "anchor", p.Anchors[0].Subject.String(),
+				"spki_sha256", strings.Join(p.Fingerprints(), ","), "pin_file", path)
+		}
+	}
 	ut.dialer.Trust = ut.pins
 	ut.describe = "the pinned anchor in " + ut.store.Path(spec.Host, spec.Port, tc.ServerName)
 	return ut, nil
@@ -185,10 +193,6 @@ func warnExpiry(log *slog.Logger, what string, c *x509.Certificate, warn time.Du
 func prepareTrust(ctx context.Context, ut *upstreamTrust, log *slog.Logger, warn time.Duration) {
 	if ut.pins == nil {
 		return
-	}
-	ut.pins.OnPinned = func(p *chain.Pin, path string) {
-		log.Info("upstream pinned", "upstream", ut.spec.addr(), "policy", p.Policy, "anchor", p.Anchors[0].Subject.String(),
-			"spki_sha256", strings.Join(p.Fingerprints(), ","), "pin_file", path)
 	}
 	p, path, err := ut.pins.Current(ctx)
 	if err != nil {
