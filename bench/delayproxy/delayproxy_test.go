@@ -53,6 +53,7 @@ func TestRoundTripIsDelayed(t *testing.T) {
 	}
 	defer c.Close()
 	buf := make([]byte, 4)
+	var fastest time.Duration
 	for i := 0; i < 5; i++ {
 		start := time.Now()
 		if _, err := c.Write([]byte("ping")); err != nil {
@@ -62,9 +63,17 @@ func TestRoundTripIsDelayed(t *testing.T) {
 			t.Fatal(err)
 		}
 		rtt := time.Since(start)
-		if rtt < 2*oneWay || rtt > 2*oneWay+50*time.Millisecond {
-			t.Fatalf("round trip %v, want about %v", rtt, 2*oneWay)
+		if rtt < 2*oneWay {
+			t.Fatalf("round trip %v, want at least %v", rtt, 2*oneWay)
 		}
+		if fastest == 0 || rtt < fastest {
+			fastest = rtt
+		}
+	}
+	// A loaded machine can stretch any one round trip; the fastest of five
+	// must still be far from a doubled delay.
+	if fastest >= 4*oneWay {
+		t.Fatalf("fastest round trip %v, want about %v", fastest, 2*oneWay)
 	}
 }
 
@@ -91,7 +100,7 @@ func TestHandshakeCostsOneRoundTrip(t *testing.T) {
 
 // TestOrderAndBandwidth checks that many chunks arrive in order and are not delayed one after the other.
 func TestOrderAndBandwidth(t *testing.T) {
-	p := startProxy(t, startEcho(t), 10*time.Millisecond, false)
+	p := startProxy(t, startEcho(t), 50*time.Millisecond, false)
 	c, err := net.Dial("tcp", p.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +127,9 @@ func TestOrderAndBandwidth(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("echoed %d bytes, not the %d sent in order", len(got), len(data))
 	}
-	// 512 chunks at 20ms each would take over 10s if delays serialized.
-	if el := time.Since(start); el > 3*time.Second {
-		t.Fatalf("16 MiB took %v through a 20ms-RTT proxy: delays serialize bandwidth", el)
+	// 512 chunks at 100ms each would take over 51s if delays serialized.
+	if el := time.Since(start); el > 15*time.Second {
+		t.Fatalf("16 MiB took %v through a 100ms-RTT proxy: delays serialize bandwidth", el)
 	}
 }
 
