@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os/exec"
 	"strings"
 	"sync"
@@ -17,10 +15,11 @@ import (
 
 // cliProxy is the real binary running with some arguments.
 type cliProxy struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs strings.Builder
-	port int
+	cmd   *exec.Cmd
+	mu    sync.Mutex
+	logs  strings.Builder
+	ready chan struct{} // closed once the log says it is listening
+	port  int
 }
 
 func (c *cliProxy) log() string {
@@ -28,6 +27,25 @@ func (c *cliProxy) log() string {
 	defer c.mu.Unlock()
 	return c.logs.String()
 }
+
+// Write collects the binary's stderr. It is the command's Stderr, so
+// cmd.Wait returns only after everything the process wrote is here (with
+// StderrPipe, Wait closes the pipe and lines logged just before exit were
+// lost).
+func (c *cliProxy) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	from := max(0, c.logs.Len()-len(listeningMark))
+	c.logs.Write(p)
+	if c.ready != nil && strings.Contains(c.logs.String()[from:], listeningMark) {
+		close(c.ready)
+		c.ready = nil
+	}
+	return len(p), nil
+}
+
+// listeningMark is in the line the proxy logs once it accepts clients.
+const listeningMark = "msg=listening"
 
 // startCLI runs the binary on a free loopback port and waits until it logs
 // that it is listening.
@@ -53,29 +71,13 @@ func startCLIArgs(t *testing.T, env []string, args ...string) *cliProxy {
 // that it is listening.
 func startBinary(t *testing.T, bin string, env []string, args ...string) *cliProxy {
 	t.Helper()
-	c := &cliProxy{cmd: exec.Command(bin, args...)}
+	ready := make(chan struct{})
+	c := &cliProxy{cmd: exec.Command(bin, args...), ready: ready}
 	c.cmd.Env = env
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.cmd.Stderr = c
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			c.mu.Lock()
-			c.logs.WriteString(sc.Text() + "\n")
-			c.mu.Unlock()
-			if strings.Contains(sc.Text(), "msg=listening") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
 	t.Cleanup(func() {
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 		_ = c.cmd.Wait()
@@ -95,10 +97,10 @@ func TestCLIOneLinerWithProviderURI(t *testing.T) {
 	if r.code != 0 || r.out != harness.MD5User+"|true" {
 		t.Fatalf("psql through the CLI proxy: exit %d out %q err %q\nproxy log:\n%s", r.code, r.out, r.err, p.log())
 	}
-	waitForLog(t, p, "upstream verified")
-	log := p.log()
 	// The test certificates expire within 48 hours: under the default
-	// 30-day threshold the proxy must warn.
+	// 30-day threshold the proxy must warn (in a line after the check's).
+	waitForLog(t, p, "expires soon")
+	log := p.log()
 	for _, want := range []string{"using only its host and port", `ignored="user,password,database,sslmode=require"`, "upstream verified (verify-full)", `msg="server certificate expires soon"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("proxy log lacks %q:\n%s", want, log)
@@ -125,6 +127,12 @@ func TestCLIEnvironmentConfig(t *testing.T) {
 		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
 	}
 	waitForLog(t, p, "upstream verified")
+	// The expiry warning would follow the check's line: stop the proxy so
+	// that its whole log is in.
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := waitExit(t, p); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM:\n%s", code, p.log())
+	}
 	if strings.Contains(p.log(), "expires soon") {
 		t.Errorf("expiry warning despite PGVERIFYPROXY_EXPIRY_WARNING=1h:\n%s", p.log())
 	}
