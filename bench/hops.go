@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -29,11 +28,9 @@ type endpoint struct {
 
 // proc is a hop process started by the bench; its output goes to log.
 type proc struct {
+	*harness.Process
 	name string
-	cmd  *exec.Cmd
 	log  string
-	done chan struct{}
-	once sync.Once
 }
 
 // hop is one started path: the process in the middle (nil for direct) and
@@ -43,35 +40,12 @@ type hop struct {
 	ep   endpoint
 }
 
-// pid is the hop process's id.
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// exited reports whether the process has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // stop ends the process: SIGTERM, then SIGKILL after 10s. It is
 // idempotent.
 func (p *proc) stop() {
-	p.once.Do(func() {
-		if p.exited() {
-			return
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			logf("%s did not stop on SIGTERM within 10s: killing it", p.name)
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
+	if p.Stop(syscall.SIGTERM, 10*time.Second) {
+		logf("%s did not stop on SIGTERM within 10s: killed it", p.name)
+	}
 }
 
 // logTail is the last n lines of the process's output.
@@ -118,14 +92,11 @@ func (b *bench) startProc(name string, cred *syscall.Credential, argv ...string)
 	if b.o.verbose {
 		logf("starting %s: %s", name, strings.Join(argv, " "))
 	}
-	if err := cmd.Start(); err != nil {
+	hp, err := harness.StartProcess(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("starting %s (%s): %w", name, argv[0], err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
+	p := &proc{Process: hp, name: name, log: logPath}
 	b.cl.add(p.stop)
 	return p, nil
 }
@@ -156,8 +127,8 @@ func (b *bench) waitReady(ctx context.Context, h *hop) error {
 	deadline := time.Now().Add(20 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
-		if h.proc.exited() {
-			return fmt.Errorf("process exited (%v)", h.proc.cmd.ProcessState)
+		if h.proc.Exited() {
+			return fmt.Errorf("process exited (%v)", h.proc.Cmd.ProcessState)
 		}
 		if last = b.selectOne(ctx, h.ep); last == nil {
 			return nil

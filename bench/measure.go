@@ -219,7 +219,7 @@ func (b *bench) measureSelect(ctx context.Context, h *hop, rec recorder) error {
 	var cpu0 float64
 	var err error
 	if h.proc != nil {
-		if cpu0, err = b.cpuSeconds(h.proc.pid()); err != nil {
+		if cpu0, err = b.cpuSeconds(h.proc.Pid()); err != nil {
 			return err
 		}
 	}
@@ -232,7 +232,7 @@ func (b *bench) measureSelect(ctx context.Context, h *hop, rec recorder) error {
 	rec.set(mP99x8, r8.latP99)
 	cpuNote := ""
 	if h.proc != nil {
-		cpu1, err := b.cpuSeconds(h.proc.pid())
+		cpu1, err := b.cpuSeconds(h.proc.Pid())
 		if err != nil {
 			return err
 		}
@@ -271,7 +271,7 @@ func (b *bench) measureConnRate(ctx context.Context, h *hop, rec recorder) error
 // and the three most frequent ones.
 func (b *bench) measureStrace(ctx context.Context, h *hop, rec recorder) error {
 	out := filepath.Join(b.work, fmt.Sprintf("strace-%d.txt", b.nextSeq()))
-	cmd := exec.CommandContext(ctx, b.tools.strace, "-c", "-f", "-p", strconv.Itoa(h.proc.pid()), "-o", out)
+	cmd := exec.CommandContext(ctx, b.tools.strace, "-c", "-f", "-p", strconv.Itoa(h.proc.Pid()), "-o", out)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return err
@@ -306,10 +306,10 @@ func (b *bench) measureStrace(ctx context.Context, h *hop, rec recorder) error {
 	case <-attached:
 	case <-scanned:
 		_ = cmd.Wait()
-		return fmt.Errorf("strace did not attach to pid %d:\n%s", h.proc.pid(), tail(msgs.String(), 10))
+		return fmt.Errorf("strace did not attach to pid %d:\n%s", h.proc.Pid(), tail(msgs.String(), 10))
 	case <-time.After(10 * time.Second):
 		_ = stopStrace()
-		return fmt.Errorf("strace did not attach to pid %d within 10s", h.proc.pid())
+		return fmt.Errorf("strace did not attach to pid %d within 10s", h.proc.Pid())
 	}
 	_ = harness.Sleep(ctx, 300*time.Millisecond)
 	r, err := b.pgbench(ctx, h.ep, false, "-S", "-n", "-c", "8", "-j", "2", "-t", strconv.Itoa(b.o.straceTx))
@@ -517,7 +517,7 @@ func (b *bench) timed(_ context.Context, h *hop, fn func() error) (time.Duration
 	var cpu0, cpu1 float64
 	var err error
 	if h.proc != nil {
-		if cpu0, err = b.cpuSeconds(h.proc.pid()); err != nil {
+		if cpu0, err = b.cpuSeconds(h.proc.Pid()); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -527,7 +527,7 @@ func (b *bench) timed(_ context.Context, h *hop, fn func() error) (time.Duration
 	}
 	el := time.Since(start)
 	if h.proc != nil {
-		if cpu1, err = b.cpuSeconds(h.proc.pid()); err != nil {
+		if cpu1, err = b.cpuSeconds(h.proc.Pid()); err != nil {
 			return 0, 0, err
 		}
 		if cpu1 <= cpu0 {
@@ -554,7 +554,7 @@ func (b *bench) recordCopy(rec recorder, h *hop, what, rateMetric, cpuMetric str
 // "select 1", so a pooler has linked a server connection), and records the
 // hop's VmRSS growth per connection.
 func (b *bench) measureIdle(ctx context.Context, h *hop, rec recorder) error {
-	pid := h.proc.pid()
+	pid := h.proc.Pid()
 	rss0, err := rssKiB(pid)
 	if err != nil {
 		return err

@@ -171,9 +171,9 @@ func (b *bench) runPath(ctx context.Context, r int, p *path, res *results) error
 		if errors.As(err, &fatal) {
 			return err
 		}
-		if h.proc != nil && h.proc.exited() {
+		if h.proc != nil && h.proc.Exited() {
 			return fmt.Errorf("%s exited during %s (%v)\n---- log tail (%s) ----\n%s",
-				p.key, stageNames[st], h.proc.cmd.ProcessState, h.proc.log, h.proc.logTail(30))
+				p.key, stageNames[st], h.proc.Cmd.ProcessState, h.proc.log, h.proc.logTail(30))
 		}
 		if err != nil {
 			logf("  %s: %s FAILED: %v", p.key, stageNames[st], err)

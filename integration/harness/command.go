@@ -3,8 +3,10 @@ package harness
 import (
 	"context"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -56,4 +58,67 @@ func CancelOnSignal(cancel context.CancelFunc, cleanup func(), logf func(format 
 		cleanup()
 		os.Exit(130)
 	}()
+}
+
+// Process is a started child process whose exit is watched.
+type Process struct {
+	// Cmd is the command, started.
+	Cmd  *exec.Cmd
+	done chan struct{}
+	err  error // what Wait returned; set before done is closed
+	once sync.Once
+}
+
+// StartProcess starts cmd and watches for its exit.
+func StartProcess(cmd *exec.Cmd) (*Process, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.Cmd.Process.Pid }
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Err is what waiting for the process returned (nil for exit status 0);
+// call it once Exited reports true.
+func (p *Process) Err() error {
+	<-p.done
+	return p.err
+}
+
+// Stop sends sig (SIGTERM to stop it, SIGQUIT for a Go program's goroutine
+// dump), waits up to grace for the exit, then kills the process. Only the
+// first call acts, and only on a running process; it reports whether it
+// had to kill.
+func (p *Process) Stop(sig syscall.Signal, grace time.Duration) (killed bool) {
+	p.once.Do(func() {
+		if p.Exited() {
+			return
+		}
+		_ = p.Cmd.Process.Signal(sig)
+		select {
+		case <-p.done:
+		case <-time.After(grace):
+			killed = true
+			_ = p.Cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return killed
 }

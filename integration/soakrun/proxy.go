@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -21,46 +20,24 @@ import (
 
 // proxyProc is the running pgverifyproxy binary.
 type proxyProc struct {
-	cmd       *exec.Cmd
+	*harness.Process
 	pid       int
 	port      int // client listener on 127.0.0.1
 	adminPort int // --admin on 127.0.0.1
 	log       string
-	done      chan struct{} // closed when the process has exited
-	http      *http.Client  // keep-alive client for the admin endpoint
-	stopOnce  sync.Once
-	stopped   bool // stop sent SIGTERM or SIGQUIT (so an exit is expected)
-	dumped    bool // SIGQUIT made it dump its goroutines and exit
-	exitErr   error
-}
-
-// exited reports whether the process has ended.
-func (p *proxyProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	http      *http.Client // keep-alive client for the admin endpoint
+	stopped   bool         // stop sent SIGTERM or SIGQUIT (so an exit is expected)
+	dumped    bool         // SIGQUIT made it dump its goroutines and exit
 }
 
 // stop sends SIGTERM and waits up to 10s for the process (its drain
 // timeout is 2s), then kills it. It is idempotent.
 func (p *proxyProc) stop() {
-	p.stopOnce.Do(func() {
-		if p.exited() {
-			return
-		}
+	if !p.Exited() {
 		p.stopped = true
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		p.http.CloseIdleConnections()
-	})
+	}
+	p.Stop(syscall.SIGTERM, 10*time.Second)
+	p.http.CloseIdleConnections()
 }
 
 // setupProxy starts the proxy on free loopback ports and waits until it is
@@ -117,16 +94,12 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	// Its own process group: a terminal's Ctrl-C reaches only the soak,
 	// which stops the proxy itself; killed if the soak dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	hp, err := harness.StartProcess(cmd)
+	if err != nil {
 		return fmt.Errorf("starting %s: %w", r.bin, err)
 	}
-	p := &proxyProc{cmd: cmd, pid: cmd.Process.Pid, port: port, adminPort: adminPort, log: logPath,
-		done: make(chan struct{}),
+	p := &proxyProc{Process: hp, pid: hp.Pid(), port: port, adminPort: adminPort, log: logPath,
 		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}}}
-	go func() {
-		p.exitErr = cmd.Wait()
-		close(p.done)
-	}()
 	r.addCleanup(p.stop)
 	if err := r.waitProxyReady(ctx, p); err != nil {
 		p.stop()
@@ -144,8 +117,8 @@ func (r *Runner) waitProxyReady(ctx context.Context, p *proxyProc) error {
 	deadline := time.Now().Add(30 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
-		if p.exited() {
-			return fmt.Errorf("process exited (%v)", p.exitErr)
+		if p.Exited() {
+			return fmt.Errorf("process exited (%v)", p.Err())
 		}
 		if last = r.readyOnce(ctx, p); last == nil {
 			return nil
@@ -197,15 +170,16 @@ func (r *Runner) stopProxy(res *Result) {
 	if p == nil {
 		return
 	}
-	if p.exited() && !p.stopped {
-		res.fail("proxy: exited during the run (%v); log tail:\n%s", p.exitErr, fileTail(p.log, 20))
+	if p.Exited() && !p.stopped {
+		res.fail("proxy: exited during the run (%v); log tail:\n%s", p.Err(), fileTail(p.log, 20))
 	} else {
 		p.stop()
-		if p.exitErr != nil {
-			res.fail("proxy: exit after SIGTERM: %v; log tail:\n%s", p.exitErr, fileTail(p.log, 20))
+		// The exit status of the goroutine dump is not a finding.
+		if err := p.Err(); err != nil && !p.dumped {
+			res.fail("proxy: exit after SIGTERM: %v; log tail:\n%s", err, fileTail(p.log, 20))
 		}
 	}
-	res.ProxyExit = fmt.Sprint(p.cmd.ProcessState)
+	res.ProxyExit = fmt.Sprint(p.Cmd.ProcessState)
 	if p.dumped {
 		res.ProxyExit = "none, killed by SIGQUIT for the goroutine dump"
 	}

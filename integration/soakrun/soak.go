@@ -217,20 +217,12 @@ loop:
 // first pgverifyproxy function of each stack.
 func (r *Runner) goroutineDump() string {
 	p := r.proxy
-	if p.exited() {
+	if p.Exited() {
 		return ""
 	}
-	p.stopOnce.Do(func() { // the process is gone after the dump: stop is done
-		p.stopped, p.dumped = true, true
-		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	p.exitErr = nil // the exit status of the dump is not a finding
+	// The process is gone after the dump: a later stop does nothing.
+	p.stopped, p.dumped = true, true
+	p.Stop(syscall.SIGQUIT, 10*time.Second)
 	b, err := os.ReadFile(p.log)
 	if err != nil {
 		return ""
