@@ -300,3 +300,48 @@ func LoadCAFile(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	}
 	return pool, certs, nil
 }
+
+// HintContext is what a hint about a failed verification may name.
+type HintContext struct {
+	// Trust describes the trust anchors in a few words, e.g. "the roots in
+	// --ca-file /etc/pg/root.crt".
+	Trust string
+	// Repin is the command that replaces the upstream's pin. Empty when the
+	// upstream is trusted through a CA file rather than a pin.
+	Repin string
+}
+
+// VerifyHint says what to do about a failed verify-full check: err is, or
+// wraps, the VerifyError.
+func VerifyHint(err error, hc HintContext) string {
+	trust := hc.Trust
+	if trust == "" {
+		trust = "the configured trust anchors"
+	}
+	var ve *VerifyError
+	if !errors.As(err, &ve) {
+		return "the server's certificate could not be verified against " + trust
+	}
+	switch ve.Kind {
+	case KindIdentityChanged:
+		repin := hc.Repin
+		if repin == "" {
+			repin = "pgverifyproxy chain fetch --upstream HOST:PORT --repin"
+		}
+		return "if the provider has confirmed a change of CA, re-pin with: " + repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
+	case KindHostname:
+		return "connect with a name the certificate carries (in upstream, or in server_name / --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
+	case KindExpired:
+		return "the server's certificate (or a CA in its chain) has expired: the server's operator must renew it; also check this machine's clock"
+	case KindNotYetValid:
+		return "a certificate in the chain is not valid yet: check this machine's clock, or wait until the certificate's start date"
+	case KindSelfSigned:
+		return "the server presents a self-signed certificate that is not among " + trust + "; if you have checked its fingerprint out of band, put that certificate in --ca-file"
+	case KindUnknownAuthority:
+		if hc.Repin == "" {
+			return "the server's chain does not lead to " + trust + ": if the server's CA changed, put the new CA (as the provider publishes it) in that file; otherwise someone may be intercepting the connection"
+		}
+		return "the server's chain does not lead to " + trust + "; if the server's CA changed, re-pin with: " + hc.Repin + "; otherwise someone may be intercepting the connection"
+	}
+	return "the server's certificate could not be verified against " + trust
+}

@@ -69,7 +69,7 @@ type Route struct {
 	// "the roots in --ca-file /etc/pg/root.crt".
 	Trust string
 	// RepinCommand is the command that replaces the upstream's pin, named in
-	// the identity-changed hint.
+	// hints; empty for a route that trusts a CA file rather than a pin.
 	RepinCommand string
 	// Dial opens a verified upstream connection. Required.
 	Dial DialFunc

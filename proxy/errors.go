@@ -123,7 +123,7 @@ func upstreamError(r *Route, err error) *ClientError {
 		}
 	case de.Step == chain.StepVerify:
 		ce.Code, ce.Reason = codeConnectionFailure, "verification"
-		ce.Hint = verifyHint(r, de.Err)
+		ce.Hint = chain.VerifyHint(de.Err, chain.HintContext{Trust: r.Trust, Repin: r.RepinCommand})
 		ce.Detail = "the proxy stopped at the TLS handshake: no startup message, user name or password was sent to the server"
 	default:
 		ce.Code, ce.Reason = codeConnectionFailure, "upstream_tls"
@@ -152,34 +152,4 @@ func upstreamLost(r *Route, err error) *ClientError {
 		}
 	}
 	return ce
-}
-
-func verifyHint(r *Route, err error) string {
-	trust := r.Trust
-	if trust == "" {
-		trust = "the configured trust anchors"
-	}
-	var ve *chain.VerifyError
-	if !errors.As(err, &ve) {
-		return "the server's certificate could not be verified against " + trust
-	}
-	switch ve.Kind {
-	case chain.KindIdentityChanged:
-		repin := r.RepinCommand
-		if repin == "" {
-			repin = "pgverifyproxy chain fetch --upstream " + r.UpstreamAddr + " --repin"
-		}
-		return "if the provider has confirmed a change of CA, re-pin with: " + repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
-	case chain.KindHostname:
-		return "connect with a name the certificate carries (--upstream, or --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
-	case chain.KindExpired:
-		return "the server's certificate (or a CA in its chain) has expired: the server's operator must renew it; also check this machine's clock"
-	case chain.KindNotYetValid:
-		return "a certificate in the chain is not valid yet: check this machine's clock, or wait until the certificate's start date"
-	case chain.KindSelfSigned:
-		return "the server presents a self-signed certificate that is not among " + trust + "; if you have checked its fingerprint out of band, put that certificate in --ca-file"
-	case chain.KindUnknownAuthority:
-		return "the server's chain does not lead to " + trust + "; if the server's CA changed, update --ca-file; otherwise someone may be intercepting the connection"
-	}
-	return "the server's certificate could not be verified against " + trust
 }

@@ -571,30 +571,5 @@ func (r *routeReport) hint(err error) string {
 
 // verifyHint says what to do about a failed verify-full check.
 func (r *routeReport) verifyHint(err error) string {
-	trust := r.describe
-	if trust == "" {
-		trust = "the configured trust anchors"
-	}
-	var ve *chain.VerifyError
-	if !errors.As(err, &ve) {
-		return "the server's certificate could not be verified against " + trust
-	}
-	switch ve.Kind {
-	case chain.KindIdentityChanged:
-		return "if the provider has confirmed a change of CA, re-pin with: " + r.ut.repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
-	case chain.KindHostname:
-		return "connect with a name the certificate carries (in upstream, or in server_name / --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
-	case chain.KindExpired:
-		return "the server's certificate (or a CA in its chain) has expired: the server's operator must renew it; also check this machine's clock"
-	case chain.KindNotYetValid:
-		return "a certificate in the chain is not valid yet: check this machine's clock, or wait until the certificate's start date"
-	case chain.KindSelfSigned:
-		return "the server presents a self-signed certificate that is not among " + trust + "; if you have checked its fingerprint out of band, put that certificate in --ca-file"
-	case chain.KindUnknownAuthority:
-		if r.ut.caRoots != nil {
-			return "the server's chain does not lead to " + trust + ": if the server's CA changed, put the new CA (as the provider publishes it) in that file; otherwise someone may be intercepting the connection"
-		}
-		return "the server's chain does not lead to " + trust + "; if the server's CA changed, re-pin with: " + r.ut.repin + "; otherwise someone may be intercepting the connection"
-	}
-	return "the server's certificate could not be verified against " + trust
+	return chain.VerifyHint(err, chain.HintContext{Trust: r.describe, Repin: r.ut.repinCommand()})
 }

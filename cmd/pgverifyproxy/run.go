@@ -100,7 +100,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(r
 		Listen:       r.Listen,
 		UpstreamAddr: ut.spec.addr(),
 		Trust:        ut.describe,
-		RepinCommand: ut.repin,
+		RepinCommand: ut.repinCommand(),
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			c, err := d.Dial(ctx)
 			if err != nil {

@@ -178,6 +178,15 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 	return ut, nil
 }
 
+// repinCommand is the command that replaces the upstream's pin, or "" when
+// the upstream is trusted through a CA file.
+func (ut *upstreamTrust) repinCommand() string {
+	if ut.pins == nil {
+		return ""
+	}
+	return ut.repin
+}
+
 // warnExpiry logs certificates that expire within warn.
 func warnExpiry(log *slog.Logger, what string, c *x509.Certificate, warn time.Duration) {
 	left := time.Until(c.NotAfter)
