@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -23,11 +24,16 @@ func TestProcessStop(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command("sh", "-c", tc.script)
-			out, err := cmd.StdoutPipe()
+			// A pipe of our own: Wait closes a StdoutPipe, possibly before
+			// the line is read.
+			out, w, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer out.Close()
+			cmd.Stdout = w
 			p, err := StartProcess(cmd)
+			w.Close()
 			if err != nil {
 				t.Fatal(err)
 			}
