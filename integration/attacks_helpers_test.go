@@ -80,14 +80,7 @@ func startAttackProxy(t *testing.T, bad *chain.Dialer, trust string, tweak ...fu
 		}
 		return proxy.Route{
 			Name: name, Listeners: []net.Listener{l}, UpstreamAddr: d.Addr(), Trust: trust,
-			Dial: func(ctx context.Context) (net.Conn, error) {
-				dials.Add(1)
-				c, err := d.Dial(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return c, nil
-			},
+			Dial:      countedDial(d, dials),
 			TLSConfig: tcfg, StartupTimeout: 20 * time.Second,
 		}, l.Addr().(*net.TCPAddr).Port
 	}

@@ -174,17 +174,8 @@ func TestFaultUpstreamBackendKilled(t *testing.T) {
 			p, admin := faultProxy(t, c.Port)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			adm, err := pgx.Connect(ctx, c.AdminConnString())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer adm.Close(context.Background())
-
-			a, err := pgx.Connect(ctx, proxyDSN(p.port, "disable"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close(context.Background())
+			adm := protoConnect(t, ctx, c.AdminConnString())
+			a := protoConnect(t, ctx, proxyDSN(p.port, "disable"))
 			bcfg, err := pgx.ParseConfig(proxyDSN(p.port, "require"))
 			if err != nil {
 				t.Fatal(err)
@@ -709,14 +700,7 @@ func TestFaultSilentClients(t *testing.T) {
 func TestFaultClientVanishesMidCOPY(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	adm, err := pgx.Connect(ctx, cluster.AdminConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close(context.Background())
-	if _, err := adm.Exec(ctx, "drop table if exists fault_copy; create table fault_copy (id int, note text); grant all on fault_copy to "+harness.MD5User); err != nil {
-		t.Fatal(err)
-	}
+	adm := scratchTable(t, ctx, "fault_copy")
 	p, admin := faultProxy(t, cluster.Port)
 	for _, tc := range []struct {
 		sslmode string

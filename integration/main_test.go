@@ -135,15 +135,8 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 	srv, err := proxy.New(proxy.Config{
 		Routes: []proxy.Route{{
 			Name: t.Name(), Listen: []string{"127.0.0.1:0"}, UpstreamAddr: d.Addr(),
-			Trust: "the roots in --ca-file " + rootFile,
-			Dial: func(ctx context.Context) (net.Conn, error) {
-				dials.Add(1)
-				c, err := d.Dial(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return c, nil
-			},
+			Trust:     "the roots in --ca-file " + rootFile,
+			Dial:      countedDial(d, dials),
 			ClientTLS: o.mode, TLSConfig: tcfg, StartupTimeout: 20 * time.Second,
 			Auth: o.auth, ChannelBinding: o.binding, StoredPassword: o.stored,
 		}},
@@ -221,4 +214,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// countedDial dials d for a route and counts the attempts in n. A failed
+// dial returns a nil net.Conn (not one holding a nil *tls.Conn).
+func countedDial(d *chain.Dialer, n *atomic.Int32) proxy.DialFunc {
+	return func(ctx context.Context) (net.Conn, error) {
+		n.Add(1)
+		c, err := d.Dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 }

@@ -270,14 +270,7 @@ func refusesConnections(port int) bool {
 func TestOpsSIGTERMDrain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	adm, err := pgx.Connect(ctx, cluster.AdminConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close(context.Background())
-	if _, err := adm.Exec(ctx, "drop table if exists drain_test; create table drain_test (id int, note text); grant all on drain_test to "+harness.MD5User); err != nil {
-		t.Fatal(err)
-	}
+	adm := scratchTable(t, ctx, "drain_test")
 	count := func(note string) int {
 		var n int
 		if err := adm.QueryRow(ctx, "select count(*) from drain_test where note = $1", note).Scan(&n); err != nil {

@@ -73,6 +73,18 @@ func protoConnect(t *testing.T, ctx context.Context, dsn string) *pgx.Conn {
 	return conn
 }
 
+// scratchTable creates table name (id int, note text), dropping any earlier
+// one, for the md5 user to write, and returns the superuser connection
+// (closed at the end of the test) that checks it.
+func scratchTable(t *testing.T, ctx context.Context, name string) *pgx.Conn {
+	t.Helper()
+	adm := protoConnect(t, ctx, cluster.AdminConnString())
+	if _, err := adm.Exec(ctx, fmt.Sprintf("drop table if exists %[1]s; create table %[1]s (id int, note text); grant all on %[1]s to %[2]s", name, harness.MD5User)); err != nil {
+		t.Fatal(err)
+	}
+	return adm
+}
+
 // protoRedact hides the password of a key=value connection string.
 func protoRedact(dsn string) string {
 	f := strings.Fields(dsn)
