@@ -40,26 +40,8 @@ func (c *fzRecConn) Write(b []byte) (int, error) {
 
 // authSeeds are upstream scripts and client answers of real exchanges.
 func authSeeds(tb testing.TB) map[string][2][]byte {
-	be := func(msgs ...pgproto3.BackendMessage) []byte {
-		var b []byte
-		for _, m := range msgs {
-			var err error
-			if b, err = m.Encode(b); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		return b
-	}
-	fe := func(msgs ...pgproto3.FrontendMessage) []byte {
-		var b []byte
-		for _, m := range msgs {
-			var err error
-			if b, err = m.Encode(b); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		return b
-	}
+	be := func(msgs ...pgproto3.BackendMessage) []byte { return encodeAll(tb, msgs...) }
+	fe := func(msgs ...pgproto3.FrontendMessage) []byte { return encodeAll(tb, msgs...) }
 	ready := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{},
 		&pgproto3.ParameterStatus{Name: "server_version", Value: "17.2"},
 		&pgproto3.BackendKeyData{ProcessID: 77, SecretKey: []byte{1, 2, 3, 4}},

@@ -91,6 +91,24 @@ func startupBytes(t *testing.T, params map[string]string) []byte {
 	return b
 }
 
+// wireMessage is a pgproto3 message of either direction.
+type wireMessage interface {
+	Encode(dst []byte) ([]byte, error)
+}
+
+// encodeAll encodes msgs one after the other, as they go on the wire.
+func encodeAll[M wireMessage](tb testing.TB, msgs ...M) []byte {
+	tb.Helper()
+	var b []byte
+	for _, m := range msgs {
+		var err error
+		if b, err = m.Encode(b); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return b
+}
+
 func sslRequest() []byte {
 	b, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	return b

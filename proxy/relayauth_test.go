@@ -72,16 +72,7 @@ func testTLSConfig(t *testing.T) *tls.Config {
 }
 
 func TestHandOverKeepsWhatTheClientMustSee(t *testing.T) {
-	enc := func(msgs ...pgproto3.BackendMessage) []byte {
-		var b []byte
-		for _, m := range msgs {
-			var err error
-			if b, err = m.Encode(b); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return b
-	}
+	enc := func(msgs ...pgproto3.BackendMessage) []byte { return encodeAll(t, msgs...) }
 	after := enc(&pgproto3.AuthenticationOk{}, &pgproto3.ParameterStatus{Name: "server_version", Value: "15"},
 		&pgproto3.BackendKeyData{ProcessID: 7, SecretKey: []byte{1, 2, 3, 4}}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	tests := []struct {
