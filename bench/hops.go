@@ -97,7 +97,7 @@ func (b *bench) startProc(name string, cred *syscall.Credential, argv ...string)
 		return nil, fmt.Errorf("starting %s (%s): %w", name, argv[0], err)
 	}
 	p := &proc{Process: hp, name: name, log: logPath}
-	b.cl.add(p.stop)
+	b.cl.Add(p.stop)
 	return p, nil
 }
 

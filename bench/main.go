@@ -21,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
@@ -141,36 +140,6 @@ func (o options) validate() error {
 	return nil
 }
 
-// cleanups is a stack of functions run once, last in first out, at the
-// end of the run or when it is interrupted.
-type cleanups struct {
-	mu  sync.Mutex
-	fns []func()
-}
-
-// add pushes fn; it runs at most once.
-func (c *cleanups) add(fn func()) {
-	var once sync.Once
-	c.mu.Lock()
-	c.fns = append(c.fns, func() { once.Do(fn) })
-	c.mu.Unlock()
-}
-
-// run pops and runs every function.
-func (c *cleanups) run() {
-	for {
-		c.mu.Lock()
-		if len(c.fns) == 0 {
-			c.mu.Unlock()
-			return
-		}
-		fn := c.fns[len(c.fns)-1]
-		c.fns = c.fns[:len(c.fns)-1]
-		c.mu.Unlock()
-		fn()
-	}
-}
-
 // main runs the bench and cleans up; it exits 1 when setup or any
 // measurement failed, 130 when interrupted.
 func main() {
@@ -181,10 +150,10 @@ func main() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cl := &cleanups{}
-	harness.CancelOnSignal(cancel, cl.run, logf)
+	cl := &harness.Cleanups{}
+	harness.CancelOnSignal(cancel, cl.Run, logf)
 	err := run(ctx, o, cl)
-	cl.run()
+	cl.Run()
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
@@ -217,7 +186,7 @@ func commandLine() string {
 }
 
 // run sets everything up, measures every path in every round and reports.
-func run(ctx context.Context, o options, cl *cleanups) error {
+func run(ctx context.Context, o options, cl *harness.Cleanups) error {
 	start := time.Now()
 	b, err := setup(ctx, o, cl)
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,7 +32,7 @@ log_connections = off
 // bench is everything the measurements share.
 type bench struct {
 	o          options
-	cl         *cleanups
+	cl         *harness.Cleanups
 	work       string // work directory (mode 0755: PgBouncer runs as postgres)
 	rootFile   string // the test root CA, the only trust anchor of every path
 	pki        *harness.PKI
@@ -56,7 +55,7 @@ type tools struct {
 // setup prepares tools, the work directory, PKI, the pgverifyproxy binary,
 // the cluster with its data and the delay proxy. Everything it starts is
 // registered in cl.
-func setup(ctx context.Context, o options, cl *cleanups) (*bench, error) {
+func setup(ctx context.Context, o options, cl *harness.Cleanups) (*bench, error) {
 	clearPGEnv()
 	b := &bench{o: o, cl: cl}
 	steps := []struct {
@@ -201,7 +200,7 @@ func (b *bench) setupWorkDir(context.Context) error {
 	if b.o.keep {
 		logf("work directory %s (kept)", dir)
 	} else {
-		b.cl.add(func() { os.RemoveAll(dir) })
+		b.cl.Add(func() { os.RemoveAll(dir) })
 	}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
@@ -230,16 +229,14 @@ func (b *bench) setupPKI(context.Context) error {
 func (b *bench) setupBinary(ctx context.Context) error {
 	b.bin = b.o.bin
 	if b.bin == "" {
-		root, err := moduleRoot(ctx)
+		root, err := harness.ModuleRoot(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: run from the repository (go run ./bench) or pass -bin", err)
 		}
 		b.bin = filepath.Join(b.work, "pgverifyproxy")
 		logf("building pgverifyproxy (go build -trimpath) from %s", root)
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", b.bin, "./cmd/pgverifyproxy")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/pgverifyproxy: %w\n%s", err, out)
+		if err := harness.BuildProxy(ctx, root, b.bin, "-trimpath"); err != nil {
+			return err
 		}
 	}
 	help, err := exec.CommandContext(ctx, b.bin, "run", "--help").CombinedOutput()
@@ -248,19 +245,6 @@ func (b *bench) setupBinary(ctx context.Context) error {
 	}
 	b.hasPrewarm = bytes.Contains(help, []byte("--prewarm"))
 	return nil
-}
-
-// moduleRoot is the directory of the go.mod the bench runs in.
-func moduleRoot(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside the pgverifyproxy module: run from the repository (go run ./bench) or pass -bin")
-	}
-	return filepath.Dir(gomod), nil
 }
 
 // setupCluster starts PostgreSQL with TLS (the leaf and intermediate of
@@ -278,7 +262,7 @@ func (b *bench) setupCluster(ctx context.Context) error {
 		return err
 	}
 	b.cluster = c
-	b.cl.add(func() {
+	b.cl.Add(func() {
 		if err := c.Stop(); err != nil {
 			logf("stopping PostgreSQL: %v", err)
 		}
@@ -337,7 +321,7 @@ func (b *bench) setupDelay(context.Context) error {
 		return err
 	}
 	b.delay = p
-	b.cl.add(func() { p.Close() })
+	b.cl.Add(func() { p.Close() })
 	return nil
 }
 

@@ -2,9 +2,12 @@ package harness
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,4 +124,63 @@ func (p *Process) Stop(sig syscall.Signal, grace time.Duration) (killed bool) {
 		}
 	})
 	return killed
+}
+
+// Cleanups is a stack of functions, each run at most once, last in first
+// out: what a command undoes at its end or when it is interrupted. Its
+// methods may be called from several goroutines.
+type Cleanups struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+// Add pushes fn.
+func (c *Cleanups) Add(fn func()) {
+	var once sync.Once
+	c.mu.Lock()
+	c.fns = append(c.fns, func() { once.Do(fn) })
+	c.mu.Unlock()
+}
+
+// Run pops and runs every function, the last added first.
+func (c *Cleanups) Run() {
+	for {
+		c.mu.Lock()
+		if len(c.fns) == 0 {
+			c.mu.Unlock()
+			return
+		}
+		fn := c.fns[len(c.fns)-1]
+		c.fns = c.fns[:len(c.fns)-1]
+		c.mu.Unlock()
+		fn()
+	}
+}
+
+// errOutsideModule is ModuleRoot's error outside a Go module.
+var errOutsideModule = errors.New("not inside the pgverifyproxy module")
+
+// ModuleRoot is the directory of the go.mod the command runs in.
+func ModuleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errOutsideModule
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// BuildProxy builds ./cmd/pgverifyproxy of the module in root into out,
+// with flags before the go build arguments it sets (e.g. -trimpath).
+func BuildProxy(ctx context.Context, root, out string, flags ...string) error {
+	args := append(append([]string{"build"}, flags...), "-o", out, "./cmd/pgverifyproxy")
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/pgverifyproxy: %w\n%s", err, b)
+	}
+	return nil
 }

@@ -2,8 +2,10 @@ package harness
 
 import (
 	"bufio"
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -60,5 +62,28 @@ func TestProcessStop(t *testing.T) {
 				t.Error("a second Stop killed again")
 			}
 		})
+	}
+}
+
+func TestCleanupsRunLastFirstOnce(t *testing.T) {
+	var c Cleanups
+	var got []int
+	for i := 1; i <= 3; i++ {
+		c.Add(func() { got = append(got, i) })
+	}
+	c.Run()
+	c.Run() // nothing left
+	if len(got) != 3 || got[0] != 3 || got[1] != 2 || got[2] != 1 {
+		t.Fatalf("ran %v, want [3 2 1]", got)
+	}
+}
+
+func TestModuleRootIsThisModule(t *testing.T) {
+	root, err := ModuleRoot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "cmd", "pgverifyproxy")); err != nil {
+		t.Errorf("module root %s has no cmd/pgverifyproxy: %v", root, err)
 	}
 }

@@ -21,9 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -103,9 +101,9 @@ func (o *Options) validate() error {
 type Runner struct {
 	o Options
 
-	mu       sync.Mutex
-	cleanups []func()
+	cleanups harness.Cleanups
 
+	mu       sync.Mutex // guards work
 	work     string
 	rootFile string
 	pki      *harness.PKI
@@ -119,30 +117,13 @@ func New(o Options) *Runner {
 	return &Runner{o: o}
 }
 
-// addCleanup pushes fn on the cleanup stack; it runs at most once.
-func (r *Runner) addCleanup(fn func()) {
-	var once sync.Once
-	r.mu.Lock()
-	r.cleanups = append(r.cleanups, func() { once.Do(fn) })
-	r.mu.Unlock()
-}
+// addCleanup pushes fn on the cleanup stack.
+func (r *Runner) addCleanup(fn func()) { r.cleanups.Add(fn) }
 
 // Cleanup stops the proxy and the cluster and removes the work directory
 // (unless Keep), last started first. It is idempotent and safe to call
 // concurrently with Run.
-func (r *Runner) Cleanup() {
-	for {
-		r.mu.Lock()
-		if len(r.cleanups) == 0 {
-			r.mu.Unlock()
-			return
-		}
-		fn := r.cleanups[len(r.cleanups)-1]
-		r.cleanups = r.cleanups[:len(r.cleanups)-1]
-		r.mu.Unlock()
-		fn()
-	}
-}
+func (r *Runner) Cleanup() { r.cleanups.Run() }
 
 // WorkDir is the run's work directory (empty before Run created it).
 func (r *Runner) WorkDir() string {
@@ -223,22 +204,13 @@ func (r *Runner) setupBinary(ctx context.Context) error {
 		r.bin = r.o.Bin
 		return nil
 	}
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	root, err := harness.ModuleRoot(ctx)
 	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return errors.New("not inside the pgverifyproxy module: run from the repository or pass a binary")
+		return fmt.Errorf("%w: run from the repository or pass a binary", err)
 	}
 	r.bin = filepath.Join(r.work, "pgverifyproxy")
-	r.o.Logf("building pgverifyproxy from %s", filepath.Dir(gomod))
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", r.bin, "./cmd/pgverifyproxy")
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/pgverifyproxy: %w\n%s", err, out)
-	}
-	return nil
+	r.o.Logf("building pgverifyproxy from %s", root)
+	return harness.BuildProxy(ctx, root, r.bin)
 }
 
 // pgMaxConnections is the cluster's max_connections for n clients: every
