@@ -157,13 +157,20 @@ func echo(t *testing.T, c net.Conn, payload string) {
 // eventually polls cond (no timing asserted: only that it becomes true).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	if !poll(cond) {
+		t.Fatalf("never happened: %s", what)
+	}
+}
+
+// poll reports whether cond became true within 5 s.
+func poll(cond func() bool) bool {
 	for i := 0; i < 500; i++ {
 		if cond() {
-			return
+			return true
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("never happened: %s", what)
+	return false
 }
 
 func TestMaxConnections(t *testing.T) {
@@ -215,14 +222,11 @@ func TestObserverAndRouteStats(t *testing.T) {
 	// once its write returns, which can be after the client has read the
 	// echo, so the figures are awaited (and must then be exact).
 	var up, down int64
-	for i := 0; i < 500; i++ {
-		up, down = srv.RouteStats()[0].BytesToUpstream, srv.RouteStats()[0].BytesToClient
-		if up == 10 && down == 16 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if up != 10 || down != 16 {
+	if !poll(func() bool {
+		st := srv.RouteStats()[0]
+		up, down = st.BytesToUpstream, st.BytesToClient
+		return up == 10 && down == 16
+	}) {
 		t.Errorf("bytes to upstream/client = %d/%d, want 10/16", up, down)
 	}
 	c.Close()
