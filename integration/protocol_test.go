@@ -318,17 +318,6 @@ func (g *protoCopyRows) fill() {
 	g.buf, g.pending = b, b
 }
 
-// protoHashWriter hashes and counts what is written to it.
-type protoHashWriter struct {
-	h hash.Hash
-	n int64
-}
-
-func (w *protoHashWriter) Write(p []byte) (int, error) {
-	w.n += int64(len(p))
-	return w.h.Write(p)
-}
-
 // TestProtocolCopyLarge streams 1 GiB of generated rows into an UNLOGGED
 // table with COPY FROM STDIN over the plaintext leg, and the table back out
 // with COPY TO STDOUT over the TLS leg, neither ever held in memory. The
@@ -400,19 +389,19 @@ func TestProtocolCopyLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("plan: %s", strings.Join(plan, " / "))
-	w := &protoHashWriter{h: sha256.New()}
+	w := harness.NewSHA256Writer()
 	start = time.Now()
 	tag, err = out.PgConn().CopyTo(ctx, w, copyOut)
 	if err != nil {
 		t.Fatalf("COPY TO STDOUT through the proxy: %v", err)
 	}
 	outDur := time.Since(start)
-	outSHA := hex.EncodeToString(w.h.Sum(nil))
+	outSHA := hex.EncodeToString(w.Sum())
 	t.Logf("COPY TO STDOUT (TLS leg): %d bytes (%.1f MiB), %d rows, in %v (%.0f MiB/s); sha256 %s (expected, from what was sent: %s)",
-		w.n, float64(w.n)/(1<<20), tag.RowsAffected(), outDur.Round(time.Millisecond), float64(w.n)/(1<<20)/outDur.Seconds(), outSHA, inSHA)
-	if w.n != gen.produced || outSHA != inSHA || tag.RowsAffected() != gen.rows {
+		w.Len(), float64(w.Len())/(1<<20), tag.RowsAffected(), outDur.Round(time.Millisecond), float64(w.Len())/(1<<20)/outDur.Seconds(), outSHA, inSHA)
+	if w.Len() != gen.produced || outSHA != inSHA || tag.RowsAffected() != gen.rows {
 		t.Errorf("COPY TO gave %d bytes, %d rows, sha256 %s; COPY FROM sent %d bytes, %d rows, sha256 %s",
-			w.n, tag.RowsAffected(), outSHA, gen.produced, gen.rows, inSHA)
+			w.Len(), tag.RowsAffected(), outSHA, gen.produced, gen.rows, inSHA)
 	}
 }
 

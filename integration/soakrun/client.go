@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"math/rand"
 	"sync"
 	"sync/atomic"
@@ -426,18 +425,6 @@ func (w *worker) tx(ctx context.Context, commit bool) error {
 	return nil
 }
 
-// countingWriter hashes and counts what is written to it.
-type countingWriter struct {
-	h hash.Hash
-	n int64
-}
-
-// Write hashes p.
-func (c *countingWriter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return c.h.Write(p)
-}
-
 // copy sends 80 to 500 KB of COPY text with COPY FROM STDIN, reads it back
 // with COPY TO STDOUT (ordered by id) and compares length and SHA-256.
 func (w *worker) copy(ctx context.Context) error {
@@ -463,15 +450,15 @@ func (w *worker) copy(ctx context.Context) error {
 		return fmt.Errorf("copy from stdin: %d rows copied, want %d", tag.RowsAffected(), rows)
 	}
 	w.st.copyIn.Add(size)
-	cw := &countingWriter{h: sha256.New()}
+	cw := harness.NewSHA256Writer()
 	tag, err = pg.CopyTo(ctx, cw, "copy (select id, payload from "+w.cpTable+" order by id) to stdout")
 	if err != nil {
 		return fmt.Errorf("copy to stdout: %w", err)
 	}
-	w.st.copyOut.Add(cw.n)
-	if tag.RowsAffected() != int64(rows) || cw.n != size || !bytes.Equal(cw.h.Sum(nil), sent[:]) {
+	w.st.copyOut.Add(cw.Len())
+	if tag.RowsAffected() != int64(rows) || cw.Len() != size || !bytes.Equal(cw.Sum(), sent[:]) {
 		return fmt.Errorf("copy to stdout: %d rows, %d bytes, sha256 %x; sent %d rows, %d bytes, sha256 %x",
-			tag.RowsAffected(), cw.n, cw.h.Sum(nil), rows, size, sent)
+			tag.RowsAffected(), cw.Len(), cw.Sum(), rows, size, sent)
 	}
 	return nil
 }
