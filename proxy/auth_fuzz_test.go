@@ -2,17 +2,15 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -83,34 +81,34 @@ func authSeeds(tb testing.TB) map[string][2][]byte {
 
 // FuzzAuthPhase fuzzes the authentication phase with a scripted upstream
 // (the server's messages) and a scripted client (its answers). flags bit 0
-// selects the relay login (auth: relay: askPassword, then loginUpstream
-// with pgconn over an in-memory verified TLS link), else the passthrough
-// rewriting of authRelay.run; bit 1 is a TLS client leg, bit 2 channel
-// binding require (relay). It checks that:
+// selects auth relay (the proxy logs in itself), bit 3 auth auto (else
+// passthrough); bit 1 is a TLS client leg, bit 2 channel binding require.
+// The upstream link is "TLS" for auto and relay (a verified certificate to
+// bind to), so auto takes over SCRAM-SHA-256-PLUS offers from TLS clients.
+// It checks that:
 //   - nothing panics and every execution ends;
-//   - passthrough: success only after an AuthenticationOk that came from
-//     the upstream was forwarded last, with nothing read past it (what
-//     follows belongs to the raw relay); no
-//     AuthenticationSASL reaches the client offering a -PLUS mechanism or
-//     no mechanism; only 'p' messages reach the upstream, and never a
-//     SASLInitialResponse asking for channel binding; every failure is an
-//     error of a known kind, a *ClientError with a SQLSTATE and a FATAL
-//     ErrorResponse, and errUpstreamRejected only after the server's
-//     ErrorResponse was forwarded as is;
-//   - relay: a login either fails with an error (the server's own
-//     ErrorResponse, byte for byte, or a *ClientError with a SQLSTATE) or
-//     hands the client what starts at the server's AuthenticationOk;
-//   - the password the client sent never appears in an error (or, relay,
-//     in what the client is handed) unless the fuzzed server wrote it.
+//   - success comes only after an AuthenticationOk that came from the
+//     upstream was forwarded last, with nothing read past it (what follows
+//     belongs to the raw relay);
+//   - no AuthenticationSASL reaches the client offering a -PLUS mechanism
+//     or no mechanism; only 'p' messages reach the upstream, and a
+//     SASLInitialResponse asking for channel binding only when the proxy
+//     logs in itself;
+//   - every failure is an error of a known kind, a *ClientError with a
+//     SQLSTATE and a FATAL ErrorResponse, and errUpstreamRejected only
+//     after the server's ErrorResponse was forwarded as is;
+//   - the password the client sent never appears in an error unless the
+//     fuzzed server wrote it.
 func FuzzAuthPhase(f *testing.F) {
 	seeds := map[string][]any{}
 	for name, s := range authSeeds(f) {
-		for _, fl := range []byte{0, 2, 1, 5} {
-			if fl&1 == 1 && (name == "md5" || name == "client_wrong_message") {
+		for _, fl := range []byte{0, 2, 1, 5, 10, 14} {
+			if fl&9 != 0 && (name == "md5" || name == "client_wrong_message") {
 				continue
 			}
 			client := s[1]
-			if fl&1 == 1 { // relay: the client first answers the proxy's cleartext request
+			if fl&1 == 1 || (fl&8 != 0 && fl&2 != 0 && strings.HasPrefix(name, "scram")) {
+				// The proxy logs in: the client answers its cleartext request.
 				client = append(authSeedsPassword(f), client...)
 			}
 			seeds[name+"_"+strconv.Itoa(int(fl))] = []any{fl, s[0], client}
@@ -119,11 +117,7 @@ func FuzzAuthPhase(f *testing.F) {
 	}
 	writeSeeds(f, seeds)
 	f.Fuzz(func(t *testing.T, flags byte, upstream, client []byte) {
-		if flags&1 == 1 {
-			fuzzRelayLogin(t, flags, upstream, client)
-			return
-		}
-		fuzzPassthrough(t, flags&2 != 0, upstream, client)
+		fuzzExchange(t, flags, upstream, client)
 	})
 }
 
@@ -183,13 +177,46 @@ func errorTexts(err error) string {
 	return s
 }
 
-func fuzzPassthrough(t *testing.T, clientTLS bool, upstream, client []byte) {
+// fzUpstreamTLS is a verified-looking upstream TLS state for the proxy's
+// SCRAM-SHA-256-PLUS to bind to.
+var fzUpstreamTLS = sync.OnceValues(func() (*tls.ConnectionState, error) {
+	cfg, err := SelfSignedTLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(cfg.Certificates[0].Certificate[0])
+	if err != nil {
+		return nil, err
+	}
+	return &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}, nil
+})
+
+func fuzzExchange(t *testing.T, flags byte, upstream, client []byte) {
+	clientTLS := flags&2 != 0
+	ax := &authExchange{clientTLS: clientTLS, mode: AuthPassthrough, user: "alice", channelBinding: "prefer"}
+	switch {
+	case flags&1 != 0:
+		ax.mode = AuthRelay
+	case flags&8 != 0:
+		ax.mode = AuthAuto
+	}
+	if flags&4 != 0 {
+		ax.channelBinding = "require"
+	}
+	if ax.mode != AuthPassthrough {
+		st, err := fzUpstreamTLS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ax.upstreamTLS = st
+	}
 	var log []fzWrite
 	cc := &fzRecConn{fzConn: newFzConn(client), side: 'c', log: &log}
 	uc := &fzRecConn{fzConn: newFzConn(upstream), side: 'u', log: &log}
+	ax.client, ax.upstream = cc, uc
 	var err error
-	fzRun(t, "authRelay.run", func() {
-		err = (&authRelay{client: cc, upstream: uc, clientTLS: clientTLS}).run()
+	fzRun(t, "authExchange.run", func() {
+		err = ax.run()
 	})
 
 	saslPending := false
@@ -222,7 +249,7 @@ func fuzzPassthrough(t *testing.T, clientTLS bool, upstream, client []byte) {
 				if m[0] != 'p' {
 					t.Fatalf("message %q forwarded to the upstream during authentication", m[0])
 				}
-				if saslPending {
+				if saslPending && ax.mechanism == "" {
 					var init pgproto3.SASLInitialResponse
 					if err := init.Decode(m[5:]); err != nil {
 						t.Fatalf("malformed SASLInitialResponse forwarded: %v", err)
@@ -274,180 +301,4 @@ func fuzzPassthrough(t *testing.T, clientTLS bool, upstream, client []byte) {
 		return // echoes the mechanism name the client chose
 	}
 	checkNoPassword(t, "an error", text, passwords(client), upstream)
-}
-
-// fzRelay is what the relay-login fuzzing shares across executions: the
-// pgconn base configuration and TLS 1.2 configurations whose session
-// tickets let every connection after the first resume without any
-// public-key operation.
-var fzRelay = sync.OnceValues(func() (*fzRelayConfigs, error) {
-	base, err := relayBaseConfig()
-	if err != nil {
-		return nil, err
-	}
-	srv, err := SelfSignedTLSConfig()
-	if err != nil {
-		return nil, err
-	}
-	srv.MaxVersion = tls.VersionTLS12
-	cli := &tls.Config{InsecureSkipVerify: true, ServerName: "upstream.test", MaxVersion: tls.VersionTLS12,
-		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
-	return &fzRelayConfigs{base: base, srv: srv, cli: cli}, nil
-})
-
-type fzRelayConfigs struct {
-	base     *pgconn.Config
-	srv, cli *tls.Config
-}
-
-// scriptedTLSUpstream returns the proxy's end of a TLS connection over
-// net.Pipe to a server that writes script and then ends its side (EOF to
-// the proxy), reading and discarding whatever it is sent until the proxy
-// closes. wait waits for its goroutines.
-func scriptedTLSUpstream(rc *fzRelayConfigs, script []byte) (conn net.Conn, wait func()) {
-	p, s := net.Pipe()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer s.Close() // no close_notify: nobody may be reading
-		ts := tls.Server(s, rc.srv)
-		if err := ts.Handshake(); err != nil {
-			return
-		}
-		drained := make(chan struct{})
-		go func() {
-			defer close(drained)
-			var buf [4096]byte
-			for {
-				if _, err := ts.Read(buf[:]); err != nil {
-					return
-				}
-			}
-		}()
-		// The script, then EOF for the proxy's reads while its writes
-		// are still read (close_notify is TLS's half-close), until the
-		// proxy closes its end.
-		if _, err := ts.Write(script); err == nil {
-			_ = ts.CloseWrite()
-		}
-		<-drained
-	}()
-	tc := tls.Client(p, rc.cli)
-	if err := tc.Handshake(); err != nil {
-		p.Close()
-		wg.Wait()
-		return nil, func() {}
-	}
-	return tc, wg.Wait
-}
-
-func fuzzRelayLogin(t *testing.T, flags byte, upstream, client []byte) {
-	rc, err := fzRelay()
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientTLS := flags&2 != 0
-	cb := "prefer"
-	if flags&4 != 0 {
-		cb = "require"
-	}
-	startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
-		Parameters: map[string]string{"user": "alice", "database": "app", "application_name": "fuzz"}}).Encode(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkt := &startupPacket{raw: startup, code: pgproto3.ProtocolVersion30}
-	params, err := startupParams(pkt)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// Dial also runs on pgconn's goroutine that sends a CancelRequest when
-	// a login is abandoned.
-	var (
-		waitsMu sync.Mutex
-		waits   []func()
-	)
-	r := &Route{Name: "fuzz", UpstreamAddr: "upstream.test:5432", Auth: AuthRelay, ChannelBinding: cb, relayBase: rc.base,
-		Dial: func(context.Context) (net.Conn, error) {
-			c, wait := scriptedTLSUpstream(rc, upstream)
-			waitsMu.Lock()
-			waits = append(waits, wait)
-			waitsMu.Unlock()
-			if c == nil {
-				return nil, errors.New("in-memory TLS handshake failed")
-			}
-			return c, nil
-		}}
-	cc := newFzConn(client)
-	ss := &session{s: &Server{log: fzDiscard, obs: nopObserver{}}, route: r, client: cc, tls: clientTLS, log: fzDiscard}
-
-	var (
-		pw       []byte
-		pwErr    error
-		login    *relayLogin
-		loginErr error
-	)
-	fzRun(t, "askPassword and loginUpstream", func() {
-		pw, pwErr = askPassword(cc)
-		if pwErr != nil {
-			return
-		}
-		login, loginErr = ss.loginUpstream(context.Background(), pkt, params, pw)
-		if login != nil {
-			login.conn.Close()
-		}
-		waitsMu.Lock()
-		ws := waits
-		waitsMu.Unlock()
-		for _, w := range ws {
-			w()
-		}
-	})
-	pws := passwords(client)
-	if pwErr != nil {
-		var ce *ClientError
-		switch {
-		case errors.As(pwErr, &ce):
-			checkClientError(t, ce)
-		case errors.Is(pwErr, errClientLeft):
-		default:
-			t.Fatalf("asking for the password failed with an error of no known kind (%T): %v", pwErr, pwErr)
-		}
-		checkNoPassword(t, "an error", errorTexts(pwErr), pws, upstream)
-		return
-	}
-	if len(pws) > 0 && pws[0] == fzSecret && string(pw) != fzSecret && bytes.HasPrefix(client, authSeedsPassword(t)) {
-		t.Fatalf("askPassword returned %q, want the client's %q", pw, fzSecret)
-	}
-	if loginErr == nil {
-		if login == nil || login.conn == nil {
-			t.Fatalf("loginUpstream returned neither a login nor an error")
-		}
-		ok := []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
-		if !bytes.Contains(login.toClient, ok) {
-			t.Fatalf("relay login handed the client %q, without AuthenticationOk", login.toClient)
-		}
-		if !bytes.Contains(upstream, ok) {
-			t.Fatalf("relay login succeeded though the server never sent AuthenticationOk")
-		}
-		checkNoPassword(t, "what the client is handed", string(login.toClient), pws, upstream)
-		return
-	}
-	var (
-		ce  *ClientError
-		rej *upstreamRejected
-	)
-	switch {
-	case errors.As(loginErr, &rej):
-		if m, rest, ok := nextMessage(rej.raw); !ok || len(rest) != 0 || m[0] != 'E' || !bytes.Contains(upstream, rej.raw) {
-			t.Fatalf("upstreamRejected carries %q, not one ErrorResponse the server sent", rej.raw)
-		}
-	case errors.As(loginErr, &ce):
-		checkClientError(t, ce)
-	default:
-		t.Fatalf("relay login failed with an error of no known kind (%T): %v", loginErr, loginErr)
-	}
-	checkNoPassword(t, "an error", errorTexts(loginErr), pws, upstream)
 }

@@ -14,8 +14,6 @@ import (
 	"net"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ClientTLSMode says how a route answers a client's SSLRequest.
@@ -84,14 +82,16 @@ type Route struct {
 	// StartupTimeout bounds the phases before the relay; zero means
 	// DefaultStartupTimeout.
 	StartupTimeout time.Duration
-	// Auth is who logs in upstream; "" means AuthPassthrough.
+	// Auth is who logs in upstream; "" means AuthAuto.
 	Auth AuthMode
-	// ChannelBinding is the relay login's channel binding: prefer (the
-	// default), require or disable.
+	// ChannelBinding is the channel binding of the proxy's own logins
+	// (AuthRelay, and AuthAuto where it logs in): prefer (the default),
+	// require or disable.
 	ChannelBinding string
-	// StoredPassword, with AuthRelay, supplies the password instead of the
+	// StoredPassword, with AuthRelay or AuthAuto, supplies the password
+	// for every login the server asks a password for, instead of the
 	// client (local trust: loopback and unix listeners only). It is called
-	// for each login, so a rotated password file needs no restart.
+	// for each login, so a rotated password needs no restart.
 	StoredPassword func() ([]byte, error)
 
 	// MaxConnections caps the route's sessions past admission; beyond it a
@@ -112,8 +112,7 @@ type Route struct {
 	// DefaultPrewarmMaxAge.
 	PrewarmMaxAge time.Duration
 
-	relayBase *pgconn.Config // set by validate for AuthRelay
-	pool      *prewarmPool   // set by the Server when Prewarm > 0
+	pool *prewarmPool // set by the Server when Prewarm > 0
 }
 
 // Config is the whole proxy.
@@ -178,16 +177,44 @@ func (r *Route) validate() error {
 	if r.ChannelBinding, err = ParseChannelBinding(r.ChannelBinding); err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)
 	}
-	if r.Auth != AuthRelay {
-		if r.StoredPassword != nil {
-			return fmt.Errorf("route %s: a stored password needs auth relay", r.Name)
-		}
+	switch {
+	case r.Auth == AuthRelay:
+		return r.checkRelayListeners()
+	case r.StoredPassword == nil:
 		return nil
+	case r.Auth == AuthPassthrough:
+		return fmt.Errorf("route %s: a stored password needs auth relay or auto: in passthrough the client logs in itself", r.Name)
 	}
-	if r.relayBase, err = relayBaseConfig(); err != nil {
-		return fmt.Errorf("route %s: %w", r.Name, err)
-	}
+	// auth auto with a stored password: the local-trust rule of relay
+	// mode. Without one, auto decides per connection (noAsk).
 	return r.checkRelayListeners()
+}
+
+// noAsk says why auth auto may not ask the client of a connection (its
+// local and remote addresses) for its password, or "" when it may. Auto
+// asks only inside the client's TLS. It may on loopback and unix sockets;
+// with a certificate of the route's own; and between two private addresses
+// (RFC 1918, RFC 4193: a compose or pod network, the local hop of the
+// threat model). With the generated certificate on a public address,
+// clients cannot tell the proxy from anyone else on their path.
+func (r *Route) noAsk(local, remote net.Addr) string {
+	if r.Auth != AuthAuto || !r.ClientTLSGenerated || (local != nil && isLoopback(local)) {
+		return ""
+	}
+	if privateAddr(local) && privateAddr(remote) {
+		return ""
+	}
+	where, from := "this listener", "the client"
+	if local != nil && remote != nil {
+		where, from = local.String(), remote.String()
+	}
+	return "the proxy does not ask for passwords with its generated certificate, which clients cannot verify, between " + from + " and " + where + ", which are not both loopback or private addresses"
+}
+
+// privateAddr reports whether a is a TCP address in a private range.
+func privateAddr(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsPrivate()
 }
 
 // checkRelayListeners enforces relay mode's rule: the client's password

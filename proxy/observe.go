@@ -29,6 +29,20 @@ const (
 	CauseStartupTimeout = "startup_timeout"
 	// CauseClientProtocol is a client that broke the protocol.
 	CauseClientProtocol = "client_protocol"
+	// CauseUpstreamProtocol is a server that broke the protocol during
+	// authentication.
+	CauseUpstreamProtocol = "upstream_protocol"
+	// CauseChannelBinding is a client that asked for SCRAM channel binding
+	// where the proxy relays its own exchange (which cannot be bound).
+	CauseChannelBinding = "channel_binding"
+	// CauseLogin is a login the proxy made for the client (auth relay, or
+	// auth auto where it steps in) that failed on the proxy's side: the
+	// server's own refusals are forwarded and counted as auth_failed
+	// sessions instead. The value keeps its first name for dashboards.
+	CauseLogin = "relay_login"
+	// CauseStoredPassword is a stored password (file, environment
+	// variable or command) that could not be read.
+	CauseStoredPassword = "stored_password"
 )
 
 // Observer receives the proxy's events, for metrics and health. Calls come

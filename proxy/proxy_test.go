@@ -530,7 +530,7 @@ func TestAuthRequestAuthenticationOkLength(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var client bytes.Buffer
-			a := &authRelay{client: &client, upstream: &bytes.Buffer{}}
+			a := &authExchange{client: &client, upstream: &bytes.Buffer{}, mode: AuthPassthrough}
 			done, err := a.authRequest(&message{typ: 'R', raw: tc.raw})
 			if done != tc.wantDone {
 				t.Errorf("done = %v, want %v", done, tc.wantDone)
@@ -584,4 +584,17 @@ func TestClientErrorTextIsOneField(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nextMessage splits the first complete typed message (type byte, length,
+// body) off b; ok is false when b does not start with one.
+func nextMessage(b []byte) (msg, rest []byte, ok bool) {
+	if len(b) < 5 {
+		return nil, b, false
+	}
+	n := int(binary.BigEndian.Uint32(b[1:5]))
+	if n < 4 || len(b) < 1+n {
+		return nil, b, false
+	}
+	return b[:1+n], b[1+n:], true
 }

@@ -75,10 +75,6 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if r.Auth == AuthRelay {
-		ss.relayAuthSession(dctx, pkt, params)
-		return
-	}
 	up, warm, err := s.upstreamConn(dctx, r)
 	if err != nil {
 		ss.refuse(ss.dialFailed(dctx, err))
@@ -92,18 +88,29 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 	// authentication exchange waiting for the server ends at once.
 	ss.s.upstreamOpened(ss.conn, up)
 	_ = up.SetDeadline(deadline)
+	// The client's StartupMessage goes to the server as it came, in every
+	// auth mode: the server negotiates the protocol with the client itself.
 	if _, err := up.Write(pkt.raw); err != nil {
 		ss.refuse(upstreamError(r, err))
 		return
 	}
-	ar := &authRelay{client: ss.client, upstream: up, clientTLS: ss.tls}
-	if err := ar.run(); err != nil {
+	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
+		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: r.StoredPassword,
+		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
+		fallback: func(reason string) {
+			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
+		}}
+	if err := ax.run(); err != nil {
 		switch {
 		case errors.Is(err, errUpstreamRejected):
 			ss.result = ResultAuthFailed
-			ss.log.Info("session refused by upstream during authentication")
+			attrs := []any{}
+			if ax.mechanism != "" {
+				attrs = append(attrs, "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom)
+			}
+			ss.log.Info("session refused by upstream during authentication (its error was forwarded to the client)", attrs...)
 		case errors.Is(err, errClientLeft):
-			ss.log.Info("client left during authentication", "duration", time.Since(ss.start).Round(time.Millisecond).String())
+			ss.clientLeft(ax)
 		case errors.As(err, new(*upstreamIOError)):
 			ss.refuse(upstreamLost(r, err))
 		default:
@@ -111,8 +118,26 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		}
 		return
 	}
-	ss.log.Debug("authenticated; relaying")
+	if ax.mechanism != "" {
+		ss.log.Info("proxy login", "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom, "channel_bound", ax.bound)
+	} else {
+		ss.log.Debug("authenticated; relaying")
+	}
 	ss.relay(up)
+}
+
+// clientLeft logs a client that closed during authentication. One that
+// leaves right when the proxy asks for its password is explained: libpq
+// and pgx with channel_binding=require refuse a cleartext request (and
+// psql closes to prompt for a password, then reconnects).
+func (ss *session) clientLeft(ax *authExchange) {
+	d := time.Since(ss.start).Round(time.Millisecond).String()
+	if ax.passwordFrom != "client" {
+		ss.log.Info("client left during authentication", "duration", d)
+		return
+	}
+	ss.log.Info("client left when the proxy asked for its password", "duration", d,
+		"hint", "psql does this to prompt for a password; a client with channel_binding=require does it because channel binding cannot cross the proxy: set channel_binding=prefer (libpq's default) on that client, and the proxy binds its own login to the verified server")
 }
 
 // relay runs the raw relay after authentication and logs the session's end.
@@ -133,52 +158,6 @@ func (ss *session) relay(up net.Conn) {
 		attrs = append(attrs, "error", st.Err.Error())
 	}
 	ss.log.Info("session ended", attrs...)
-}
-
-// relayAuthSession runs a session of an auth=relay route: the proxy gets the
-// client's password (or the route's stored one), logs in upstream itself,
-// hands the server's post-authentication messages to the client and relays.
-func (ss *session) relayAuthSession(ctx context.Context, pkt *startupPacket, params map[string]string) {
-	r := ss.route
-	var pw []byte
-	var err error
-	if r.StoredPassword != nil {
-		pw, err = r.StoredPassword()
-		if err != nil {
-			ss.refuse(&ClientError{Code: codeInvalidAuthorization, Reason: "stored_password", Cause: err,
-				Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
-				Hint:    "fix the route's password_file (mode 0600) or password_env"})
-			return
-		}
-	} else if pw, err = askPassword(ss.client); err != nil {
-		if errors.Is(err, errClientLeft) {
-			ss.log.Debug("client left before sending its password")
-			return
-		}
-		ss.refuse(err)
-		return
-	}
-	login, err := ss.loginUpstream(ctx, pkt, params, pw)
-	zero(pw)
-	if err != nil {
-		var rej *upstreamRejected
-		if errors.As(err, &rej) {
-			_, _ = ss.client.Write(rej.raw)
-			ss.result = ResultAuthFailed
-			ss.log.Info("relay login refused by upstream (its error was forwarded to the client)", "error", rej.err.Error())
-			return
-		}
-		ss.refuse(err)
-		return
-	}
-	defer login.conn.Close()
-	ss.s.upstreamOpened(ss.conn, login.conn)
-	if _, err := ss.client.Write(login.toClient); err != nil {
-		ss.log.Debug("client left during the hand-over", "error", err.Error())
-		return
-	}
-	ss.log.Info("relay login", "upstream_auth", login.mechanism, "stored_password", r.StoredPassword != nil)
-	ss.relay(login.conn)
 }
 
 // admit reads the client's first packets: SSLRequest and GSSENCRequest are

@@ -45,12 +45,16 @@ type runConfig struct {
 	ChannelBinding string        `mapstructure:"channel_binding"`
 	PasswordFile   string        `mapstructure:"password_file"`
 	PasswordEnv    string        `mapstructure:"password_env"`
-	MaxConnections int           `mapstructure:"max_connections"`
-	Prewarm        int           `mapstructure:"prewarm"`
-	PrewarmMaxAge  time.Duration `mapstructure:"prewarm_max_age"`
-	TCPKeepalive   time.Duration `mapstructure:"tcp_keepalive"`
-	Admin          string        `mapstructure:"admin"`
-	ReadyWindow    time.Duration `mapstructure:"ready_window"`
+	// PasswordCommand and its TTL and timeout: see passwordSource.
+	PasswordCommand        string        `mapstructure:"password_command"`
+	PasswordCommandTTL     time.Duration `mapstructure:"password_command_ttl"`
+	PasswordCommandTimeout time.Duration `mapstructure:"password_command_timeout"`
+	MaxConnections         int           `mapstructure:"max_connections"`
+	Prewarm                int           `mapstructure:"prewarm"`
+	PrewarmMaxAge          time.Duration `mapstructure:"prewarm_max_age"`
+	TCPKeepalive           time.Duration `mapstructure:"tcp_keepalive"`
+	Admin                  string        `mapstructure:"admin"`
+	ReadyWindow            time.Duration `mapstructure:"ready_window"`
 	// Routes come from the config file only. When there are none, the
 	// top-level settings make the one route.
 	Routes []routeConfig `mapstructure:"routes"`
@@ -80,8 +84,11 @@ type routeConfig struct {
 	ChannelBinding string   `mapstructure:"channel_binding"`
 	PasswordFile   string   `mapstructure:"password_file"`
 	PasswordEnv    string   `mapstructure:"password_env"`
-	MaxConnections int      `mapstructure:"max_connections"`
-	Prewarm        int      `mapstructure:"prewarm"`
+	// PasswordCommand is the route's own; the TTL and timeout come from
+	// the top level.
+	PasswordCommand string `mapstructure:"password_command"`
+	MaxConnections  int    `mapstructure:"max_connections"`
+	Prewarm         int    `mapstructure:"prewarm"`
 	// set holds the keys the file gives for this route, even empty ones:
 	// `ca_file: ""` in a route means "use a pin", not "inherit".
 	set map[string]bool
@@ -90,7 +97,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "password_file", "password_env", "max_connections", "prewarm"}
+	"auth", "channel_binding", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -117,10 +124,13 @@ var runOptions = []option{
 	{"connect_timeout", "connect-timeout", chain.DefaultConnectTimeout, "bound on the upstream TCP connect, SSLRequest and TLS handshake"},
 	{"startup_timeout", "startup-timeout", proxy.DefaultStartupTimeout, "bound on everything before the relay: client startup, upstream dial, authentication"},
 	{"drain_timeout", "drain-timeout", 30 * time.Second, "on SIGTERM/SIGINT, how long running sessions may go on before they are closed"},
-	{"auth", "auth", string(proxy.AuthPassthrough), "who logs in upstream: passthrough (the client's own exchange is relayed) or relay (the proxy asks the client for its password and logs in itself, with SCRAM channel binding to the verified server)"},
-	{"channel_binding", "channel-binding", "prefer", "with auth relay: SCRAM channel binding on the proxy's login, prefer, require or disable"},
-	{"password_file", "password-file", "", "with auth relay: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
-	{"password_env", "password-env", "", "with auth relay: the name of an environment variable holding that password instead"},
+	{"auth", "auth", string(proxy.AuthAuto), "who logs in upstream: auto (the client's own exchange is relayed, except where the server offers SCRAM channel binding to a TLS client: there the proxy asks for the password inside that TLS and logs in with channel binding itself), passthrough (always the client's own exchange) or relay (the proxy always asks for the password and logs in itself)"},
+	{"channel_binding", "channel-binding", "prefer", "SCRAM channel binding on the proxy's own logins (relay, and auto where it logs in): prefer, require or disable"},
+	{"password_file", "password-file", "", "with auth relay or auto: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
+	{"password_env", "password-env", "", "with auth relay or auto: the name of an environment variable holding that password instead"},
+	{"password_command", "password-command", "", "with auth relay or auto: a shell command run for each login whose first output line is the password (an IAM token: aws rds generate-db-auth-token ...); loopback and unix listeners only"},
+	{"password_command_ttl", "password-command-ttl", time.Duration(0), "reuse the password_command's password for this long (0: run it for every login)"},
+	{"password_command_timeout", "password-command-timeout", defaultPasswordCommandTimeout, "stop password_command after this long and refuse the login"},
 	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
 	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
 	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long (keep it below the server's authentication_timeout, 60s by default)"},
@@ -308,13 +318,13 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
 			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
-			MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
+			PasswordCommand: rc.PasswordCommand, MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
 		}}, nil
 	}
 	given := map[string]bool{"upstream": rc.Upstream != "", "listen": len(rc.Listen) > 0, "server_name": rc.ServerName != "",
-		"password_file": rc.PasswordFile != "", "password_env": rc.PasswordEnv != ""}
+		"password_file": rc.PasswordFile != "", "password_env": rc.PasswordEnv != "", "password_command": rc.PasswordCommand != ""}
 	// Credentials belong to one route: never inherited.
-	for _, k := range []string{"upstream", "listen", "server_name", "password_file", "password_env"} {
+	for _, k := range []string{"upstream", "listen", "server_name", "password_file", "password_env", "password_command"} {
 		if src := rc.setBy[k]; src != "" && given[k] {
 			return nil, fmt.Errorf("%s is set at the top level (%s) and the config file has routes: set it in each route instead", k, describeSource(src, k))
 		}
@@ -426,8 +436,14 @@ func (r *routeConfig) validate() error {
 	if _, err := proxy.ParseChannelBinding(r.ChannelBinding); err != nil {
 		return err
 	}
-	if r.PasswordFile != "" && r.PasswordEnv != "" {
-		return errors.New("--password-file and --password-env: give one of them")
+	stored := 0
+	for _, v := range []string{r.PasswordFile, r.PasswordEnv, r.PasswordCommand} {
+		if v != "" {
+			stored++
+		}
+	}
+	if stored > 1 {
+		return errors.New("--password-file, --password-env and --password-command: give one of them")
 	}
 	if r.MaxConnections < 0 {
 		return fmt.Errorf("max_connections must be 0 (no limit) or more, not %d", r.MaxConnections)
@@ -435,8 +451,8 @@ func (r *routeConfig) validate() error {
 	if r.Prewarm < 0 || r.Prewarm > 1000 {
 		return fmt.Errorf("prewarm must be between 0 (off) and 1000, not %d", r.Prewarm)
 	}
-	if (r.PasswordFile != "" || r.PasswordEnv != "") && auth != proxy.AuthRelay {
-		return errors.New("a stored password (--password-file, --password-env) needs --auth relay: in passthrough mode the client logs in itself")
+	if stored > 0 && auth == proxy.AuthPassthrough {
+		return errors.New("a stored password (--password-file, --password-env, --password-command) needs --auth auto or relay: in passthrough mode the client logs in itself")
 	}
 	return nil
 }

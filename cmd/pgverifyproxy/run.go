@@ -90,7 +90,8 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(r
 		}
 	}
 	auth, _ := proxy.ParseAuthMode(r.Auth)
-	stored, err := storedPassword(r.PasswordFile, r.PasswordEnv)
+	stored, err := storedPassword(passwordSource{File: r.PasswordFile, Env: r.PasswordEnv, Command: r.PasswordCommand,
+		TTL: rc.PasswordCommandTTL, Timeout: rc.PasswordCommandTimeout}, log)
 	if err != nil {
 		return builtRoute{}, err
 	}

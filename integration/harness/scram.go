@@ -3,10 +3,12 @@ package harness
 import (
 	"bytes"
 	"crypto/hmac"
+	"crypto/md5"
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -31,7 +33,11 @@ func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 		_ = be.Flush()
 		return false
 	}
-	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}})
+	mechs := []string{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}
+	if s.opts.SCRAMNoPlus {
+		mechs = mechs[1:]
+	}
+	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: mechs})
 	if be.Flush() != nil {
 		return false
 	}
@@ -118,9 +124,48 @@ func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 	}
 	rec.ProofOK = true
 	serverSig := hmacSHA256(hmacSHA256(salted, "Server Key"), authMessage)
-	be.Send(&pgproto3.AuthenticationSASLFinal{Data: []byte("v=" + base64.StdEncoding.EncodeToString(serverSig))})
+	switch s.opts.SCRAMSignature {
+	case "forge":
+		serverSig[0] ^= 0xff
+		fallthrough
+	case "":
+		be.Send(&pgproto3.AuthenticationSASLFinal{Data: []byte("v=" + base64.StdEncoding.EncodeToString(serverSig))})
+	}
 	be.Send(&pgproto3.AuthenticationOk{})
 	return be.Flush() == nil
+}
+
+// passwordAuth asks for the md5 or cleartext password and ends with
+// AuthenticationOk when it matches, or a 28P01 error.
+func (s *ScriptedServer) passwordAuth(be *pgproto3.Backend, user string) bool {
+	var salt [4]byte
+	_, _ = rand.Read(salt[:])
+	want := s.opts.Password
+	if s.opts.PasswordAuth == "md5" {
+		be.Send(&pgproto3.AuthenticationMD5Password{Salt: salt})
+		be.SetAuthType(pgproto3.AuthTypeMD5Password)
+		inner := md5.Sum([]byte(s.opts.Password + user))
+		outer := md5.Sum(append([]byte(hex.EncodeToString(inner[:])), salt[:]...))
+		want = "md5" + hex.EncodeToString(outer[:])
+	} else {
+		be.Send(&pgproto3.AuthenticationCleartextPassword{})
+		be.SetAuthType(pgproto3.AuthTypeCleartextPassword)
+	}
+	if be.Flush() != nil {
+		return false
+	}
+	msg, err := be.Receive()
+	if err != nil {
+		return false
+	}
+	if pm, ok := msg.(*pgproto3.PasswordMessage); !ok || pm.Password != want {
+		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28P01",
+			Message: fmt.Sprintf("password authentication failed for user %q", user)})
+		_ = be.Flush()
+		return false
+	}
+	be.Send(&pgproto3.AuthenticationOk{})
+	return true
 }
 
 func hmacSHA256(key []byte, msg string) []byte {

@@ -33,6 +33,18 @@ type ScriptedOptions struct {
 	// (offering -PLUS too, with tls-server-end-point binding checked against
 	// its own certificate) and accept only this password.
 	SCRAMPassword string
+	// SCRAMNoPlus makes the SCRAM server offer SCRAM-SHA-256 alone.
+	SCRAMNoPlus bool
+	// SCRAMSignature tampers with the server's proof of the password:
+	// "forge" sends a wrong signature in AuthenticationSASLFinal, "omit"
+	// sends AuthenticationOk without AuthenticationSASLFinal ("" is the
+	// honest server).
+	SCRAMSignature string
+	// Password, when set (and SCRAMPassword is not), makes the server ask
+	// for it with PasswordAuth: "md5" (salted with the user name, as
+	// PostgreSQL stores md5 secrets) or "password" (cleartext).
+	Password     string
+	PasswordAuth string
 }
 
 // ScriptedSCRAM is what a SCRAM exchange with the scripted server showed.
@@ -74,6 +86,14 @@ type ScriptedServer struct {
 	waiting  map[string]chan struct{}
 	pid      uint32
 	scram    []ScriptedSCRAM
+	logins   int
+}
+
+// Logins returns how many sessions have logged in (AuthenticationOk sent).
+func (s *ScriptedServer) Logins() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logins
 }
 
 // SCRAMExchanges returns the SCRAM exchanges seen.
@@ -207,11 +227,17 @@ func (s *ScriptedServer) serve(c net.Conn) {
 		s.cancel(m)
 		return
 	case *pgproto3.StartupMessage:
-		if s.opts.SCRAMPassword != "" {
-			ok := s.scramAuth(be)
-			if !ok {
+		switch {
+		case s.opts.SCRAMPassword != "":
+			if !s.scramAuth(be) {
 				return
 			}
+		case s.opts.Password != "":
+			if !s.passwordAuth(be, m.Parameters["user"]) {
+				return
+			}
+		default:
+			be.Send(&pgproto3.AuthenticationOk{})
 		}
 		s.session(be, m)
 	}
@@ -231,6 +257,7 @@ func (s *ScriptedServer) cancel(m *pgproto3.CancelRequest) {
 
 func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessage) {
 	s.mu.Lock()
+	s.logins++
 	s.startups = append(s.startups, m.Parameters)
 	s.pid++
 	pid := s.pid
@@ -239,9 +266,6 @@ func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessag
 	_, _ = rand.Read(secret)
 	key := string(binary.BigEndian.AppendUint32(nil, pid)) + string(secret)
 
-	if s.opts.SCRAMPassword == "" {
-		be.Send(&pgproto3.AuthenticationOk{})
-	}
 	be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "17.0 (pgverifyproxy scripted server)"})
 	be.Send(&pgproto3.ParameterStatus{Name: "client_encoding", Value: "UTF8"})
 	be.Send(&pgproto3.ParameterStatus{Name: "standard_conforming_strings", Value: "on"})

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"crypto/tls"
 	"net"
 	"strings"
@@ -56,8 +55,8 @@ func TestRelayListenerRules(t *testing.T) {
 			}
 		})
 	}
-	r := Route{Name: "p", Listen: []string{"127.0.0.1:1"}, Dial: neverDial(t), ClientTLS: ClientTLSDisable, StoredPassword: stored}
-	if err := r.validate(); err == nil || !strings.Contains(err.Error(), "needs auth relay") {
+	r := Route{Name: "p", Listen: []string{"127.0.0.1:1"}, Dial: neverDial(t), ClientTLS: ClientTLSDisable, StoredPassword: stored, Auth: AuthPassthrough}
+	if err := r.validate(); err == nil || !strings.Contains(err.Error(), "needs auth relay or auto") {
 		t.Fatalf("stored password in passthrough: %v", err)
 	}
 }
@@ -69,50 +68,6 @@ func testTLSConfig(t *testing.T) *tls.Config {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func TestHandOverKeepsWhatTheClientMustSee(t *testing.T) {
-	enc := func(msgs ...pgproto3.BackendMessage) []byte { return encodeAll(t, msgs...) }
-	after := enc(&pgproto3.AuthenticationOk{}, &pgproto3.ParameterStatus{Name: "server_version", Value: "15"},
-		&pgproto3.BackendKeyData{ProcessID: 7, SecretKey: []byte{1, 2, 3, 4}}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	tests := []struct {
-		name, mech string
-		before     []byte
-		wantPrefix []byte
-	}{
-		{"SCRAM", "SCRAM-SHA-256", enc(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}},
-			&pgproto3.AuthenticationSASLContinue{Data: []byte("r=x")}, &pgproto3.AuthenticationSASLFinal{Data: []byte("v=y")}), nil},
-		{"md5", "md5", enc(&pgproto3.AuthenticationMD5Password{Salt: [4]byte{1, 2, 3, 4}}), nil},
-		{"cleartext", "password", enc(&pgproto3.AuthenticationCleartextPassword{}), nil},
-		{"trust", "trust", nil, nil},
-		{"notice and NegotiateProtocolVersion before auth are kept", "md5",
-			enc(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: []string{"_pq_.x"}},
-				&pgproto3.NoticeResponse{Severity: "NOTICE", Message: "hello"}, &pgproto3.AuthenticationMD5Password{}),
-			enc(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: []string{"_pq_.x"}},
-				&pgproto3.NoticeResponse{Severity: "NOTICE", Message: "hello"})},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			out, mech, err := handOver(append(append([]byte(nil), tc.before...), after...))
-			if err != nil || mech != tc.mech {
-				t.Fatalf("mechanism %q, %v; want %q", mech, err, tc.mech)
-			}
-			if want := append(append([]byte(nil), tc.wantPrefix...), after...); !bytes.Equal(out, want) {
-				t.Fatalf("client gets %x\nwant %x", out, want)
-			}
-		})
-	}
-	if _, _, err := handOver(enc(&pgproto3.AuthenticationMD5Password{})); err == nil {
-		t.Fatal("a login without AuthenticationOk was handed over")
-	}
-	// A message the login read only in part, after AuthenticationOk, goes
-	// on raw: the relay continues the stream.
-	if out, _, err := handOver(after[:len(after)-2]); err != nil || !bytes.Equal(out, after[:len(after)-2]) {
-		t.Fatalf("partial message after AuthenticationOk: %x, %v", out, err)
-	}
-	if _, _, err := handOver(enc(&pgproto3.AuthenticationMD5Password{})[:6]); err == nil {
-		t.Fatal("a stream truncated before AuthenticationOk was handed over")
-	}
 }
 
 func TestAskPassword(t *testing.T) {
@@ -169,3 +124,55 @@ func (oddAddr) Network() string { return "odd" }
 func (oddAddr) String() string  { return "odd:1" }
 
 func (oddListener) Addr() net.Addr { return oddAddr{} }
+
+func TestAutoAsksOnlyWhereClientsAreLocalOrCanVerify(t *testing.T) {
+	tcp := func(s string) net.Addr { a, _ := net.ResolveTCPAddr("tcp", s); return a }
+	tests := []struct {
+		name          string
+		auth          AuthMode
+		generated     bool
+		local, remote net.Addr
+		wantAsk       bool
+	}{
+		{"loopback, generated certificate", AuthAuto, true, tcp("127.0.0.1:5432"), tcp("127.0.0.1:40000"), true},
+		{"unix socket", AuthAuto, true, &net.UnixAddr{Name: "/run/pg/.s.PGSQL.5432", Net: "unix"}, &net.UnixAddr{Net: "unix"}, true},
+		{"compose network (RFC 1918 both ends)", AuthAuto, true, tcp("172.18.0.3:5432"), tcp("172.18.0.2:40000"), true},
+		{"pod network (ULA both ends)", AuthAuto, true, tcp("[fd00::3]:5432"), tcp("[fd00::2]:40000"), true},
+		{"public address, generated certificate", AuthAuto, true, tcp("203.0.113.5:5432"), tcp("198.51.100.7:40000"), false},
+		{"private listener, public client", AuthAuto, true, tcp("10.0.0.5:5432"), tcp("198.51.100.7:40000"), false},
+		{"public address, a certificate of the route's own", AuthAuto, false, tcp("203.0.113.5:5432"), tcp("198.51.100.7:40000"), true},
+		{"passthrough never asks, so never refuses to", AuthPassthrough, true, tcp("203.0.113.5:5432"), tcp("198.51.100.7:40000"), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Route{Auth: tc.auth, ClientTLSGenerated: tc.generated}
+			why := r.noAsk(tc.local, tc.remote)
+			if (why == "") != tc.wantAsk {
+				t.Fatalf("noAsk = %q, want asking allowed: %v", why, tc.wantAsk)
+			}
+			if why != "" && !strings.Contains(why, tc.local.String()) {
+				t.Fatalf("the reason %q does not name the listener", why)
+			}
+		})
+	}
+}
+
+func TestChannelBindingHintNamesTheRouteFixFirst(t *testing.T) {
+	tests := []struct {
+		name  string
+		ax    authExchange
+		first string
+	}{
+		{"passthrough", authExchange{mode: AuthPassthrough, clientTLS: true}, "Set auth: auto (the default)"},
+		{"auto where it may not ask", authExchange{mode: AuthAuto, clientTLS: true, noAsk: "why"}, "Give this route a certificate of its own (client_tls_cert and client_tls_key)"},
+		{"auto, plaintext client", authExchange{mode: AuthAuto}, "Set auth: relay for this route"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ce := tc.ax.channelBindingError("the client asked for SCRAM channel binding (GS2 flag y)")
+			if !strings.HasPrefix(ce.Hint, tc.first) || !strings.Contains(ce.Hint, "channel_binding=disable") || ce.Reason != CauseChannelBinding {
+				t.Fatalf("hint %q, reason %q; want it to start with %q", ce.Hint, ce.Reason, tc.first)
+			}
+		})
+	}
+}

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -80,22 +82,51 @@ func readMessage(r io.Reader, max int) (*message, error) {
 	return &message{typ: hdr[0], raw: raw}, nil
 }
 
-// authRelay carries the authentication exchange between a client and a
+// authExchange carries the authentication phase between a client and a
 // verified upstream until the server sends AuthenticationOk (which is
-// forwarded; the raw relay takes over from there).
+// forwarded; the raw relay takes over from there, so every byte the server
+// sends from AuthenticationOk on reaches the client as it came).
 //
-// Server messages are parsed so that SCRAM-SHA-256-PLUS can be removed from
-// AuthenticationSASL: the client's TLS (if any) ends at the proxy, so channel
-// binding cannot succeed, and libpq refuses a plaintext server that offers it.
-type authRelay struct {
+// In passthrough the client's own exchange is relayed. Server messages are
+// parsed so that SCRAM-SHA-256-PLUS can be removed from AuthenticationSASL:
+// the client's TLS (if any) ends at the proxy, so channel binding cannot
+// succeed, and libpq refuses a plaintext server that offers it. Where the
+// proxy logs in itself (auth relay; auth auto when the server offers
+// SCRAM-SHA-256-PLUS to a TLS client; a stored password), it answers the
+// server's requests on the same connection (login.go).
+type authExchange struct {
 	client    io.ReadWriter
 	upstream  io.ReadWriter
 	clientTLS bool
+	mode      AuthMode
+	// user is the client's user name (md5 salts the password with it).
+	user string
+	// upstreamTLS is the verified upstream TLS state that SCRAM-PLUS binds
+	// to; nil when the upstream is not TLS.
+	upstreamTLS *tls.ConnectionState
+	// channelBinding is the route's setting for the proxy's logins.
+	channelBinding string
+	// stored supplies the route's stored password; nil when it has none.
+	stored func() ([]byte, error)
+	// noAsk, when set, says why auth auto may not ask this client for its
+	// password (a listener off loopback with only the generated
+	// certificate): the exchange is passed through instead.
+	noAsk string
+	// fallback is called when auth auto passes through an exchange it
+	// would have taken over, with the reason (for the log).
+	fallback func(reason string)
+
+	// mechanism is how the proxy logged in ("" while it only relayed).
+	mechanism string
+	// passwordFrom is "client" or "stored" once the proxy used a password.
+	passwordFrom string
+	// bound tells that the proxy's SCRAM login was channel-bound.
+	bound bool
 }
 
 // run returns nil once AuthenticationOk has been forwarded. A *ClientError
 // is for the client; errUpstreamRejected and errClientLeft need no answer.
-func (a *authRelay) run() error {
+func (a *authExchange) run() error {
 	for {
 		m, err := readMessage(a.upstream, maxUpstreamAuthMessage)
 		if err != nil {
@@ -108,44 +139,84 @@ func (a *authRelay) run() error {
 				return err
 			}
 		case 'E':
-			if _, err := a.client.Write(m.raw); err != nil {
-				return fmt.Errorf("client: forwarding server error: %w", err)
-			}
-			return errUpstreamRejected
+			return a.forwardError(m)
 		case 'N', 'v':
 			// NoticeResponse, NegotiateProtocolVersion: pass through.
 			if _, err := a.client.Write(m.raw); err != nil {
 				return fmt.Errorf("client: forwarding %q: %w", m.typ, err)
 			}
 		default:
-			return &ClientError{
-				Code:    codeProtocolViolation,
-				Message: fmt.Sprintf("pgverifyproxy: upstream sent unexpected message %q during authentication", m.typ),
-				Reason:  "upstream_protocol",
-			}
+			return upstreamProtocol(fmt.Sprintf("upstream sent unexpected message %q during authentication", m.typ))
 		}
 	}
 }
 
+// forwardError sends the server's ErrorResponse to the client byte for byte.
+func (a *authExchange) forwardError(m *message) error {
+	if _, err := a.client.Write(m.raw); err != nil {
+		return fmt.Errorf("client: forwarding server error: %w", err)
+	}
+	return errUpstreamRejected
+}
+
+// loggingIn tells whether the proxy answers the server's password requests
+// itself: always in relay mode, and with a stored password (the client has
+// none to give).
+func (a *authExchange) loggingIn() bool {
+	return a.mode == AuthRelay || a.stored != nil
+}
+
+// takeOverSASL tells whether the proxy runs the SCRAM exchange itself.
+func (a *authExchange) takeOverSASL(mechs []string) bool {
+	if a.loggingIn() {
+		return true
+	}
+	if a.mode != AuthAuto || !a.clientTLS || a.upstreamTLS == nil || !slices.Contains(mechs, scramSHA256Plus) {
+		return false
+	}
+	if a.noAsk != "" {
+		if a.fallback != nil {
+			a.fallback(a.noAsk)
+		}
+		return false
+	}
+	return true
+}
+
 // authRequest handles one 'R' message; done is true after AuthenticationOk.
-func (a *authRelay) authRequest(m *message) (done bool, err error) {
+func (a *authExchange) authRequest(m *message) (done bool, err error) {
 	body := m.body()
 	if len(body) < 4 {
-		return false, &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: upstream sent a truncated authentication request", Reason: "upstream_protocol"}
+		return false, upstreamProtocol("upstream sent a truncated authentication request")
 	}
 	switch code := binary.BigEndian.Uint32(body); code {
 	case authOK:
 		if len(body) != 4 {
 			// Exactly 8 bytes from every PostgreSQL server: anything else
 			// would hand the client bytes the proxy has not understood.
-			return false, &ClientError{Code: codeProtocolViolation, Message: fmt.Sprintf("pgverifyproxy: upstream sent an AuthenticationOk of %d bytes instead of 8", len(m.raw)-1), Reason: "upstream_protocol"}
+			return false, upstreamProtocol(fmt.Sprintf("upstream sent an AuthenticationOk of %d bytes instead of 8", len(m.raw)-1))
+		}
+		if a.mode == AuthRelay && a.channelBinding == "require" && !a.bound {
+			// As libpq: a server that lets the login in without the
+			// bound SCRAM exchange has not been authenticated by it.
+			return false, errBindingRequired("the server let the login in without SCRAM-SHA-256-PLUS")
 		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationOk: %w", err)
 		}
 		return true, nil
 	case authSASL:
-		out, err := withoutChannelBinding(m)
+		var sasl pgproto3.AuthenticationSASL
+		if err := sasl.Decode(body); err != nil {
+			return false, upstreamProtocol("upstream sent a malformed AuthenticationSASL: " + err.Error())
+		}
+		if a.mechanism != "" {
+			return false, upstreamProtocol("upstream asked for a second SASL exchange")
+		}
+		if a.takeOverSASL(sasl.AuthMechanisms) {
+			return false, a.loginSCRAM(sasl.AuthMechanisms)
+		}
+		out, err := withoutChannelBinding(&sasl)
 		if err != nil {
 			return false, err
 		}
@@ -153,12 +224,31 @@ func (a *authRelay) authRequest(m *message) (done bool, err error) {
 			return false, fmt.Errorf("client: forwarding AuthenticationSASL: %w", err)
 		}
 		return false, a.forwardClient(true)
-	case authCleartextPassword, authMD5Password, authGSS, authGSSContinue, authSSPI, authSASLContinue:
+	case authCleartextPassword, authMD5Password:
+		if a.loggingIn() {
+			if a.mechanism != "" {
+				return false, upstreamProtocol("upstream asked for a password again")
+			}
+			return false, a.loginPassword(code == authMD5Password, body[4:])
+		}
+		if _, err := a.client.Write(m.raw); err != nil {
+			return false, fmt.Errorf("client: forwarding authentication request: %w", err)
+		}
+		return false, a.forwardClient(false)
+	case authGSS, authGSSContinue, authSSPI, authSASLContinue:
+		if a.loggingIn() || a.mechanism != "" {
+			return false, loginError(codeFeatureNotSupported,
+				fmt.Sprintf("the server asked for authentication method %d, which the proxy's own login does not speak", code),
+				"use auth: passthrough for this route, so that the client logs in itself")
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding authentication request: %w", err)
 		}
 		return false, a.forwardClient(false)
 	case authSASLFinal:
+		if a.mechanism != "" {
+			return false, upstreamProtocol("upstream sent AuthenticationSASLFinal twice")
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationSASLFinal: %w", err)
 		}
@@ -167,18 +257,14 @@ func (a *authRelay) authRequest(m *message) (done bool, err error) {
 		return false, &ClientError{
 			Code:    codeFeatureNotSupported,
 			Message: fmt.Sprintf("pgverifyproxy: upstream asked for authentication method %d, which the proxy does not relay", code),
-			Reason:  "upstream_protocol",
+			Reason:  CauseUpstreamProtocol,
 		}
 	}
 }
 
 // withoutChannelBinding re-encodes AuthenticationSASL without the -PLUS
 // mechanisms.
-func withoutChannelBinding(m *message) ([]byte, error) {
-	var sasl pgproto3.AuthenticationSASL
-	if err := sasl.Decode(m.body()); err != nil {
-		return nil, &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: upstream sent a malformed AuthenticationSASL: " + err.Error(), Reason: "upstream_protocol"}
-	}
+func withoutChannelBinding(sasl *pgproto3.AuthenticationSASL) ([]byte, error) {
 	kept := sasl.AuthMechanisms[:0]
 	for _, mech := range sasl.AuthMechanisms {
 		if !strings.HasSuffix(mech, scramPlusSuffix) {
@@ -190,7 +276,7 @@ func withoutChannelBinding(m *message) ([]byte, error) {
 			Code:    codeFeatureNotSupported,
 			Message: "pgverifyproxy: upstream offers only SASL mechanisms with channel binding, which cannot cross a proxy that terminates the client's TLS",
 			Hint:    "allow SCRAM-SHA-256 without channel binding on the server",
-			Reason:  "channel_binding",
+			Reason:  CauseChannelBinding,
 		}
 	}
 	sasl.AuthMechanisms = kept
@@ -200,7 +286,7 @@ func withoutChannelBinding(m *message) ([]byte, error) {
 // forwardClient reads the client's answer to an authentication request and
 // forwards it. initial marks the SASLInitialResponse, whose GS2 header is
 // checked for channel binding.
-func (a *authRelay) forwardClient(initial bool) error {
+func (a *authExchange) forwardClient(initial bool) error {
 	m, err := readClientAuth(a.client, "authentication response", "an authentication response")
 	if err != nil {
 		return err
@@ -240,40 +326,52 @@ func readClientAuth(client io.Reader, what, expected string) (*message, error) {
 // checkSASLInitial refuses a SASLInitialResponse that asks for channel
 // binding. The GS2 flag is covered by the SCRAM proof, so it cannot be
 // rewritten; the server would reject it anyway, with a less useful message.
-func (a *authRelay) checkSASLInitial(m *message) error {
+func (a *authExchange) checkSASLInitial(m *message) error {
 	var init pgproto3.SASLInitialResponse
 	if err := init.Decode(m.body()); err != nil {
 		return protocolError("malformed SASLInitialResponse: %v", err)
 	}
 	if strings.HasSuffix(init.AuthMechanism, scramPlusSuffix) {
-		return channelBindingError(a.clientTLS, "the client chose "+init.AuthMechanism)
+		return a.channelBindingError("the client chose " + init.AuthMechanism)
 	}
 	if bytes.HasPrefix(init.Data, []byte("y")) || bytes.HasPrefix(init.Data, []byte("p=")) {
-		return channelBindingError(a.clientTLS, "the client asked for SCRAM channel binding (GS2 flag "+string(init.Data[:1])+")")
+		return a.channelBindingError("the client asked for SCRAM channel binding (GS2 flag " + string(init.Data[:1]) + ")")
 	}
 	return nil
 }
 
-func channelBindingError(clientTLS bool, what string) *ClientError {
+// channelBindingError refuses a client that asked for channel binding on an
+// exchange the proxy relays.
+func (a *authExchange) channelBindingError(what string) *ClientError {
 	leg := "its TLS connection to the proxy ends at the proxy"
-	if !clientTLS {
+	if !a.clientTLS {
 		leg = "its connection to the proxy is not the proxy's TLS link to the server"
 	}
 	return &ClientError{
 		Code:    codeFeatureNotSupported,
 		Message: "pgverifyproxy: SCRAM channel binding cannot pass through this proxy: " + what + ", but " + leg,
 		Detail:  "The server's TLS channel is verified by the proxy (verify-full); channel binding would bind to a different TLS session.",
-		Hint:    hintChannelBinding(clientTLS),
-		Reason:  "channel_binding",
+		Hint:    a.channelBindingHint(),
+		Reason:  CauseChannelBinding,
 	}
 }
 
-// hintChannelBinding says how to turn channel binding off on the client.
-func hintChannelBinding(clientTLS bool) string {
-	off := "add channel_binding=disable to the client's connection string (libpq, pgx; node-postgres: leave enableChannelBinding off)"
-	relay := "; or set auth: relay for this route, and the proxy logs in itself with channel binding to the server. The proxy verifies the server (verify-full) in every case."
-	if clientTLS {
-		return "Use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or " + off + relay
+// channelBindingHint says first what the proxy's operator can change, so
+// that an app whose connection string is fixed gets in, then what the
+// client could change.
+func (a *authExchange) channelBindingHint() string {
+	var route string
+	switch {
+	case a.mode == AuthAuto && a.noAsk != "":
+		route = "Give this route a certificate of its own (client_tls_cert and client_tls_key): the proxy then asks for the password inside the client's TLS and logs in with channel binding itself (" + a.noAsk + ")"
+	case a.mode == AuthAuto:
+		route = "Set auth: relay for this route: the proxy then logs in for every client itself, with channel binding to the server"
+	default:
+		route = "Set auth: auto (the default) for this route: the proxy then logs in for TLS clients itself, with channel binding to the server"
 	}
-	return "Turn channel binding off in the client: " + off + relay
+	client := "turn channel binding off in the client: add channel_binding=disable to its connection string (libpq, pgx; node-postgres: leave enableChannelBinding off)"
+	if a.clientTLS {
+		client = "in the client, use sslmode=disable on this local hop (libpq's sslmode=prefer falls back to it by itself), or " + client
+	}
+	return route + ". Or " + client + ". The proxy verifies the server (verify-full) in every case."
 }

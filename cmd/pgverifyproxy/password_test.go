@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuf is a log destination safe for concurrent writes.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// rotatingCommand writes a script that prints token-1, token-2, ... on
+// successive runs (a counter in dir), and a line on its standard error that
+// holds the token.
+func rotatingCommand(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "token.sh")
+	body := fmt.Sprintf(`#!/bin/sh
+n=$(cat %[1]s/n 2>/dev/null || echo 0)
+n=$((n+1))
+echo $n > %[1]s/n
+echo "minted token-$n" >&2
+printf 'token-%%s\nsecond line ignored\n' $n
+`, dir)
+	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return script
+}
+
+func TestPasswordCommand(t *testing.T) {
+	tests := []struct {
+		name    string
+		command func(t *testing.T) string
+		ttl     time.Duration
+		timeout time.Duration
+		// want are the passwords of three logins in a row; wantErr the
+		// error of the first (then want is empty).
+		want    []string
+		wantErr string
+		// wantLog is in the log; the log never holds a password.
+		wantLog string
+	}{
+		{name: "a rotating token, run for each login", command: rotatingCommand,
+			want: []string{"token-1", "token-2", "token-3"}, wantLog: `line="minted [password]"`},
+		{name: "cached for the TTL", command: rotatingCommand, ttl: time.Hour,
+			want: []string{"token-1", "token-1", "token-1"}},
+		{name: "a failing command", command: func(*testing.T) string { return `p=not-a; echo "$p-password"; echo 'no credentials' >&2; exit 3` },
+			wantErr: "password_command failed (exit status 3", wantLog: "no credentials"},
+		{name: "a command that prints nothing", command: func(*testing.T) string { return "true" },
+			wantErr: "printed no password"},
+		{name: "a command that hangs", command: func(*testing.T) string { return "sleep 30" }, timeout: 300 * time.Millisecond,
+			wantErr: "did not finish within 300ms"},
+		{name: "a hanging command that keeps its output open", command: func(*testing.T) string { return "sleep 30 & echo pw; wait" }, timeout: 300 * time.Millisecond,
+			wantErr: "did not finish within 300ms"},
+		{name: "control bytes on standard error are escaped", command: func(*testing.T) string { return `printf 'a\033[8mb\n' >&2; echo pw` },
+			want: []string{"pw"}, wantLog: `a\x1b[8mb`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuf
+			log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			get, err := storedPassword(passwordSource{Command: tc.command(t), TTL: tc.ttl, Timeout: tc.timeout}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			pw, err := get()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %q, %v; want error %q", pw, err, tc.wantErr)
+				}
+				if took := time.Since(start); took > 10*time.Second {
+					t.Fatalf("the error took %s", took)
+				}
+				if strings.Contains(err.Error(), "not-a-password") {
+					t.Fatalf("the error shows the command's output: %v", err)
+				}
+			} else {
+				got := []string{}
+				for i := range tc.want {
+					if i > 0 {
+						if pw, err = get(); err != nil {
+							t.Fatal(err)
+						}
+					}
+					got = append(got, string(pw))
+				}
+				if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+					t.Fatalf("passwords %v, want %v", got, tc.want)
+				}
+				for _, p := range got {
+					if strings.Contains(logs.String(), p) {
+						t.Fatalf("the log holds the password %q:\n%s", p, logs.String())
+					}
+				}
+			}
+			if !strings.Contains(logs.String(), tc.wantLog) {
+				t.Fatalf("log lacks %q:\n%s", tc.wantLog, logs.String())
+			}
+		})
+	}
+}
+
+func TestStoredPasswordIsOneSourceAndNeedsALoginMode(t *testing.T) {
+	tests := []struct {
+		r    routeConfig
+		want string
+	}{
+		{routeConfig{Upstream: "h:1", CAFile: "x", Listen: []string{"127.0.0.1:1"}, PasswordFile: "f", PasswordCommand: "c"}, "give one of them"},
+		{routeConfig{Upstream: "h:1", CAFile: "x", Listen: []string{"127.0.0.1:1"}, PasswordCommand: "c", Auth: "passthrough"}, "needs --auth auto or relay"},
+	}
+	for _, tc := range tests {
+		if err := tc.r.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.r, err, tc.want)
+		}
+	}
+	ok := routeConfig{Upstream: "h:1", CAFile: "x", Listen: []string{"127.0.0.1:1"}, PasswordCommand: "c"}
+	if err := ok.validate(); err != nil {
+		t.Errorf("password_command with the default auth: %v", err)
+	}
+}
