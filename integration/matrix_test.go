@@ -3,7 +3,7 @@ package integration
 // The client compatibility matrix (issue 4, items 5 and 6): real clients
 // through the proxy against the PostgreSQL 15 of TestMain, with the SCRAM
 // user and the md5 user, in each client's plaintext mode and its
-// TLS-required mode, through a proxy in the default passthrough auth mode
+// TLS-required mode, through a proxy with the default settings (auth auto)
 // and through one in auth relay mode. The README's table is rendered from
 // what the cells observed, and the test fails when the README no longer
 // matches.
@@ -60,16 +60,18 @@ type matrixWant int
 const (
 	matrixWorks   matrixWant = iota // logs in, reads back its user and ssl=true
 	matrixRefused                   // refused by the proxy with the channel-binding hint
-	// matrixClientRefuses: the client itself gives up at the relay
-	// proxy's request for a cleartext password, because it requires
-	// channel binding; the proxy has nothing to add.
+	// matrixClientRefuses: the client itself gives up, because it
+	// requires channel binding: at the proxy's request for a cleartext
+	// password (the proxy then logs the fix), or, for the md5 user, at
+	// the server's md5 request as it would directly.
 	matrixClientRefuses
 )
 
-// The proxy's auth modes, as the rows name them.
+// The proxy's auth modes, as the rows name them: each mode has its own
+// proxy; matrixDefault has the default settings.
 const (
-	matrixPassthrough = proxy.AuthPassthrough
-	matrixRelay       = proxy.AuthRelay
+	matrixDefault = proxy.AuthAuto
+	matrixRelay   = proxy.AuthRelay
 )
 
 // matrixClient is one client program or library.
@@ -130,48 +132,51 @@ var (
 	matrixPsycopg2Client = &matrixClient{name: "psycopg2 (libpq 15)", cbOption: true, batch: true, run: matrixRunPsycopg2}
 	matrixJDBCClient     = &matrixClient{name: "PgJDBC 42.5", batch: true, run: matrixRunJDBC}
 	matrixNodeClient     = &matrixClient{name: "node-postgres 8", batch: true, run: matrixRunNode,
-		cbAdvice: "leave `enableChannelBinding` off (the default), as the rows without it show, or use `auth: relay`"}
+		cbAdvice: "leave `enableChannelBinding` off (the default), as the rows without it show, or set `auth: relay` on the route"}
 )
 
 // matrixRows are the table's rows, in order: each client's rows through the
-// passthrough proxy, then through the relay proxy.
+// proxy with the default settings, then through the relay proxy.
 var matrixRows = []*matrixRow{
-	{matrixPsqlClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsqlClient, matrixPassthrough, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsqlClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPsqlClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixDefault, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixDefault, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixDefault, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsqlClient, matrixDefault, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	// libpq refuses a cleartext (or md5) request when it must bind.
+	{matrixPsqlClient, matrixDefault, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
 	{matrixPsqlClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPsqlClient, matrixRelay, "sslmode=prefer", "sslmode=prefer", matrixLegEither, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPsqlClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	// libpq refuses the cleartext password request when it must bind.
 	{matrixPsqlClient, matrixRelay, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
-	{matrixPgbenchClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgbenchClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPgbenchClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgbenchClient, matrixDefault, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgbenchClient, matrixDefault, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgbenchClient, matrixDefault, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPgbenchClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgxClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPgxClient, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPgxClient, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixDefault, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixDefault, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPgxClient, matrixDefault, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	// pgx, like libpq, refuses a cleartext or md5 request when it must bind.
+	{matrixPgxClient, matrixDefault, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
 	{matrixPgxClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPgxClient, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	// pgx, like libpq, refuses a cleartext request when it must bind.
 	{matrixPgxClient, matrixRelay, "sslmode=require channel_binding=require", "sslmode=require channel_binding=require", matrixLegTLS, [2]matrixWant{matrixClientRefuses, matrixClientRefuses}},
-	{matrixPsycopg2Client, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixPsycopg2Client, matrixPassthrough, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixPsycopg2Client, matrixPassthrough, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixDefault, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixDefault, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixPsycopg2Client, matrixDefault, "sslmode=require channel_binding=disable", "sslmode=require channel_binding=disable", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPsycopg2Client, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixPsycopg2Client, matrixRelay, "sslmode=require", "sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixJDBCClient, matrixPassthrough, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixDefault, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	// PgJDBC 42.5 has no channel-binding support: it sends GS2 flag n.
-	{matrixJDBCClient, matrixPassthrough, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixJDBCClient, matrixDefault, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixJDBCClient, matrixRelay, "sslmode=disable", "sslmode=disable", matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixJDBCClient, matrixRelay, "ssl=true&sslmode=require", "ssl=true&sslmode=require", matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixNodeClient, matrixPassthrough, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
-	{matrixNodeClient, matrixPassthrough, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixDefault, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
+	{matrixNodeClient, matrixDefault, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	// node-postgres' opt-in channel binding sends GS2 flag y even in
-	// plaintext when the server offers no SCRAM-SHA-256-PLUS.
-	{matrixNodeClient, matrixPassthrough, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixRefused, matrixWorks}},
-	{matrixNodeClient, matrixPassthrough, "ssl: { rejectUnauthorized: false }, enableChannelBinding: true", `{"ssl": {"rejectUnauthorized": false}, "enableChannelBinding": true}`, matrixLegTLS, [2]matrixWant{matrixRefused, matrixWorks}},
+	// plaintext when the server offers no SCRAM-SHA-256-PLUS; a plaintext
+	// leg is relayed as it is in auth auto.
+	{matrixNodeClient, matrixDefault, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixRefused, matrixWorks}},
+	{matrixNodeClient, matrixDefault, "ssl: { rejectUnauthorized: false }, enableChannelBinding: true", `{"ssl": {"rejectUnauthorized": false}, "enableChannelBinding": true}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixNodeClient, matrixRelay, "ssl: false", `{"ssl": false}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixNodeClient, matrixRelay, "ssl: { rejectUnauthorized: false }", `{"ssl": {"rejectUnauthorized": false}}`, matrixLegTLS, [2]matrixWant{matrixWorks, matrixWorks}},
 	{matrixNodeClient, matrixRelay, "ssl: false, enableChannelBinding: true", `{"ssl": false, "enableChannelBinding": true}`, matrixLegPlain, [2]matrixWant{matrixWorks, matrixWorks}},
@@ -179,15 +184,16 @@ var matrixRows = []*matrixRow{
 }
 
 // TestClientMatrix runs every cell of the matrix through two proxies, one
-// per auth mode, checks each against its expected kind of outcome, renders
-// the README table from what the cells observed (and from the relay
-// proxy's log, which says how it logged in upstream) and compares it with
-// README.md (or rewrites it when PGVP_UPDATE_MATRIX=1).
+// with the default settings and one in auth relay mode, checks each
+// against its expected kind of outcome, renders the README table from what
+// the cells observed (and from the proxies' logs, which say how they
+// logged in upstream themselves) and compares it with README.md (or
+// rewrites it when PGVP_UPDATE_MATRIX=1).
 func TestClientMatrix(t *testing.T) {
-	relayLog := &matrixLog{}
+	logs := map[proxy.AuthMode]*matrixLog{matrixDefault: {}, matrixRelay: {}}
 	ports := map[proxy.AuthMode]int{
-		matrixPassthrough: startProxy(t, proxyOpts{}).port,
-		matrixRelay:       startProxy(t, proxyOpts{auth: proxy.AuthRelay, log: relayLog.logger()}).port,
+		matrixDefault: startProxy(t, proxyOpts{log: logs[matrixDefault].logger()}).port,
+		matrixRelay:   startProxy(t, proxyOpts{auth: proxy.AuthRelay, log: logs[matrixRelay].logger()}).port,
 	}
 	start := time.Now()
 
@@ -201,29 +207,45 @@ func TestClientMatrix(t *testing.T) {
 	// before the proxies close: cleanups run last in, first out).
 	t.Cleanup(func() {
 		t.Logf("matrix: %d of %d cells ran in %v", len(outcome), cellCount, time.Since(start).Round(time.Millisecond))
-		for _, u := range matrixUsers {
-			if relayLog.contains(u.password) {
-				t.Errorf("the password of %s reached the relay proxy's log", u.name)
-			}
-		}
-		// The relay proxy logs a client that hung up before its password
-		// once it reads that client's EOF, which can be after the cell
-		// ended: with every cell run, wait for the expected count.
-		wantLeft := map[string]int{}
-		for i, u := range matrixUsers {
-			for _, row := range matrixRows {
-				if row.auth == matrixRelay && row.want[i] == matrixClientRefuses {
-					wantLeft[u.name]++
+		for mode, l := range logs {
+			for _, u := range matrixUsers {
+				if l.contains(u.password) {
+					t.Errorf("the password of %s reached the %s proxy's log", u.name, mode)
 				}
 			}
 		}
-		logins, left, err := relayLog.logins()
+		// A proxy logs a client that hung up at its request for a password
+		// once it reads that client's EOF, which can be after the cell
+		// ended: with every cell run, wait for the expected count. The
+		// relay proxy asks every client; the default one asks only where
+		// the server offers SCRAM-SHA-256-PLUS (the SCRAM user), so the
+		// md5 user's client refuses the server's md5 request instead.
+		wantLeft := map[proxy.AuthMode]map[string]int{matrixDefault: {}, matrixRelay: {}}
+		for i, u := range matrixUsers {
+			for _, row := range matrixRows {
+				if row.want[i] == matrixClientRefuses && (row.auth == matrixRelay || u.name == harness.ScramUser) {
+					wantLeft[row.auth][u.name]++
+				}
+			}
+		}
+		logins := map[proxy.AuthMode]map[string][]string{}
+		left := map[proxy.AuthMode]map[string]int{}
+		read := func() error {
+			for mode, l := range logs {
+				var err error
+				if logins[mode], left[mode], err = l.logins(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		err := read()
 		for deadline := time.Now().Add(10 * time.Second); err == nil && len(failed) == 0 && len(outcome) == cellCount && time.Now().Before(deadline); {
-			if maps.Equal(left, wantLeft) {
+			if maps.Equal(left[matrixDefault], wantLeft[matrixDefault]) && maps.Equal(left[matrixRelay], wantLeft[matrixRelay]) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
-			logins, left, err = relayLog.logins()
+			err = read()
 		}
 		if err != nil {
 			t.Errorf("%v (README.md not compared)", err)
@@ -247,12 +269,13 @@ func TestClientMatrix(t *testing.T) {
 			return
 		}
 		// Each client that refused the cleartext request hung up before
-		// sending a password, as the relay proxy saw it.
-		for _, u := range matrixUsers {
-			want := wantLeft[u.name]
-			if left[u.name] != want {
-				t.Errorf("the relay proxy logged %q for %s %d times; want once per cell refused by the client (%d)", matrixLeftMsg, u.name, left[u.name], want)
-				return
+		// sending a password, and the proxy logged the fix.
+		for mode := range logs {
+			for _, u := range matrixUsers {
+				if want := wantLeft[mode][u.name]; left[mode][u.name] != want {
+					t.Errorf("the %s proxy logged %q with its hint for %s %d times; want once per cell where the client refused its request (%d)", mode, matrixLeftMsg, u.name, left[mode][u.name], want)
+					return
+				}
 			}
 		}
 		matrixSyncReadme(t, filepath.Join("..", "README.md"), matrixRender(outcome, logins), update)
@@ -292,7 +315,7 @@ func TestClientMatrix(t *testing.T) {
 			t.Parallel()
 			for _, cell := range clientCells[c] {
 				name := cell.row.mode + " " + cell.user.name
-				if cell.row.auth != matrixPassthrough {
+				if cell.row.auth != matrixDefault {
 					name = "auth=" + string(cell.row.auth) + " " + name
 				}
 				port := ports[cell.row.auth]
@@ -371,13 +394,17 @@ func (l *matrixLog) contains(s string) bool {
 	return strings.Contains(l.b.String(), s)
 }
 
-// matrixLeftMsg is the relay proxy's log line for a client that hung up
-// at its request for a password.
-const matrixLeftMsg = "client left before sending its password"
+// matrixLeftMsg is a proxy's log line for a client that hung up at its
+// request for a password; matrixLeftHint is in the same line's hint.
+const (
+	matrixLeftMsg  = "client left when the proxy asked for its password"
+	matrixLeftHint = "set channel_binding=prefer (libpq's default) on that client"
+)
 
 // logins returns, for each user the proxy logged in upstream as, the
-// mechanisms of those logins (its "relay login" lines), sorted, and for
-// each user the number of clients that left at the request for a password.
+// mechanisms of those logins (its "proxy login" lines), sorted, and for
+// each user the number of clients that left at its request for a password
+// (with the hint that names the fix).
 func (l *matrixLog) logins() (logins map[string][]string, left map[string]int, err error) {
 	l.mu.Lock()
 	text := l.b.String()
@@ -391,14 +418,15 @@ func (l *matrixLog) logins() (logins map[string][]string, left map[string]int, e
 			Msg          string `json:"msg"`
 			User         string `json:"user"`
 			UpstreamAuth string `json:"upstream_auth"`
+			Hint         string `json:"hint"`
 		}
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			return nil, nil, fmt.Errorf("the relay proxy's log line %q: %w", line, err)
 		}
-		if rec.Msg == matrixLeftMsg {
+		if rec.Msg == matrixLeftMsg && strings.Contains(rec.Hint, matrixLeftHint) {
 			left[rec.User]++
 		}
-		if rec.Msg != "relay login" {
+		if rec.Msg != "proxy login" {
 			continue
 		}
 		if rec.User == "" || rec.UpstreamAuth == "" {
@@ -482,18 +510,18 @@ func matrixJudge(t *testing.T, cell matrixCell, o matrixObs) string {
 const matrixNoOptionMark = "¹"
 
 // matrixRender renders the README table from the cells' outcomes, with
-// notes under it for the kinds of outcome that occur and, from the relay
-// proxy's log, how that proxy logged in upstream as each user (logins).
-func matrixRender(outcome map[string]string, logins map[string][]string) string {
+// notes under it for the kinds of outcome that occur and, from each proxy's
+// log, how it logged in upstream itself as each user (logins).
+func matrixRender(outcome map[string]string, logins map[proxy.AuthMode]map[string][]string) string {
 	var b strings.Builder
 	b.WriteString("| client | mode | proxy `auth` | " + matrixUsers[0].label + " | " + matrixUsers[1].label + " |\n")
 	b.WriteString("|---|---|---|---|---|\n")
 	var refused, clientRefused, pgbench, relay bool
 	var noOption []*matrixClient // refused clients without channel_binding
 	for i, row := range matrixRows {
-		auth := string(row.auth)
-		if row.auth != matrixPassthrough {
-			auth = "**" + auth + "**"
+		auth := string(row.auth) + " (default)"
+		if row.auth != matrixDefault {
+			auth = "**" + string(row.auth) + "**"
 			relay = true
 		}
 		fmt.Fprintf(&b, "| %s | `%s` | %s |", row.client.name, row.mode, auth)
@@ -509,6 +537,17 @@ func matrixRender(outcome map[string]string, logins map[string][]string) string 
 		}
 		b.WriteString("\n")
 	}
+	seenAs := func(mode proxy.AuthMode) string {
+		var seen []string
+		for _, u := range matrixUsers {
+			mechs := logins[mode][u.name]
+			if len(mechs) == 0 {
+				mechs = []string{"none"}
+			}
+			seen = append(seen, fmt.Sprintf("as the %s with `%s`", u.label, strings.Join(mechs, "` and `")))
+		}
+		return "its log shows its own logins " + strings.Join(seen, ", ") + "."
+	}
 	notes := "\"works\": the client logged in and read back its own user and `ssl = t` from `pg_stat_ssl`: " +
 		"the proxy's leg to the server is verified TLS in every mode."
 	if pgbench {
@@ -516,32 +555,25 @@ func matrixRender(outcome map[string]string, logins map[string][]string) string 
 	}
 	if refused {
 		notes += " \"refused\": the client shows the proxy's FATAL \"SCRAM " + channelBindingHint +
-			"\" and its HINT (see [SCRAM channel binding](#scram-channel-binding))."
+			"\" and its HINT, which names the route's fix first (see [SCRAM channel binding](#scram-channel-binding))."
 	}
 	b.WriteString("\n" + matrixWrap(notes))
-	notes = ""
+	notes = "**auto (default)**: the proxy with no setting changed. It relays each client's own login, except where " +
+		"the server offers SCRAM-SHA-256-PLUS and the client's leg is TLS: there it asks the client for its password " +
+		"inside that TLS and logs in itself, with channel binding to the verified server, on the same upstream " +
+		"connection; " + seenAs(matrixDefault)
 	if relay {
-		notes += "**relay**: the proxy runs with `auth: relay`: it asks the client for its password in clear " +
+		notes += " **relay**: the proxy runs with `auth: relay`: it asks every client for its password in clear " +
 			"(inside the client's TLS leg when it has one) and logs in to the server itself " +
-			"(see [Auth relay mode](#auth-relay-mode-the-proxy-logs-in-itself)); its log shows its logins"
-		var seen []string
-		for _, u := range matrixUsers {
-			mechs := logins[u.name]
-			if len(mechs) == 0 {
-				mechs = []string{"none"}
-			}
-			seen = append(seen, fmt.Sprintf("as the %s with `%s`", u.label, strings.Join(mechs, "` and `")))
-		}
-		notes += " " + strings.Join(seen, ", ") + "."
+			"(see [Auth relay mode](#auth-relay-mode-the-proxy-logs-in-itself)); " + seenAs(matrixRelay)
 	}
 	if clientRefused {
-		notes += " \"refused by the client\": the client requires channel binding, so it gives up at the relay " +
-			"proxy's request for a cleartext password, with the error quoted, and hangs up without sending " +
-			"the password (the proxy logs \"" + matrixLeftMsg + "\"): the proxy has no chance to add a hint."
+		notes += " \"refused by the client\": the client requires channel binding, which cannot cross a proxy that " +
+			"ends its TLS: it gives up at the proxy's request for a cleartext password (the md5 user's client with " +
+			"`auth: auto`: at the server's md5 request, as it would without the proxy), with the error quoted. " +
+			"The proxy logs \"" + matrixLeftMsg + "\" with the fix: " + matrixLeftHint + "."
 	}
-	if notes != "" {
-		b.WriteString("\n" + matrixWrap(strings.TrimSpace(notes)))
-	}
+	b.WriteString("\n" + matrixWrap(strings.TrimSpace(notes)))
 	for _, c := range noOption {
 		note := fmt.Sprintf("%s %s has no `channel_binding` option", matrixNoOptionMark, c.name)
 		if c.cbAdvice != "" {

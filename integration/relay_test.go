@@ -34,55 +34,69 @@ func relayLog() (*slog.Logger, *syncBuffer) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), &b
 }
 
-// TestRelayLoginRealServer: in relay mode the clients that passthrough must
-// refuse (a TLS leg + SCRAM + channel_binding=prefer) log in, and the
-// proxy's own login to PG15 uses SCRAM-SHA-256-PLUS. With channel_binding
-// require on the route, pgconn would fail unless the server verified the
-// binding: that proves channel binding end to end against the real server.
+// TestRelayLoginRealServer: the proxy's own login to PG15, in relay mode
+// and in auto mode (the default). The clients that passthrough must refuse
+// (a TLS leg + SCRAM + channel_binding=prefer) log in, and the proxy's
+// login uses SCRAM-SHA-256-PLUS. With channel_binding require on the route
+// the login succeeds only if the server verified the binding: that proves
+// channel binding end to end against the real server. In auto mode a
+// plaintext client and the md5 user log in themselves (no proxy login).
 func TestRelayLoginRealServer(t *testing.T) {
-	for _, binding := range []string{"prefer", "require"} {
-		t.Run("channel_binding="+binding, func(t *testing.T) {
-			logger, logs := relayLog()
-			p := startProxy(t, proxyOpts{auth: proxy.AuthRelay, binding: binding, log: logger})
-			tests := []struct {
-				name, user, password, conninfo string
-				wantAuth                       string // the proxy's upstream login
-				wantErr                        string
-			}{
-				{name: "psql require, default channel_binding", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=require", wantAuth: "SCRAM-SHA-256-PLUS"},
-				{name: "psql disable", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=disable", wantAuth: "SCRAM-SHA-256-PLUS"},
-				{name: "psql require, md5 user", user: harness.MD5User, password: harness.MD5Password, conninfo: "sslmode=require",
-					wantAuth: map[string]string{"prefer": "md5"}[binding],
-					wantErr:  map[string]string{"require": "channel_binding require, and the server did not authenticate with SCRAM-SHA-256-PLUS"}[binding]},
-			}
-			for _, tc := range tests {
-				t.Run(tc.name, func(t *testing.T) {
-					r := runPsql(t, p.port, "user="+tc.user+" application_name=relay-"+binding+" "+tc.conninfo, tc.password, "select current_user || '|' || ssl || '|' || current_setting('application_name') from pg_stat_ssl where pid = pg_backend_pid()")
-					if tc.wantErr != "" {
-						if r.code == 0 || !strings.Contains(r.err, tc.wantErr) {
-							t.Fatalf("exit %d err %q; want %q", r.code, r.err, tc.wantErr)
+	for _, mode := range []proxy.AuthMode{proxy.AuthRelay, proxy.AuthAuto} {
+		for _, binding := range []string{"prefer", "require"} {
+			t.Run(string(mode)+" channel_binding="+binding, func(t *testing.T) {
+				logger, logs := relayLog()
+				p := startProxy(t, proxyOpts{auth: mode, binding: binding, log: logger})
+				relay := mode == proxy.AuthRelay
+				tests := []struct {
+					name, user, password, conninfo string
+					wantAuth                       string // the proxy's upstream login; "" for none
+					wantErr                        string
+				}{
+					{name: "psql require, default channel_binding", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=require", wantAuth: "SCRAM-SHA-256-PLUS"},
+					{name: "psql disable", user: harness.ScramUser, password: harness.ScramPassword, conninfo: "sslmode=disable",
+						wantAuth: map[bool]string{true: "SCRAM-SHA-256-PLUS"}[relay]},
+					{name: "psql require, md5 user", user: harness.MD5User, password: harness.MD5Password, conninfo: "sslmode=require",
+						wantAuth: map[bool]string{true: map[string]string{"prefer": "md5"}[binding]}[relay],
+						wantErr:  map[bool]string{true: map[string]string{"require": "this route has channel_binding: require, and the server asked for an md5 password, which cannot be bound"}[binding]}[relay]},
+				}
+				for _, tc := range tests {
+					t.Run(tc.name, func(t *testing.T) {
+						before := strings.Count(logs.String(), `msg="proxy login"`)
+						r := runPsql(t, p.port, "user="+tc.user+" application_name=relay-"+binding+" "+tc.conninfo, tc.password, "select current_user || '|' || ssl || '|' || current_setting('application_name') from pg_stat_ssl where pid = pg_backend_pid()")
+						if tc.wantErr != "" {
+							if r.code == 0 || !strings.Contains(r.err, tc.wantErr) {
+								t.Fatalf("exit %d err %q; want %q", r.code, r.err, tc.wantErr)
+							}
+							return
 						}
-						return
-					}
-					if want := tc.user + "|true|relay-" + binding; r.code != 0 || r.out != want {
-						t.Fatalf("exit %d out %q err %q; want %q\n%s", r.code, r.out, r.err, want, logs.String())
-					}
-					want := fmt.Sprintf("user=%s database=postgres", tc.user)
-					found := false
-					for _, line := range strings.Split(logs.String(), "\n") {
-						if strings.Contains(line, `msg="relay login"`) && strings.Contains(line, want) && strings.Contains(line, "upstream_auth="+tc.wantAuth+" ") {
-							found = true
+						if want := tc.user + "|true|relay-" + binding; r.code != 0 || r.out != want {
+							t.Fatalf("exit %d out %q err %q; want %q\n%s", r.code, r.out, r.err, want, logs.String())
 						}
-					}
-					if !found {
-						t.Fatalf("no relay login of %s with upstream_auth=%s in the log:\n%s", tc.user, tc.wantAuth, logs.String())
-					}
-				})
-			}
-			if strings.Contains(logs.String(), harness.ScramPassword) || strings.Contains(logs.String(), harness.MD5Password) {
-				t.Fatalf("a password reached the log:\n%s", logs.String())
-			}
-		})
+						if tc.wantAuth == "" {
+							if n := strings.Count(logs.String(), `msg="proxy login"`); n != before {
+								t.Fatalf("the proxy logged in for a client that logs in itself:\n%s", logs.String())
+							}
+							return
+						}
+						want := fmt.Sprintf("user=%s database=postgres", tc.user)
+						found := false
+						for _, line := range strings.Split(logs.String(), "\n") {
+							if strings.Contains(line, `msg="proxy login"`) && strings.Contains(line, want) && strings.Contains(line, "upstream_auth="+tc.wantAuth+" ") &&
+								strings.Contains(line, "password_from=client") {
+								found = true
+							}
+						}
+						if !found {
+							t.Fatalf("no proxy login of %s with upstream_auth=%s in the log:\n%s", tc.user, tc.wantAuth, logs.String())
+						}
+					})
+				}
+				if strings.Contains(logs.String(), harness.ScramPassword) || strings.Contains(logs.String(), harness.MD5Password) {
+					t.Fatalf("a password reached the log:\n%s", logs.String())
+				}
+			})
+		}
 	}
 	t.Run("pgx over TLS with channel_binding=prefer", func(t *testing.T) {
 		p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
@@ -166,57 +180,73 @@ func TestRelayPreSCRAMClient(t *testing.T) {
 	}
 }
 
-// TestRelayWrongPassword: the client sees the server's own 28P01, and the
-// proxy makes exactly one login attempt.
+// TestRelayWrongPassword: where the proxy logs in itself (relay, and auto
+// for a TLS client offered SCRAM-SHA-256-PLUS), the client sees the
+// server's own 28P01, and the proxy makes exactly one login attempt.
 func TestRelayWrongPassword(t *testing.T) {
-	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	before := p.dials.Load()
-	_, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=wrong sslmode=disable", p.port, harness.ScramUser))
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || pgErr.Severity != "FATAL" ||
-		pgErr.Message != `password authentication failed for user "`+harness.ScramUser+`"` {
-		t.Fatalf("got %v (%+v); want the server's 28P01", err, pgErr)
-	}
-	if n := p.dials.Load() - before; n != 1 {
-		t.Fatalf("%d upstream connections for one failed login; want 1", n)
+	for _, tc := range []struct {
+		auth    proxy.AuthMode
+		sslmode string
+	}{{proxy.AuthRelay, "disable"}, {proxy.AuthAuto, "require"}} {
+		t.Run(string(tc.auth)+" sslmode="+tc.sslmode, func(t *testing.T) {
+			p := startProxy(t, proxyOpts{auth: tc.auth})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			before := p.dials.Load()
+			_, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=wrong sslmode=%s", p.port, harness.ScramUser, tc.sslmode))
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || pgErr.Severity != "FATAL" ||
+				pgErr.Message != `password authentication failed for user "`+harness.ScramUser+`"` {
+				t.Fatalf("got %v (%+v); want the server's 28P01", err, pgErr)
+			}
+			if n := p.dials.Load() - before; n != 1 {
+				t.Fatalf("%d upstream connections for one failed login; want 1", n)
+			}
+		})
 	}
 }
 
-// TestRelayCancel: the client holds the server's real BackendKeyData, so
-// a CancelRequest works as in passthrough mode.
+// TestRelayCancel: the client holds the server's real BackendKeyData in
+// every auth mode, whoever logged in, so a CancelRequest works.
 func TestRelayCancel(t *testing.T) {
-	p := startProxy(t, proxyOpts{auth: proxy.AuthRelay})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=require", p.port, harness.ScramUser, harness.ScramPassword))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	done := make(chan error, 1)
-	go func() { _, err := conn.Exec(ctx, "select pg_sleep(30)").ReadAll(); done <- err }()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var n int
-		if err := adminQueryRow(ctx, "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'", &n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the query never started")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := conn.CancelRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var pgErr *pgconn.PgError
-	if err := <-done; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-		t.Fatalf("query ended with %v; want 57014", err)
+	for _, tc := range []struct {
+		auth    proxy.AuthMode
+		sslmode string
+	}{{proxy.AuthRelay, "disable"}, {proxy.AuthRelay, "require"}, {proxy.AuthAuto, "require"}, {proxy.AuthAuto, "disable"}, {proxy.AuthPassthrough, "disable"}} {
+		t.Run(string(tc.auth)+" sslmode="+tc.sslmode, func(t *testing.T) {
+			p := startProxy(t, proxyOpts{auth: tc.auth})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=%s", p.port, harness.ScramUser, harness.ScramPassword, tc.sslmode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			marker := fmt.Sprintf("select pg_sleep(30) /* cancel %s %s */", tc.auth, tc.sslmode)
+			done := make(chan error, 1)
+			go func() { _, err := conn.Exec(ctx, marker).ReadAll(); done <- err }()
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				var n int
+				if err := adminQueryRow(ctx, "select count(*) from pg_stat_activity where query = '"+marker+"' and state = 'active'", &n); err != nil {
+					t.Fatal(err)
+				}
+				if n == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the query never started")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err := conn.CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var pgErr *pgconn.PgError
+			if err := <-done; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+				t.Fatalf("query ended with %v; want 57014", err)
+			}
+		})
 	}
 }
 
@@ -245,7 +275,7 @@ func TestRelayStoredPassword(t *testing.T) {
 	if r.code != 0 || r.out != harness.ScramUser+"|true" {
 		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
 	}
-	waitForLog(t, p, "stored_password=true")
+	waitForLog(t, p, "password_from=stored")
 	if strings.Contains(p.log(), harness.ScramPassword) {
 		t.Fatalf("the password reached the log:\n%s", p.log())
 	}
@@ -272,7 +302,7 @@ func TestRelayStoredPassword(t *testing.T) {
 		{"stored password on a non-loopback listener", []string{"--password-env", "HOME", "--client-tls", "require", "--listen", fmt.Sprintf("0.0.0.0:%d", port)},
 			"a stored password lets anyone who reaches the listener in"},
 		{"stored password in passthrough mode", []string{"--auth", "passthrough", "--password-env", "HOME", "--listen", fmt.Sprintf("127.0.0.1:%d", port)},
-			"needs --auth relay"},
+			"needs --auth auto or relay"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -416,6 +446,40 @@ func TestRelayChannelBindingScripted(t *testing.T) {
 				t.Fatalf("log does not show the -PLUS login:\n%s", logs.String())
 			}
 		})
+	}
+	// A server that does not prove it knows the password is refused, in
+	// relay mode and where auto logs in: with its signature forged, or
+	// with AuthenticationOk in place of AuthenticationSASLFinal.
+	for _, tamper := range []struct{ how, want string }{
+		{"forge", "did not prove that it knows the password (its SCRAM signature is wrong)"},
+		{"omit", "sent AuthenticationOk before completing SCRAM"},
+	} {
+		bad, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password, SCRAMSignature: tamper.how})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bad.Close()
+		for _, mode := range []struct {
+			auth    proxy.AuthMode
+			sslmode string
+		}{{proxy.AuthRelay, "disable"}, {proxy.AuthAuto, "require"}} {
+			t.Run(tamper.how+" signature "+string(mode.auth), func(t *testing.T) {
+				p := startProxy(t, proxyOpts{port: bad.Port, auth: mode.auth})
+				seen := len(bad.SCRAMExchanges())
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				_, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=app password=%s sslmode=%s", p.port, password, mode.sslmode))
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, tamper.want) {
+					t.Fatalf("got %v; want FATAL 28000 %q", err, tamper.want)
+				}
+				// The server records its exchange after its last write.
+				waitFor(t, "the scripted server's record of the exchange", func() bool { return len(bad.SCRAMExchanges()) > seen })
+				if ex := bad.SCRAMExchanges(); !ex[len(ex)-1].ProofOK || ex[len(ex)-1].Mechanism != "SCRAM-SHA-256-PLUS" {
+					t.Fatalf("the scripted server saw %+v; want a valid -PLUS proof from the proxy", ex)
+				}
+			})
+		}
 	}
 	t.Run("wrong password", func(t *testing.T) {
 		p := startProxy(t, proxyOpts{port: s.Port, auth: proxy.AuthRelay, binding: "require"})

@@ -110,6 +110,14 @@ func errBindingRequired(what string) *ClientError {
 		"store the user's password as SCRAM on the server (password_encryption = scram-sha-256, then set the password again), or set channel_binding: prefer for this route")
 }
 
+// storedPasswordError is what the client sees when the route's stored
+// password cannot be had.
+func storedPasswordError(err error) *ClientError {
+	return &ClientError{Code: codeInvalidAuthorization, Reason: CauseStoredPassword, Cause: err,
+		Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
+		Hint:    "fix the route's password_file (mode 0600), password_env or password_command; the proxy's log has the details"}
+}
+
 // password returns the password for the proxy's login: the route's stored
 // one, or the client's, asked for in clear on the local hop. The caller
 // zeroes it.
@@ -117,9 +125,7 @@ func (a *authExchange) password() ([]byte, error) {
 	if a.stored != nil {
 		pw, err := a.stored()
 		if err != nil {
-			return nil, &ClientError{Code: codeInvalidAuthorization, Reason: CauseStoredPassword, Cause: err,
-				Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
-				Hint:    "fix the route's password_file (mode 0600), password_env or password_command"}
+			return nil, storedPasswordError(err)
 		}
 		a.passwordFrom = "stored"
 		return pw, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -404,4 +405,36 @@ func clientTLSConn(t *testing.T, c net.Conn) net.Conn {
 		t.Fatal(err)
 	}
 	return tc
+}
+
+// TestStoredPasswordFailureOpensNoUpstream: a relay route whose stored
+// password cannot be had (a failing password_command) refuses the client
+// with the reason before any upstream connection: no login attempt.
+func TestStoredPasswordFailureOpensNoUpstream(t *testing.T) {
+	up := &fakeUpstream{t: t, done: make(chan struct{}), script: func(*pgproto3.Backend, net.Conn) {}}
+	srv, err := New(Config{
+		Routes: []Route{{Name: "stored", Listen: []string{"127.0.0.1:0"}, UpstreamAddr: "upstream.test:5432", Dial: up.dial,
+			ClientTLS: ClientTLSDisable, Auth: AuthRelay,
+			StoredPassword: func() ([]byte, error) { return nil, errors.New("password_command failed (exit status 3)") }}},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background())
+	t.Cleanup(func() { srv.Close() })
+	c := dialProxy(t, srv.Addrs()[0].String())
+	if _, err := c.Write(startupBytes(t, map[string]string{"user": "alice"})); err != nil {
+		t.Fatal(err)
+	}
+	e := expectFatal(t, pgproto3.NewFrontend(c, c), codeInvalidAuthorization, "stored password cannot be read: password_command failed (exit status 3)")
+	if !strings.Contains(e.Hint, "password_command") {
+		t.Errorf("hint %q", e.Hint)
+	}
+	if n := up.dialCount(); n != 0 {
+		t.Fatalf("%d upstream connections, want none", n)
+	}
 }

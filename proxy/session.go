@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -75,6 +76,22 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	// A relay route with a stored password will log in with it: read it
+	// before dialling, so that a failing password_command opens no
+	// upstream connection and costs no failed login at the server.
+	var stored func() ([]byte, error)
+	if r.StoredPassword != nil {
+		stored = r.StoredPassword
+		if r.Auth == AuthRelay {
+			pw, err := r.StoredPassword()
+			if err != nil {
+				ss.refuse(storedPasswordError(err))
+				return
+			}
+			defer zero(pw)
+			stored = func() ([]byte, error) { return slices.Clone(pw), nil }
+		}
+	}
 	up, warm, err := s.upstreamConn(dctx, r)
 	if err != nil {
 		ss.refuse(ss.dialFailed(dctx, err))
@@ -95,7 +112,7 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		return
 	}
 	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
-		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: r.StoredPassword,
+		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored,
 		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
 		fallback: func(reason string) {
 			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
