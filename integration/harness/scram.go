@@ -23,12 +23,20 @@ const scramIterations = 4096
 // AuthenticationOk when the proof matches, or a 28P01 error.
 func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 	rec := ScriptedSCRAM{}
-	defer func() {
-		s.mu.Lock()
-		s.scram = append(s.scram, rec)
-		s.mu.Unlock()
-	}()
+	// The exchange is recorded before the server's last message goes out,
+	// so that a client that has read it finds the record.
+	saved := false
+	save := func() {
+		if !saved {
+			saved = true
+			s.mu.Lock()
+			s.scram = append(s.scram, rec)
+			s.mu.Unlock()
+		}
+	}
+	defer save()
 	fail := func(msg string) bool {
+		save()
 		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28P01", Message: msg})
 		_ = be.Flush()
 		return false
@@ -124,6 +132,7 @@ func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 	}
 	rec.ProofOK = true
 	serverSig := hmacSHA256(hmacSHA256(salted, "Server Key"), authMessage)
+	save()
 	switch s.opts.SCRAMSignature {
 	case "forge":
 		serverSig[0] ^= 0xff

@@ -239,9 +239,10 @@ func (w *worker) connect(ctx context.Context) error {
 }
 
 // connectAs opens a connection on legs[li] as logins[ui] and checks that
-// the leg is what was asked for. TLS legs say channel_binding=disable, as
-// README's "SCRAM channel binding" prescribes for passthrough: the client's
-// TLS ends at the proxy, so binding to it cannot pass through.
+// the leg is what was asked for. Half the TLS connections say
+// channel_binding=disable (their login is relayed as the client's own);
+// the others keep pgx's default, prefer, so that on the auth auto route
+// the proxy logs in for the SCRAM user itself.
 func (w *worker) connectAs(ctx context.Context, li, ui int) error {
 	w.leg, w.login = li, ui
 	l, u := legs[li], logins[ui]
@@ -251,9 +252,12 @@ func (w *worker) connectAs(ctx context.Context, li, ui int) error {
 	case !l.tls:
 		cs += " sslmode=disable"
 	case l.direct:
-		cs += " sslmode=require sslnegotiation=direct channel_binding=disable"
+		cs += " sslmode=require sslnegotiation=direct"
 	default:
-		cs += " sslmode=require sslnegotiation=postgres channel_binding=disable"
+		cs += " sslmode=require sslnegotiation=postgres"
+	}
+	if l.tls && w.rng.Intn(2) == 0 {
+		cs += " channel_binding=disable"
 	}
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -22,12 +21,22 @@ import (
 type proxyProc struct {
 	*harness.Process
 	pid       int
-	port      int // client listener on 127.0.0.1
+	port      int // the auth auto route's client listener on 127.0.0.1
+	relayPort int // the auth relay route's
 	adminPort int // --admin on 127.0.0.1
 	log       string
 	http      *http.Client // keep-alive client for the admin endpoint
 	stopped   bool         // stop sent SIGTERM or SIGQUIT (so an exit is expected)
 	dumped    bool         // SIGQUIT made it dump its goroutines and exit
+}
+
+// routePort is the listener of client id: even ids use the auth auto
+// route, odd ones the auth relay route.
+func (p *proxyProc) routePort(id int) int {
+	if id%2 == 1 {
+		return p.relayPort
+	}
+	return p.port
 }
 
 // stop sends SIGTERM and waits up to 10s for the process (its drain
@@ -64,6 +73,10 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	if err != nil {
 		return err
 	}
+	relayPort, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
 	adminPort, err := harness.FreePort()
 	if err != nil {
 		return err
@@ -74,13 +87,30 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 		return fmt.Errorf("creating proxy log: %w", err)
 	}
 	defer f.Close()
+	// Two routes to the same server: one with the default settings (auth
+	// auto) and one in auth relay, each with its share of the clients.
+	upstream := fmt.Sprintf("localhost:%d", r.cluster.Port)
+	max := proxyMaxConnections(r.o.Clients)
+	config := fmt.Sprintf(`routes:
+  - name: auto
+    listen: ["127.0.0.1:%d"]
+    upstream: %q
+    max_connections: %d
+  - name: relay
+    listen: ["127.0.0.1:%d"]
+    upstream: %q
+    auth: relay
+    max_connections: %d
+`, port, upstream, max, relayPort, upstream, max)
+	configPath := filepath.Join(r.work, fmt.Sprintf("proxy-%d.yaml", attempt))
+	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
+		return err
+	}
 	argv := []string{"run",
-		"--upstream", fmt.Sprintf("localhost:%d", r.cluster.Port),
+		"--config", configPath,
 		"--ca-file", r.rootFile,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--admin", fmt.Sprintf("127.0.0.1:%d", adminPort),
 		"--pin-dir", filepath.Join(r.work, "pins"),
-		"--max-connections", strconv.Itoa(proxyMaxConnections(r.o.Clients)),
 		"--drain-timeout", "2s",
 		"--log-level", "info",
 		// The harness's leaf lives a day: without this, the expiry
@@ -98,7 +128,7 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", r.bin, err)
 	}
-	p := &proxyProc{Process: hp, pid: hp.Pid(), port: port, adminPort: adminPort, log: logPath,
+	p := &proxyProc{Process: hp, pid: hp.Pid(), port: port, relayPort: relayPort, adminPort: adminPort, log: logPath,
 		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}}}
 	r.addCleanup(p.stop)
 	if err := r.waitProxyReady(ctx, p); err != nil {
@@ -106,8 +136,8 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 		return fmt.Errorf("proxy did not start: %w\n---- proxy log tail (%s) ----\n%s", err, logPath, fileTail(logPath, 20))
 	}
 	r.proxy = p
-	r.o.Logf("pgverifyproxy (pid %d) on 127.0.0.1:%d, admin 127.0.0.1:%d, --max-connections %d",
-		p.pid, port, adminPort, proxyMaxConnections(r.o.Clients))
+	r.o.Logf("pgverifyproxy (pid %d): auth auto on 127.0.0.1:%d, auth relay on 127.0.0.1:%d, admin 127.0.0.1:%d, max_connections %d each",
+		p.pid, port, relayPort, adminPort, max)
 	return nil
 }
 
@@ -147,20 +177,28 @@ func (r *Runner) readyOnce(ctx context.Context, p *proxyProc) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("readyz: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
+	for _, port := range []int{p.port, p.relayPort} {
+		if err := selectOne(rctx, port); err != nil {
+			return fmt.Errorf("select 1 through the proxy's route on port %d: %w", port, err)
+		}
+	}
+	return nil
+}
+
+// selectOne runs "select 1" through the proxy's listener on port.
+func selectOne(ctx context.Context, port int) error {
 	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable connect_timeout=5",
-		p.port, harness.MD5User, harness.MD5Password))
+		port, harness.MD5User, harness.MD5Password))
 	if err != nil {
 		return err
 	}
-	conn, err := pgconn.ConnectConfig(rctx, cfg)
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("select 1 through the proxy: %w", err)
+		return err
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(rctx, "select 1").ReadAll(); err != nil {
-		return fmt.Errorf("select 1 through the proxy: %w", err)
-	}
-	return nil
+	_, err = conn.Exec(ctx, "select 1").ReadAll()
+	return err
 }
 
 // stopProxy stops the proxy at the end of the run, records its exit and
@@ -211,6 +249,13 @@ func (r *Runner) scanProxyLog(res *Result) {
 		case strings.Contains(line, `msg="session ended"`):
 			res.ProxySessionsLogged++
 			continue
+		case strings.Contains(line, `msg="proxy login"`):
+			if strings.Contains(line, "route=relay ") {
+				res.ProxyLoginsRelay++
+			} else if strings.Contains(line, "route=auto ") {
+				res.ProxyLoginsAuto++
+			}
+			continue
 		default:
 			continue
 		}
@@ -220,6 +265,12 @@ func (r *Runner) scanProxyLog(res *Result) {
 	}
 	if err := sc.Err(); err != nil {
 		res.fail("proxy log: reading: %v", err)
+	}
+	// Both routes logged in for clients: relay for every client, auto for
+	// TLS clients with channel binding.
+	if res.ProxyLoginsAuto == 0 || res.ProxyLoginsRelay == 0 {
+		res.fail("proxy log: the proxy logged in itself %d times on the auth auto route and %d times on the auth relay route; want both above 0",
+			res.ProxyLoginsAuto, res.ProxyLoginsRelay)
 	}
 	if n := res.ProxyLogWarn + res.ProxyLogError + res.ProxyLogPanic; n > 0 {
 		res.fail("proxy log: %d warning(s), %d error(s), %d panic(s); first:\n  %s",

@@ -57,7 +57,7 @@ func (r *Runner) warmup(ctx context.Context) error {
 	for li := range legs {
 		for ui := range logins {
 			k := li*len(logins) + ui
-			w := newWorker(r.o.Clients+k, r.proxy.port, r.o.Seed, st, false, r.o.Logf)
+			w := newWorker(r.o.Clients+k, r.proxy.routePort(r.o.Clients+k), r.o.Seed, st, false, r.o.Logf)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -120,7 +120,7 @@ func (r *Runner) soak(ctx context.Context) (*Result, error) {
 	until := start.Add(o.Duration)
 	var wg sync.WaitGroup
 	for i := 0; i < o.Clients; i++ {
-		w := newWorker(i, r.proxy.port, o.Seed, st, o.Verbose, o.Logf)
+		w := newWorker(i, r.proxy.routePort(i), o.Seed, st, o.Verbose, o.Logf)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -318,6 +318,9 @@ type Result struct {
 	ProxyExit string
 	// Proxy log lines: all, warnings, errors, panics, ended sessions.
 	ProxyLogLines, ProxyLogWarn, ProxyLogError, ProxyLogPanic, ProxySessionsLogged int
+	// ProxyLoginsAuto and ProxyLoginsRelay count the proxy's own logins
+	// on each route.
+	ProxyLoginsAuto, ProxyLoginsRelay int
 	// Failures are the reasons the run failed; empty when it passed.
 	Failures []string
 }
@@ -418,8 +421,8 @@ func (r *Result) Summary() string {
 		settle = fmt.Sprintf("NOT back at the baseline after %v", r.SettleTime.Round(time.Millisecond))
 	}
 	fmt.Fprintf(&b, "  %s; exit after SIGTERM: %s\n", settle, r.ProxyExit)
-	fmt.Fprintf(&b, "proxy log: %d lines, %d sessions ended, %d warnings, %d errors, %d panics\n",
-		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
+	fmt.Fprintf(&b, "proxy log: %d lines, %d sessions ended, %d proxy logins (auto route %d, relay route %d), %d warnings, %d errors, %d panics\n",
+		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxyLoginsAuto+r.ProxyLoginsRelay, r.ProxyLoginsAuto, r.ProxyLoginsRelay, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
 	if len(r.ErrorMessages) > 0 {
 		b.WriteString("first errors:\n")
 		for _, m := range r.ErrorMessages {
