@@ -508,3 +508,65 @@ func TestRelayIgnoresPGEnvironment(t *testing.T) {
 		t.Fatalf("exit %d out %q err %q; want the client's own settings", r.code, r.out, r.err)
 	}
 }
+
+// TestPasswordCommand runs the binary with --password-command against
+// PG15: a token that rotates at every login (the role's password is
+// changed to the next token before each one, as an IAM token would be
+// minted), a command that fails, and one that hangs. A failing or hanging
+// command refuses the client with the reason and opens no upstream
+// connection: the server sees no login attempt.
+func TestPasswordCommand(t *testing.T) {
+	const role = "pgvp_token_user"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := cluster.Exec(ctx, "DROP ROLE IF EXISTS "+role+"; CREATE ROLE "+role+" LOGIN; SET password_encryption = 'scram-sha-256'"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "DROP ROLE IF EXISTS "+role) })
+	dir := t.TempDir()
+	script := filepath.Join(dir, "mint-token")
+	if err := os.WriteFile(script, []byte(`#!/bin/sh
+n=$(cat "$0.n" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$0.n"
+echo "minting token $n" >&2
+echo "token-$n-rotating"
+`), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	upstream := fmt.Sprintf("localhost:%d", cluster.Port)
+	p := startCLI(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay", "--password-command", script)
+	for n := 1; n <= 3; n++ {
+		if err := cluster.Exec(ctx, fmt.Sprintf("SET password_encryption = 'scram-sha-256'; ALTER ROLE %s PASSWORD 'token-%d-rotating'", role, n)); err != nil {
+			t.Fatal(err)
+		}
+		r := runPsql(t, p.port, "user="+role+" sslmode=disable", "", whoAmI)
+		if r.code != 0 || r.out != role+"|true" {
+			t.Fatalf("login %d with the rotated token: exit %d out %q err %q\n%s", n, r.code, r.out, r.err, p.log())
+		}
+	}
+	waitForLog(t, p, "password_from=stored")
+	if strings.Contains(p.log(), "-rotating") {
+		t.Fatalf("a token reached the log:\n%s", p.log())
+	}
+	if !strings.Contains(p.log(), "minting token 3") {
+		t.Fatalf("the command's standard error is not in the log:\n%s", p.log())
+	}
+
+	for _, tc := range []struct{ name, command, want string }{
+		{"failing", "echo 'ExpiredToken: the session has expired' >&2; exit 254", "password_command failed (exit status 254"},
+		{"hanging", "sleep 60", "password_command did not finish within 1s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := startCLI(t, nil, "--upstream", upstream, "--ca-file", rootFile, "--auth", "relay",
+				"--password-command", tc.command, "--password-command-timeout", "1s")
+			waitForLog(t, bad, "upstream verified") // the start-up check has dialled
+			mark := cluster.LogMark()
+			r := runPsql(t, bad.port, "user="+role+" sslmode=disable", "", whoAmI)
+			if r.code == 0 || !strings.Contains(r.err, "stored password cannot be read: "+tc.want) {
+				t.Fatalf("exit %d err %q; want FATAL with %q", r.code, r.err, tc.want)
+			}
+			if log := cluster.LogSince(mark); strings.Contains(log, "connection received") {
+				t.Fatalf("the refused login reached the server:\n%s", log)
+			}
+		})
+	}
+}

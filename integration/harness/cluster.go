@@ -505,6 +505,13 @@ func (c *Cluster) logSize() int64 {
 	return fi.Size()
 }
 
+// LogMark returns a mark of the server log's current end, for LogSince.
+func (c *Cluster) LogMark() int64 { return c.logSize() }
+
+// LogSince returns what the server logged after mark (log_connections is
+// on: every connection it accepted shows as "connection received").
+func (c *Cluster) LogSince(mark int64) string { return c.logSince(mark) }
+
 // logSince returns the server log from byte offset off on.
 func (c *Cluster) logSince(off int64) string {
 	b, err := os.ReadFile(c.logFile)
