@@ -9,16 +9,21 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -264,7 +269,7 @@ func TestCompleteAnswerFormats(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv.serve("/inter", tt.body)
 			// A fresh Completer per case: the cache must not hide the format.
-			var c chain.Completer
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 			if err != nil {
 				t.Fatalf("Complete: %v", err)
@@ -290,7 +295,7 @@ func TestCompleteTwoLevels(t *testing.T) {
 	srv.serve("/inter1", inter1.CertPEM)
 	srv.serve("/inter2", inter2.Cert.Raw)
 
-	var c chain.Completer
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 	if err != nil {
 		t.Fatalf("Complete: %v", err)
@@ -322,7 +327,7 @@ func TestCompleteMaxDepth(t *testing.T) {
 	srv.serve("/ca"+strconv.Itoa(last), cas[last].Cert.Raw)
 	leaf := leafWithAIA(t, cas[last], srv.url("/ca"+strconv.Itoa(last)))
 
-	var c chain.Completer
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 	if err != nil {
 		t.Fatalf("Complete: %v", err)
@@ -405,7 +410,7 @@ func TestCompleteLoops(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newAIAServer(t)
 			leaf, want := tt.build(t, srv)
-			var c chain.Completer
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 			// roots nil: nothing ever "verifies", so only loop detection stops it.
 			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, nil)
 			if err != nil {
@@ -461,7 +466,7 @@ func TestCompleteSizeLimit(t *testing.T) {
 				urls = append(urls, srv.url(p))
 			}
 			leaf := leafWithAIA(t, inter, urls...)
-			c := chain.Completer{MaxBytes: tt.maxBytes}
+			c := chain.Completer{MaxBytes: tt.maxBytes, AllowPrivate: true}
 			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
@@ -499,10 +504,10 @@ func TestCompleteSlowAnswer(t *testing.T) {
 		ctx  time.Duration // 0: context.Background
 		path string
 	}{
-		{name: "Timeout field, slow headers", c: &chain.Completer{Timeout: 200 * time.Millisecond}, path: "/slow"},
-		{name: "Timeout field, slow body", c: &chain.Completer{Timeout: 200 * time.Millisecond}, path: "/slow-body"},
+		{name: "Timeout field, slow headers", c: &chain.Completer{Timeout: 200 * time.Millisecond, AllowPrivate: true}, path: "/slow"},
+		{name: "Timeout field, slow body", c: &chain.Completer{Timeout: 200 * time.Millisecond, AllowPrivate: true}, path: "/slow-body"},
 		{name: "Timeout field with a custom client without timeout", c: &chain.Completer{Timeout: 200 * time.Millisecond, Client: &http.Client{}}, path: "/slow"},
-		{name: "caller's context deadline", c: &chain.Completer{}, ctx: 200 * time.Millisecond, path: "/slow"},
+		{name: "caller's context deadline", c: &chain.Completer{AllowPrivate: true}, ctx: 200 * time.Millisecond, path: "/slow"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -564,7 +569,7 @@ func TestCompleteURLsPerCert(t *testing.T) {
 			}
 			srv.serve("/u"+strconv.Itoa(tt.good), inter.Cert.Raw)
 			leaf := leafWithAIA(t, inter, urls...)
-			var c chain.Completer
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 			if tt.wantFound {
 				if err != nil {
@@ -627,7 +632,7 @@ func TestCompleteOnlyHTTP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := plain.total()
 			leaf := leafWithAIA(t, inter, tt.aia...)
-			var c chain.Completer
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
@@ -680,7 +685,7 @@ func TestCompleteRootsPool(t *testing.T) {
 			for _, c := range tt.presented {
 				presented = append(presented, c.Cert)
 			}
-			var c chain.Completer
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 			got, err := c.Complete(context.Background(), presented, tt.roots)
 			if err != nil {
 				t.Fatalf("Complete: %v", err)
@@ -705,6 +710,10 @@ func TestCompleteRootsPool(t *testing.T) {
 	}
 }
 
+// TestCompleteCache: Complete caches nothing by itself (what an upstream
+// or an AIA server hands out is not verified); what Remember is given after
+// a verification is used before fetching. The cache belongs to the
+// Completer.
 func TestCompleteCache(t *testing.T) {
 	srv := newAIAServer(t)
 	root := must[*harness.Cert](t)(harness.NewRootCA("aia cache root"))
@@ -714,14 +723,25 @@ func TestCompleteCache(t *testing.T) {
 	srv.serve("/root", root.Cert.Raw)
 	presented := []*x509.Certificate{leaf.Cert}
 
-	var c chain.Completer
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
+	var got []*x509.Certificate
 	for i := range 3 {
-		got, err := c.Complete(context.Background(), presented, nil)
+		var err error
+		got, err = c.Complete(context.Background(), presented, nil)
 		if err != nil {
 			t.Fatalf("Complete #%d: %v", i+1, err)
 		}
 		wantCerts(t, got, inter, root)
 	}
+	for _, p := range []string{"/inter", "/root"} {
+		if n := srv.count(p); n != 3 {
+			t.Errorf("%s requested %d times, want 3 (nothing unverified is cached)", p, n)
+		}
+	}
+	// The verifier remembers what verified: the path leaf, inter, root.
+	path := verifiedPath(t, leaf.Cert, harness.Pool(root), got...)
+	c.Remember(path, got)
+
 	// With the root as anchor only the intermediate is needed: from cache.
 	got, err := c.Complete(context.Background(), presented, harness.Pool(root))
 	if err != nil {
@@ -729,18 +749,42 @@ func TestCompleteCache(t *testing.T) {
 	}
 	wantCerts(t, got, inter)
 	for _, p := range []string{"/inter", "/root"} {
-		if n := srv.count(p); n != 1 {
-			t.Errorf("%s requested %d times, want 1 (cached)", p, n)
+		if n := srv.count(p); n != 3 {
+			t.Errorf("%s requested %d times, want 3 (cached)", p, n)
 		}
 	}
+	// The anchor (the path's last element) is never cached.
+	got, err = c.Complete(context.Background(), presented, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCerts(t, got, inter, root)
+	if n, m := srv.count("/inter"), srv.count("/root"); n != 3 || m != 4 {
+		t.Errorf("/inter, /root requested %d, %d times, want 3 (cached), 4 (the anchor is not cached)", n, m)
+	}
 	// The cache belongs to the Completer.
-	var fresh chain.Completer
+	fresh := chain.Completer{AllowPrivate: true}
 	if _, err := fresh.Complete(context.Background(), presented, harness.Pool(root)); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.count("/inter"); n != 2 {
-		t.Errorf("/inter requested %d times after a new Completer, want 2", n)
+	if n := srv.count("/inter"); n != 4 {
+		t.Errorf("/inter requested %d times after a new Completer, want 4", n)
 	}
+}
+
+// verifiedPath verifies leaf against roots with intermediates and returns
+// the first chain, as the verifier passes it to Remember.
+func verifiedPath(t *testing.T, leaf *x509.Certificate, roots *x509.CertPool, intermediates ...*x509.Certificate) []*x509.Certificate {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, c := range intermediates {
+		pool.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, DNSName: "db.example.test"})
+	if err != nil {
+		t.Fatalf("verifying the path to remember: %v", err)
+	}
+	return chains[0]
 }
 
 func TestCompleteConcurrent(t *testing.T) {
@@ -749,7 +793,7 @@ func TestCompleteConcurrent(t *testing.T) {
 	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia concurrent inter", nil))
 	leaf := leafWithAIA(t, inter, srv.url("/inter"))
 	srv.serve("/inter", inter.Cert.Raw)
-	var c chain.Completer
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for range 16 {
@@ -803,7 +847,7 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func TestCompleteNothingToDo(t *testing.T) {
-	var c chain.Completer
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
 	if _, err := c.Complete(context.Background(), nil, nil); err == nil {
 		t.Error("Complete(nil) succeeded")
 	}
@@ -886,5 +930,798 @@ func TestParseCertificates(t *testing.T) {
 			}
 			wantCerts(t, got, tt.want...)
 		})
+	}
+}
+
+// fakeResolver resolves the names in hosts through the pure Go resolver,
+// speaking DNS over a net.Pipe with answerDNS: no DNS server is contacted.
+// Other names do not exist.
+func fakeResolver(hosts map[string]netip.Addr) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		client, server := net.Pipe()
+		go answerDNS(server, hosts)
+		return client, nil
+	}}
+}
+
+// answerDNS answers DNS queries in the TCP framing (the Go resolver uses it
+// on a connection that is not a PacketConn): A or AAAA from hosts,
+// NXDOMAIN for an unknown name.
+func answerDNS(c net.Conn, hosts map[string]netip.Addr) {
+	defer c.Close()
+	for {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			return
+		}
+		q := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, q); err != nil || len(q) < 12 {
+			return
+		}
+		i := 12
+		var labels []string
+		for i < len(q) && q[i] != 0 {
+			n := int(q[i])
+			if i+1+n > len(q) {
+				return
+			}
+			labels = append(labels, string(q[i+1:i+1+n]))
+			i += 1 + n
+		}
+		if i+5 > len(q) {
+			return
+		}
+		qtype := binary.BigEndian.Uint16(q[i+1:])
+		a, known := hosts[strings.ToLower(strings.Join(labels, "."))]
+		flags := uint16(0x8180) // response, recursion desired and available
+		if !known {
+			flags |= 3 // NXDOMAIN
+		}
+		answer := known && (qtype == 1 && a.Is4() || qtype == 28 && a.Is6())
+		resp := append([]byte{}, q[0], q[1])
+		resp = binary.BigEndian.AppendUint16(resp, flags)
+		resp = binary.BigEndian.AppendUint16(resp, 1)
+		if answer {
+			resp = binary.BigEndian.AppendUint16(resp, 1)
+		} else {
+			resp = binary.BigEndian.AppendUint16(resp, 0)
+		}
+		resp = append(resp, 0, 0, 0, 0)
+		resp = append(resp, q[12:i+5]...) // the question
+		if answer {
+			resp = append(resp, 0xc0, 12) // the question's name
+			resp = binary.BigEndian.AppendUint16(resp, qtype)
+			resp = binary.BigEndian.AppendUint16(resp, 1) // IN
+			resp = binary.BigEndian.AppendUint32(resp, 60)
+			b := a.AsSlice()
+			resp = binary.BigEndian.AppendUint16(resp, uint16(len(b)))
+			resp = append(resp, b...)
+		}
+		out := binary.BigEndian.AppendUint16(nil, uint16(len(resp)))
+		if _, err := c.Write(append(out, resp...)); err != nil {
+			return
+		}
+	}
+}
+
+// TestCompleteRefusesPrivateDestinations: a hostile leaf whose caIssuers
+// URLs lead to the proxy's own host, under every spelling, reaches nothing
+// without the opt-in, and each error names the URL, the refused address
+// and the fix; with AllowPrivate the same fetches work.
+func TestCompleteRefusesPrivateDestinations(t *testing.T) {
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia ssrf root"))
+	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia ssrf inter", nil))
+	local := newAIAServer(t) // stands for the admin port, a metadata service...
+	local.serve("/inter", inter.Cert.Raw)
+	port := local.Listener.Addr().(*net.TCPAddr).Port
+
+	// A forward proxy on loopback (the user's own, allowed): it redirects
+	// ca.public.test to the local server, and serves the intermediate
+	// as the internal host proxied.hostile.test.
+	var mu sync.Mutex
+	proxied := map[string]int{}
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		proxied[r.URL.Hostname()]++
+		mu.Unlock()
+		switch r.URL.Hostname() {
+		case "ca.public.test":
+			http.Redirect(w, r, local.url("/inter"), http.StatusFound)
+		case "proxied.hostile.test":
+			_, _ = w.Write(inter.Cert.Raw)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(proxy.Close)
+	proxyURL := must[*url.URL](t)(url.Parse(proxy.URL))
+	viaProxy := func(r *http.Request) (*url.URL, error) {
+		if h := r.URL.Hostname(); h == "ca.public.test" || h == "proxied.hostile.test" {
+			return proxyURL, nil
+		}
+		return nil, nil // like NO_PROXY, and like Go for loopback
+	}
+	resolver := fakeResolver(map[string]netip.Addr{
+		"aia.hostile.test":     netip.MustParseAddr("127.0.0.1"),
+		"proxied.hostile.test": netip.MustParseAddr("127.0.0.1"),
+		"ca.public.test":       netip.MustParseAddr("203.0.113.7"),
+	})
+
+	tests := []struct {
+		name    string
+		url     string
+		wantAny []string // the error names one of these addresses
+		errHas  string
+		proxied string // the host the proxy sees once with the opt-in
+	}{
+		{name: "loopback address", url: local.url("/inter"), wantAny: []string{"from 127.0.0.1 (a loopback address)"}},
+		{name: "localhost", url: fmt.Sprintf("http://localhost:%d/inter", port), wantAny: []string{"from localhost at 127.0.0.1 (a loopback address)", "from localhost at ::1 (a loopback address)"}},
+		{name: "decimal number", url: fmt.Sprintf("http://2130706433:%d/inter", port), wantAny: []string{"from 2130706433 at 127.0.0.1 (a loopback address)"}},
+		{name: "hexadecimal short form", url: fmt.Sprintf("http://0x7f.1:%d/inter", port), wantAny: []string{"from 0x7f.1 at 127.0.0.1 (a loopback address)"}},
+		{name: "IPv4-mapped IPv6", url: fmt.Sprintf("http://[::ffff:127.0.0.1]:%d/inter", port), wantAny: []string{"from ::ffff:127.0.0.1 (a loopback address)"}},
+		{name: "name resolving to loopback", url: fmt.Sprintf("http://aia.hostile.test:%d/inter", port), wantAny: []string{"from aia.hostile.test at 127.0.0.1 (a loopback address)"}},
+		{name: "public-looking URL redirecting to loopback", url: "http://ca.public.test/inter", wantAny: []string{"from 127.0.0.1 (a loopback address)"},
+			errHas: "aia: http://ca.public.test/inter: redirected to " + local.url("/inter") + ": refusing", proxied: "ca.public.test"},
+		{name: "through a proxy, a name resolving to loopback", url: "http://proxied.hostile.test/inter", wantAny: []string{"from proxied.hostile.test at 127.0.0.1 (a loopback address)"}, proxied: "proxied.hostile.test"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leaf := leafWithAIA(t, inter, tt.url)
+			presented := []*x509.Certificate{leaf.Cert}
+			before := local.total()
+			mu.Lock()
+			proxiedBefore := proxied[tt.proxied]
+			mu.Unlock()
+
+			c := chain.Completer{Resolver: resolver, Proxy: viaProxy}
+			got, err := c.Complete(context.Background(), presented, harness.Pool(root))
+			if err == nil || len(got) != 0 {
+				t.Fatalf("Complete: %s, %v; want a refusal", names(got), err)
+			}
+			if n := local.total() - before; n != 0 {
+				t.Fatalf("%d request(s) reached the local server", n)
+			}
+			msg := err.Error()
+			for _, want := range []string{"aia: " + tt.url + ": ", "refusing to fetch from", "the URL comes from a certificate not verified yet", "aia_allow_private: true", "--aia-allow-private", tt.errHas} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error %q does not contain %q", msg, want)
+				}
+			}
+			named := false
+			for _, want := range tt.wantAny {
+				named = named || strings.Contains(msg, want)
+			}
+			if !named {
+				t.Errorf("error %q names none of %q", msg, tt.wantAny)
+			}
+			var re *chain.RefusedAddressError
+			if !errors.As(err, &re) || !re.Addr.Unmap().IsLoopback() || re.URL != tt.url {
+				t.Errorf("errors.As(RefusedAddressError) = %+v, want the loopback address and the URL", re)
+			}
+			if tt.proxied != "ca.public.test" { // that one must reach the proxy to be redirected
+				mu.Lock()
+				n := proxied[tt.proxied] - proxiedBefore
+				mu.Unlock()
+				if tt.proxied != "" && n != 0 {
+					t.Errorf("%d request(s) for %s reached the proxy", n, tt.proxied)
+				}
+			}
+
+			c.AllowPrivate = true
+			got, err = c.Complete(context.Background(), presented, harness.Pool(root))
+			if err != nil {
+				t.Fatalf("with AllowPrivate: %v", err)
+			}
+			wantCerts(t, got, inter)
+			if tt.proxied == "proxied.hostile.test" {
+				mu.Lock()
+				n := proxied[tt.proxied] - proxiedBefore
+				mu.Unlock()
+				if n != 1 {
+					t.Errorf("with AllowPrivate, %d requests reached the proxy, want 1", n)
+				}
+			} else if n := local.total() - before; n != 1 {
+				t.Errorf("with AllowPrivate, %d requests reached the local server, want 1", n)
+			}
+		})
+	}
+}
+
+// TestCompleteRefusalNamesTheFix pins the whole message for an address
+// that no test can listen on, and the other refused destinations of a
+// caIssuers URL: nothing is dialled, so the refusal is immediate.
+func TestCompleteRefusalNamesTheFix(t *testing.T) {
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia fix root"))
+	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia fix inter", nil))
+	leaf := leafWithAIA(t, inter, "http://10.0.0.5/ca.crt")
+	var c chain.Completer
+	_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	want := "aia: http://10.0.0.5/ca.crt: refusing to fetch from 10.0.0.5 (a private address): the URL comes from a certificate not verified yet; set aia_allow_private: true (--aia-allow-private) if your CA's AIA server is on an internal network"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	for _, u := range []string{
+		"http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/ca.crt", "http://172.16.0.1/ca.crt",
+		"http://192.168.0.1/ca.crt", "http://100.64.0.1/ca.crt", "http://[fc00::1]/ca.crt", "http://0.0.0.0/ca.crt",
+		"http://[::]/ca.crt", "http://224.0.0.1/ca.crt", "http://255.255.255.255/ca.crt", "http://0/ca.crt",
+	} {
+		leaf := leafWithAIA(t, inter, u)
+		start := time.Now()
+		_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+		var re *chain.RefusedAddressError
+		if !errors.As(err, &re) || !strings.Contains(err.Error(), "aia: "+u+": refusing to fetch from ") {
+			t.Errorf("%s: err = %v, want a refusal naming the URL", u, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%s: refused after %s: something was dialled", u, d)
+		}
+	}
+}
+
+// TestCompleteThroughProxy: a proxy named by the environment (here by
+// Completer.Proxy) is the user's own configuration: reached even on
+// loopback, for a URL whose host resolves to a public address.
+func TestCompleteThroughProxy(t *testing.T) {
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia proxy root"))
+	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia proxy inter", nil))
+	var hits atomic.Int32
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if r.URL.String() != "http://ca.public.test/inter.der" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write(inter.Cert.Raw)
+	}))
+	t.Cleanup(proxy.Close)
+	proxyURL := must[*url.URL](t)(url.Parse(proxy.URL))
+	c := chain.Completer{
+		Proxy:    http.ProxyURL(proxyURL),
+		Resolver: fakeResolver(map[string]netip.Addr{"ca.public.test": netip.MustParseAddr("2606:4700::1")}),
+	}
+	leaf := leafWithAIA(t, inter, "http://ca.public.test/inter.der")
+	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	if err != nil {
+		t.Fatalf("Complete through the proxy: %v", err)
+	}
+	wantCerts(t, got, inter)
+	if n := hits.Load(); n != 1 {
+		t.Errorf("the proxy saw %d requests, want 1", n)
+	}
+	// A name that does not resolve here is not handed to the proxy.
+	leaf = leafWithAIA(t, inter, "http://unknown.hostile.test/inter.der")
+	if _, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root)); err == nil || !strings.Contains(err.Error(), "resolving unknown.hostile.test") {
+		t.Errorf("err = %v, want the failed resolution", err)
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("the proxy saw %d requests, want still 1", n)
+	}
+}
+
+// reissued returns a certificate with ca's name and key issued by by: the
+// same intermediate cross-signed under another root (mkCert does the work).
+func reissued(t *testing.T, ca, by *harness.Cert) *harness.Cert {
+	t.Helper()
+	return mkCert(t, by, certSpec{subject: &ca.Cert.Subject, ca: true, key: ca.Key.(*ecdsa.PrivateKey)})
+}
+
+// TestRememberCache: what Remember keeps, what it never keeps, the TTL and
+// the LRU bound, each seen through the requests Complete makes.
+func TestRememberCache(t *testing.T) {
+	srv := newAIAServer(t)
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia remember root"))
+	type route struct {
+		inter, leaf *harness.Cert
+		path        string
+	}
+	newRoute := func(name string) route {
+		inter := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia remember "+name))
+		p := "/" + name
+		srv.serve(p, inter.Cert.Raw)
+		return route{inter: inter, leaf: leafWithAIA(t, inter, srv.url(p)), path: p}
+	}
+	now := time.Now() // the certificates are valid for 48h: the cache drops expired ones
+	clock := func() time.Time { return now }
+	// complete runs Complete for r and reports whether it fetched.
+	complete := func(t *testing.T, c *chain.Completer, r route) (fetched bool) {
+		t.Helper()
+		before := srv.count(r.path)
+		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
+		if err != nil {
+			t.Fatalf("Complete: %v", err)
+		}
+		wantCerts(t, got, r.inter)
+		return srv.count(r.path) > before
+	}
+	// learn fetches r's intermediate and remembers the verified path.
+	learn := func(t *testing.T, c *chain.Completer, r route) {
+		t.Helper()
+		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Remember(verifiedPath(t, r.leaf.Cert, harness.Pool(root), got...), got)
+	}
+
+	t.Run("a remembered intermediate is used without a request", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true}
+		r := newRoute("used")
+		learn(t, c, r)
+		if complete(t, c, r) {
+			t.Error("fetched although the verified intermediate is cached")
+		}
+	})
+	t.Run("a new leaf of the same intermediate uses it too", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true}
+		r := newRoute("renewed")
+		learn(t, c, r)
+		r.leaf = leafWithAIA(t, r.inter, srv.url(r.path))
+		if complete(t, c, r) {
+			t.Error("fetched for a renewed leaf under the cached intermediate")
+		}
+	})
+	t.Run("only fetched certificates of the path, never the leaf or the anchor", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true}
+		r := newRoute("subset")
+		path := verifiedPath(t, r.leaf.Cert, harness.Pool(root), r.inter.Cert)
+		c.Remember(path, nil)                                                     // nothing was fetched
+		c.Remember(path[:2], []*x509.Certificate{r.inter.Cert})                   // inter is that path's last element
+		c.Remember(path, []*x509.Certificate{r.leaf.Cert, root.Cert})             // leaf and anchor
+		c.Remember([]*x509.Certificate{r.leaf.Cert, root.Cert}, path)             // no intermediate in the path
+		c.Remember(path[1:], []*x509.Certificate{r.inter.Cert, r.inter.Cert}[:0]) // nothing
+		if !complete(t, c, r) {
+			t.Error("not fetched: something unverified or out of the path was cached")
+		}
+	})
+	t.Run("a cached certificate with the issuer's name but another key is not used", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true}
+		r := newRoute("twin")
+		learn(t, c, r)
+		twin := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia remember twin")) // same name, new key
+		srv.serve("/twin2", twin.Cert.Raw)
+		r2 := route{inter: twin, leaf: leafWithAIA(t, twin, srv.url("/twin2")), path: "/twin2"}
+		if !complete(t, c, r2) {
+			t.Error("a cached certificate that does not sign the leaf was used")
+		}
+	})
+	t.Run("entries expire after CacheTTL", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true, CacheTTL: time.Hour, Now: clock}
+		r := newRoute("ttl")
+		learn(t, c, r)
+		now = now.Add(59 * time.Minute)
+		if complete(t, c, r) {
+			t.Error("fetched before CacheTTL")
+		}
+		learn(t, c, r) // remembering again does not make it younger
+		now = now.Add(time.Minute)
+		if !complete(t, c, r) {
+			t.Error("not fetched after CacheTTL")
+		}
+	})
+	t.Run("default TTL is 24h", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true, Now: clock}
+		r := newRoute("ttl24")
+		learn(t, c, r)
+		now = now.Add(chain.AIACacheTTL - time.Second)
+		if complete(t, c, r) {
+			t.Error("fetched before 24h")
+		}
+		now = now.Add(time.Second)
+		if !complete(t, c, r) {
+			t.Error("not fetched after 24h")
+		}
+	})
+	t.Run("an intermediate past its NotAfter is not used", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true, CacheTTL: 1000 * time.Hour, Now: clock}
+		r := newRoute("notafter")
+		learn(t, c, r)
+		now = r.inter.Cert.NotAfter.Add(time.Second)
+		if !complete(t, c, r) {
+			t.Error("an expired intermediate was used from the cache")
+		}
+	})
+	t.Run("LRU bound at CacheSize", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true, CacheSize: 2}
+		a, b, d := newRoute("lru-a"), newRoute("lru-b"), newRoute("lru-c")
+		learn(t, c, a)
+		learn(t, c, b)
+		if complete(t, c, a) { // a is now the most recently used
+			t.Fatal("a fetched")
+		}
+		learn(t, c, d) // evicts b, the least recently used
+		if complete(t, c, a) {
+			t.Error("a fetched: evicted although recently used")
+		}
+		if complete(t, c, d) {
+			t.Error("c fetched right after it was remembered")
+		}
+		if !complete(t, c, b) {
+			t.Error("b not fetched: the cache holds more than CacheSize")
+		}
+	})
+	t.Run("default size is 64", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true}
+		var routes []route
+		for i := range chain.AIACacheSize + 1 {
+			r := newRoute("size-" + strconv.Itoa(i))
+			learn(t, c, r)
+			routes = append(routes, r)
+		}
+		if !complete(t, c, routes[0]) {
+			t.Error("the 65th intermediate did not evict the first")
+		}
+		if complete(t, c, routes[len(routes)-1]) {
+			t.Error("the last one is not cached")
+		}
+	})
+	t.Run("negative CacheSize keeps nothing", func(t *testing.T) {
+		c := &chain.Completer{AllowPrivate: true, CacheSize: -1}
+		r := newRoute("off")
+		learn(t, c, r)
+		if !complete(t, c, r) {
+			t.Error("cached with CacheSize -1")
+		}
+	})
+	t.Run("a cached cross-sign that leads elsewhere does not stop the fetch", func(t *testing.T) {
+		other := must[*harness.Cert](t)(harness.NewRootCA("aia remember other root"))
+		r := newRoute("cross")
+		cross := reissued(t, r.inter, other)
+		c := &chain.Completer{AllowPrivate: true}
+		// Another route verified the same intermediate under another root.
+		c.Remember([]*x509.Certificate{r.leaf.Cert, cross.Cert, other.Cert}, []*x509.Certificate{cross.Cert})
+		before := srv.count(r.path)
+		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if srv.count(r.path) != before+1 {
+			t.Error("not fetched: the cross-sign from the cache was taken as enough")
+		}
+		if err := verifyLeaf(r.leaf.Cert, harness.Pool(root), got...); err != nil {
+			t.Errorf("does not verify under root with %s: %v", names(got), err)
+		}
+	})
+}
+
+// TestCompleteUnder: with a pin, only the leaf's issuer is looked for, at
+// most AIAMaxFetchesPinned URLs, and only an issuer that the pinned anchor
+// or a pinned intermediate signed is kept.
+func TestCompleteUnder(t *testing.T) {
+	srv := newAIAServer(t)
+	anchor := must[*harness.Cert](t)(harness.NewRootCA("aia pinned root"))
+	other := must[*harness.Cert](t)(harness.NewRootCA("aia other root"))
+	inter := must[*harness.Cert](t)(harness.NewIntermediateCA(anchor, "aia pinned inter"))
+	interOther := reissued(t, inter, other) // same name and key, another root
+	deep := newCA(t, nil, "aia pinned deep root", 2, nil)
+	mid := newCA(t, deep, "aia pinned mid", 1, nil)
+	inter2 := newCA(t, mid, "aia new inter under mid", 0, []string{srv.url("/mid")})
+	srv.serve("/inter", inter.Cert.Raw)
+	srv.serve("/inter-other", interOther.Cert.Raw)
+	srv.serve("/bundle", append(append([]byte(nil), interOther.CertPEM...), inter.CertPEM...))
+	srv.serve("/inter2", inter2.Cert.Raw)
+	srv.serve("/mid", mid.Cert.Raw)
+	if chain.AIAMaxFetchesPinned != 2 {
+		t.Fatalf("AIAMaxFetchesPinned = %d: the table assumes 2", chain.AIAMaxFetchesPinned)
+	}
+
+	tests := []struct {
+		name     string
+		issuer   *harness.Cert // signs the leaf
+		aia      []string
+		extra    []*harness.Cert // presented after the leaf
+		anchors  []*harness.Cert
+		hints    []*harness.Cert
+		want     []*harness.Cert
+		errHas   string
+		wantHits map[string]int
+	}{
+		{name: "issuer signed by the pinned anchor is kept", issuer: inter, aia: []string{"/inter"}, anchors: []*harness.Cert{anchor},
+			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter": 1}},
+		{name: "issuer signed by another root is discarded", issuer: inter, aia: []string{"/inter-other"}, anchors: []*harness.Cert{anchor},
+			errHas: "is not signed by the pinned anchor", wantHits: map[string]int{"/inter-other": 1}},
+		{name: "the second URL gives the issuer under the pin", issuer: inter, aia: []string{"/inter-other", "/inter"}, anchors: []*harness.Cert{anchor},
+			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter-other": 1, "/inter": 1}},
+		{name: "stops at the first URL that gave one", issuer: inter, aia: []string{"/inter", "/inter-other"}, anchors: []*harness.Cert{anchor},
+			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter": 1, "/inter-other": 0}},
+		{name: "at most 2 URLs", issuer: inter, aia: []string{"/missing-1", "/missing-2", "/inter"}, anchors: []*harness.Cert{anchor},
+			errHas: "404", wantHits: map[string]int{"/missing-1": 1, "/missing-2": 1, "/inter": 0}},
+		{name: "of a bundle, only the issuer under the pin", issuer: inter, aia: []string{"/bundle"}, anchors: []*harness.Cert{anchor},
+			want: []*harness.Cert{inter}, wantHits: map[string]int{"/bundle": 1}},
+		{name: "signed by a pinned intermediate (hint)", issuer: inter2, aia: []string{"/inter2"}, anchors: []*harness.Cert{deep}, hints: []*harness.Cert{mid},
+			want: []*harness.Cert{inter2}, wantHits: map[string]int{"/inter2": 1, "/mid": 0}},
+		{name: "only the leaf: the issuer's own AIA is not followed", issuer: inter2, aia: []string{"/inter2"}, anchors: []*harness.Cert{deep},
+			errHas: "is not signed by the pinned anchor", wantHits: map[string]int{"/inter2": 1, "/mid": 0}},
+		{name: "only the leaf: a presented intermediate's AIA is not followed", issuer: inter2, extra: []*harness.Cert{inter2}, anchors: []*harness.Cert{deep},
+			wantHits: map[string]int{"/mid": 0}},
+		{name: "already chains: no fetch", issuer: inter, aia: []string{"/inter"}, extra: []*harness.Cert{inter}, anchors: []*harness.Cert{anchor},
+			wantHits: map[string]int{"/inter": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var urls []string
+			for _, p := range tt.aia {
+				urls = append(urls, srv.url(p))
+			}
+			leaf := leafWithAIA(t, tt.issuer, urls...)
+			presented := []*x509.Certificate{leaf.Cert}
+			for _, c := range tt.extra {
+				presented = append(presented, c.Cert)
+			}
+			var anchors, hints []*x509.Certificate
+			for _, c := range tt.anchors {
+				anchors = append(anchors, c.Cert)
+			}
+			for _, c := range tt.hints {
+				hints = append(hints, c.Cert)
+			}
+			before := map[string]int{}
+			for p := range tt.wantHits {
+				before[p] = srv.count(p)
+			}
+			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
+			got, err := c.CompleteUnder(context.Background(), presented, anchors, hints)
+			if tt.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
+				}
+			} else if err != nil {
+				t.Fatalf("CompleteUnder: %v", err)
+			}
+			wantCerts(t, got, tt.want...)
+			for p, want := range tt.wantHits {
+				if n := srv.count(p) - before[p]; n != want {
+					t.Errorf("%s requested %d times, want %d", p, n, want)
+				}
+			}
+			if len(tt.want) > 0 {
+				pool := harness.Pool(tt.anchors...)
+				if err := verifyLeaf(leaf.Cert, pool, append(append([]*x509.Certificate{}, hints...), got...)...); err != nil {
+					t.Errorf("does not verify under the pin: %v", err)
+				}
+			}
+		})
+	}
+
+	t.Run("the verified cache first, only what leads to the pin", func(t *testing.T) {
+		leaf := leafWithAIA(t, inter, srv.url("/inter"))
+		presented := []*x509.Certificate{leaf.Cert}
+		c := chain.Completer{AllowPrivate: true}
+		// Another route verified the cross-sign under the other root: not
+		// of use under this pin, so the URL is fetched.
+		c.Remember([]*x509.Certificate{leaf.Cert, interOther.Cert, other.Cert}, []*x509.Certificate{interOther.Cert})
+		before := srv.count("/inter")
+		got, err := c.CompleteUnder(context.Background(), presented, []*x509.Certificate{anchor.Cert}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCerts(t, got, inter)
+		if n := srv.count("/inter") - before; n != 1 {
+			t.Fatalf("/inter requested %d times, want 1", n)
+		}
+		c.Remember(verifiedPath(t, leaf.Cert, harness.Pool(anchor), got...), got)
+		got, err = c.CompleteUnder(context.Background(), presented, []*x509.Certificate{anchor.Cert}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCerts(t, got, inter)
+		if n := srv.count("/inter") - before; n != 1 {
+			t.Errorf("/inter requested %d times after Remember, want still 1", n)
+		}
+	})
+	t.Run("guarded like Complete", func(t *testing.T) {
+		leaf := leafWithAIA(t, inter, srv.url("/inter"))
+		before := srv.count("/inter")
+		var c chain.Completer
+		_, err := c.CompleteUnder(context.Background(), []*x509.Certificate{leaf.Cert}, []*x509.Certificate{anchor.Cert}, nil)
+		var re *chain.RefusedAddressError
+		if !errors.As(err, &re) || srv.count("/inter") != before {
+			t.Errorf("err = %v, %d requests; want a refusal and none", err, srv.count("/inter")-before)
+		}
+	})
+	t.Run("nothing to complete", func(t *testing.T) {
+		var c chain.Completer
+		if _, err := c.CompleteUnder(context.Background(), nil, []*x509.Certificate{anchor.Cert}, nil); err == nil {
+			t.Error("no presented certificate: no error")
+		}
+		leaf := leafWithAIA(t, inter, srv.url("/inter"))
+		if _, err := c.CompleteUnder(context.Background(), []*x509.Certificate{leaf.Cert}, nil, nil); err == nil {
+			t.Error("no anchor: no error")
+		}
+	})
+}
+
+// TestCompleteContext: Complete and CompleteUnder stop as soon as the
+// caller's context is done, during a fetch and between fetches.
+func TestCompleteContext(t *testing.T) {
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia ctx root"))
+	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia ctx inter", nil))
+	var requests atomic.Int32
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		select { // hangs 30s
+		case <-release:
+		case <-r.Context().Done():
+		case <-time.After(30 * time.Second):
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	leaf := leafWithAIA(t, inter, srv.URL+"/a", srv.URL+"/b", srv.URL+"/c")
+	presented := []*x509.Certificate{leaf.Cert}
+	calls := map[string]func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error){
+		"Complete": func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error) {
+			return c.Complete(ctx, presented, harness.Pool(root))
+		},
+		"CompleteUnder": func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error) {
+			return c.CompleteUnder(ctx, presented, []*x509.Certificate{root.Cert}, nil)
+		},
+	}
+	for name, call := range calls {
+		t.Run(name+" cancelled during a fetch", func(t *testing.T) {
+			before := requests.Load()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				for requests.Load() == before {
+					time.Sleep(time.Millisecond)
+				}
+				cancel()
+			}()
+			c := &chain.Completer{AllowPrivate: true}
+			start := time.Now()
+			got, err := call(ctx, c)
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("returned after %s while the server hangs 30s", d)
+			}
+			if !errors.Is(err, context.Canceled) || len(got) != 0 {
+				t.Errorf("got %s, %v; want nothing and context.Canceled", names(got), err)
+			}
+			if n := requests.Load() - before; n != 1 {
+				t.Errorf("%d requests, want 1: no fetch after the cancel", n)
+			}
+		})
+		t.Run(name+" with a context already done", func(t *testing.T) {
+			before := requests.Load()
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			c := &chain.Completer{AllowPrivate: true}
+			_, err := call(ctx, c)
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("err = %v, want context.Canceled", err)
+			}
+			if n := requests.Load() - before; n != 0 {
+				t.Errorf("%d requests with a context already done", n)
+			}
+		})
+	}
+}
+
+// TestCompleteHeapBounded: a man in the middle hands out fresh caIssuers
+// URLs at every handshake, each answered with ~63 KiB of certificates that
+// are not the issuer. Nothing of it may stay in memory: after 200 such
+// handshakes the heap has grown by less than 2 MiB, and nothing unverified
+// is cached (the next Complete fetches again).
+//
+// Measured with this test run against the previous chain/aia.go (an
+// unbounded URL -> answer cache, git show HEAD:chain/aia.go at the time):
+// the heap grew by 692,122 KiB in the 200 rounds (~3.4 MiB a handshake;
+// ~8.2 MiB a handshake with plain 470-byte junk certificates instead), and
+// the first handshake coming back made no request (all cached). This code:
+// ~40-50 KiB in all, and 20 requests.
+func TestCompleteHeapBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("200 hostile rounds")
+	}
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia heap root"))
+	issuer := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia heap issuer"))
+	// Junk of ~3.5 KiB a certificate (long AIA lists): parsing is what
+	// costs time, and it costs per certificate.
+	var junkAIA []string
+	for i := range 6 {
+		junkAIA = append(junkAIA, fmt.Sprintf("http://junk.example.com/%s/%d.crt", strings.Repeat("x", 500), i))
+	}
+	junk := newCA(t, root, "aia heap junk", 0, junkAIA)
+	var bundle []*harness.Cert
+	for len(bundle)*len(junk.Cert.Raw) < 63<<10-len(junk.Cert.Raw) {
+		bundle = append(bundle, junk)
+	}
+	body := pkcs7CertsOnly(t, bundle...)
+	if len(body) > chain.AIAMaxBytes || len(body) < 60<<10 {
+		t.Fatalf("bundle of %d bytes, want ~63 KiB", len(body))
+	}
+	var requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+
+	// One handshake: a leaf and three intermediates, each with
+	// AIAMaxURLsPerCert fresh URLs: AIAMaxFetches fetches.
+	next := 0
+	freshURLs := func() []string {
+		var urls []string
+		for range chain.AIAMaxURLsPerCert {
+			next++
+			urls = append(urls, fmt.Sprintf("%s/%d.p7c", srv.URL, next))
+		}
+		return urls
+	}
+	handshake := func(c *chain.Completer) []*x509.Certificate {
+		presented := []*x509.Certificate{leafWithAIA(t, issuer, freshURLs()...).Cert}
+		for range 3 {
+			presented = append(presented, newCA(t, root, "aia heap presented", 0, freshURLs()).Cert)
+		}
+		got, err := c.Complete(context.Background(), presented, harness.Pool(root))
+		if err != nil || len(got) != 0 {
+			t.Fatalf("Complete: %s, %v; want nothing (no answer holds the issuer)", names(got), err)
+		}
+		return presented
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+
+	c := &chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
+	first := handshake(c)                     // warm up the HTTP machinery
+	before := heap()
+	startRequests := requests.Load()
+	for range 200 {
+		handshake(c)
+	}
+	after := heap()
+	runtime.KeepAlive(c)
+	if n := requests.Load() - startRequests; n != 200*chain.AIAMaxFetches {
+		t.Fatalf("%d requests in 200 rounds, want %d", n, 200*chain.AIAMaxFetches)
+	}
+	growth := int64(after) - int64(before)
+	t.Logf("heap growth after 200 hostile handshakes: %d KiB (HeapAlloc %d -> %d)", growth>>10, before, after)
+	if growth >= 2<<20 {
+		t.Errorf("the heap grew by %d KiB in 200 hostile handshakes, want < 2048 KiB", growth>>10)
+	}
+
+	// Nothing unverified was kept: the first handshake fetches again.
+	startRequests = requests.Load()
+	if got, err := c.Complete(context.Background(), first, harness.Pool(root)); err != nil || len(got) != 0 {
+		t.Fatalf("Complete: %s, %v", names(got), err)
+	}
+	if n := requests.Load() - startRequests; n != chain.AIAMaxFetches {
+		t.Errorf("%d requests when the first handshake comes back, want %d: something was cached", n, chain.AIAMaxFetches)
+	}
+}
+
+// TestCompleteMaxFetches: however many certificates name however many
+// URLs, one Complete call makes at most AIAMaxFetches requests, and a URL
+// named twice in one call is requested once.
+func TestCompleteMaxFetches(t *testing.T) {
+	srv := newAIAServer(t)
+	root := must[*harness.Cert](t)(harness.NewRootCA("aia cap root"))
+	issuer := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia cap issuer"))
+	var presented []*x509.Certificate
+	for i := range 6 { // 6 certificates x 5 URLs, one of them shared by all
+		urls := []string{srv.url("/shared")}
+		for j := range chain.AIAMaxURLsPerCert - 1 {
+			urls = append(urls, srv.url(fmt.Sprintf("/%d-%d", i, j)))
+		}
+		if i == 0 {
+			presented = append(presented, leafWithAIA(t, issuer, urls...).Cert)
+			continue
+		}
+		presented = append(presented, newCA(t, root, "aia cap presented "+strconv.Itoa(i), 0, urls).Cert)
+	}
+	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
+	if _, err := c.Complete(context.Background(), presented, harness.Pool(root)); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("err = %v, want the 404s", err)
+	}
+	if n := srv.total(); n != chain.AIAMaxFetches {
+		t.Errorf("%d requests, want AIAMaxFetches = %d", n, chain.AIAMaxFetches)
+	}
+	if n := srv.count("/shared"); n != 1 {
+		t.Errorf("/shared requested %d times, want 1", n)
 	}
 }
