@@ -192,7 +192,8 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 	cfg := d.TLSConfig(v)
 	var verified []*x509.Certificate
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		path, err := v.Verify(cs.PeerCertificates)
+		// The dial's context bounds the AIA fetches the check may need.
+		path, err := v.VerifyContext(ctx, cs.PeerCertificates)
 		verified = path
 		return err
 	}

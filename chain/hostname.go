@@ -5,6 +5,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 )
 
@@ -82,10 +83,32 @@ func VerifyHostname(cert *x509.Certificate, host string) (HostnameMatch, error) 
 // matchName compares one certificate name (possibly a wildcard) with host the
 // way libpq does.
 func matchName(pattern, host string) bool {
-	if strings.EqualFold(pattern, host) {
+	if asciiEqualFold(pattern, host) {
 		return true
 	}
 	return wildcardMatch(pattern, host)
+}
+
+// asciiEqualFold compares a and b folding ASCII letters only, as libpq's
+// pg_strcasecmp does: strings.EqualFold would also fold Unicode (the Kelvin
+// sign U+212A would match "k"), accepting names libpq refuses.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if lowerASCII(a[i]) != lowerASCII(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // wildcardMatch implements libpq's wildcard_certificate_match: the pattern must
@@ -99,7 +122,7 @@ func wildcardMatch(pattern, host string) bool {
 	if len(host) <= len(suffix) {
 		return false
 	}
-	if !strings.EqualFold(host[len(host)-len(suffix):], suffix) {
+	if !asciiEqualFold(host[len(host)-len(suffix):], suffix) {
 		return false
 	}
 	label := host[:len(host)-len(suffix)]
@@ -118,13 +141,96 @@ func firstCommonName(cert *x509.Certificate) (string, bool) {
 	return "", false
 }
 
+// verifyHostnameChains applies VerifyHostname to the leaf of verified chains
+// (leaf first, anchor last, as x509.Verify returns them) and, when only
+// the CN matched, the DNS (or, for an IP literal, IP) name constraints of
+// every CA of the chain to that CN, as OpenSSL does. crypto/x509 applies
+// name constraints to SANs only, so without this a sub-CA permitted only
+// example.com could vouch for CN=db.victim.net on a leaf without a dNSName.
+// It returns the first chain that passes.
+func verifyHostnameChains(chains [][]*x509.Certificate, host string) ([]*x509.Certificate, HostnameMatch, error) {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return nil, 0, fmt.Errorf("no verified chain to check against host name %q", host)
+	}
+	leaf := chains[0][0]
+	match, err := VerifyHostname(leaf, host)
+	if err != nil || match != MatchCommonName {
+		return chains[0], match, err
+	}
+	cn, _ := firstCommonName(leaf)
+	var firstErr error
+	for _, c := range chains {
+		err := cnWithinConstraints(c, cn)
+		if err == nil {
+			return c, MatchCommonName, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, 0, &HostnameError{Host: strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), Cert: leaf, Reason: firstErr.Error()}
+}
+
+// cnWithinConstraints checks a CN used as the server's name against the name
+// constraints of each CA in chain (chain[0] is the leaf).
+func cnWithinConstraints(chain []*x509.Certificate, cn string) error {
+	ip := net.ParseIP(cn)
+	for _, ca := range chain[1:] {
+		if ip != nil {
+			if len(ca.PermittedIPRanges) > 0 && !ipInRanges(ip, ca.PermittedIPRanges) {
+				return fmt.Errorf("its common name %s is outside the IP ranges CA %s may vouch for (name constraints)", Quote(cn), Quote(ca.Subject.String()))
+			}
+			if ipInRanges(ip, ca.ExcludedIPRanges) {
+				return fmt.Errorf("its common name %s is in an IP range CA %s must not vouch for (name constraints)", Quote(cn), Quote(ca.Subject.String()))
+			}
+			continue
+		}
+		if len(ca.PermittedDNSDomains) > 0 && !slices.ContainsFunc(ca.PermittedDNSDomains, func(d string) bool { return withinDomain(cn, d) }) {
+			return fmt.Errorf("its common name %s is outside the domains CA %s may vouch for (name constraints permit only %s)", Quote(cn), Quote(ca.Subject.String()), QuoteAll(ca.PermittedDNSDomains))
+		}
+		if slices.ContainsFunc(ca.ExcludedDNSDomains, func(d string) bool { return withinDomain(cn, d) }) {
+			return fmt.Errorf("its common name %s is in a domain CA %s must not vouch for (name constraints exclude %s)", Quote(cn), Quote(ca.Subject.String()), QuoteAll(ca.ExcludedDNSDomains))
+		}
+	}
+	return nil
+}
+
+// withinDomain applies an RFC 5280 dNSName constraint: "example.com" covers
+// that name and every name under it, ".example.com" only the names under it,
+// "" every name. A wildcard CN is compared as written ("*.example.com" is
+// under example.com).
+func withinDomain(name, constraint string) bool {
+	name = strings.TrimSuffix(name, ".")
+	if constraint == "" {
+		return true
+	}
+	if strings.HasPrefix(constraint, ".") {
+		return len(name) > len(constraint) && asciiEqualFold(name[len(name)-len(constraint):], constraint)
+	}
+	if asciiEqualFold(name, constraint) {
+		return true
+	}
+	return len(name) > len(constraint)+1 && name[len(name)-len(constraint)-1] == '.' &&
+		asciiEqualFold(name[len(name)-len(constraint):], constraint)
+}
+
+func ipInRanges(ip net.IP, ranges []*net.IPNet) bool {
+	for _, r := range ranges {
+		if r.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // HostnameError reports a certificate that is not valid for the host name.
 type HostnameError struct {
 	// Host is the name that was checked.
 	Host string
 	// Cert is the leaf certificate.
 	Cert *x509.Certificate
-	// Reason overrides the default explanation when set.
+	// Reason overrides the default explanation when set; any certificate
+	// text in it is quoted already.
 	Reason string
 }
 
@@ -145,9 +251,9 @@ func (e *HostnameError) Error() string {
 	if e.Reason != "" {
 		return fmt.Sprintf("certificate is not valid for host name %q: %s", e.Host, e.Reason)
 	}
-	names := CertNames(e.Cert)
-	if len(names) == 0 {
+	names := QuotedNames(e.Cert)
+	if names == "" {
 		return fmt.Sprintf("certificate is not valid for host name %q: it carries no names at all", e.Host)
 	}
-	return fmt.Sprintf("certificate is not valid for host name %q: it is valid for %s", e.Host, strings.Join(names, ", "))
+	return fmt.Sprintf("certificate is not valid for host name %q: it is valid for %s", e.Host, names)
 }

@@ -57,6 +57,11 @@ func TestVerifyHostnameLibpqRules(t *testing.T) {
 		{"CN ignored for an IP when an IP SAN exists", certWith("127.0.0.1", nil, "10.0.0.1"), "127.0.0.1", 0},
 		{"no names at all", certWith("", nil), "db.example.com", 0},
 		{"embedded NUL", certWith("", []string{"db.example.com\x00.evil.com"}), "db.example.com", 0},
+		// libpq folds ASCII only (pg_strcasecmp): the Kelvin sign U+212A,
+		// which Unicode folds to "k", does not match "k".
+		{"Unicode case folding refused (Kelvin sign)", certWith("", []string{"db.\u212a.example"}), "db.k.example", 0},
+		{"Unicode case folding refused in a wildcard", certWith("", []string{"*.\u212a.example"}), "db.k.example", 0},
+		{"Unicode case folding refused in the CN", certWith("db.\u212a.example", nil), "db.k.example", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

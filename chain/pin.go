@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // ErrNoPin means no pin file exists yet for an upstream.
@@ -22,6 +25,10 @@ var ErrNoPin = errors.New("no pin for this upstream yet")
 // metaPrefix starts the one comment line of a pin file that carries its
 // metadata as JSON. OpenSSL (and so libpq) skips text outside PEM blocks.
 const metaPrefix = "# pgverifyproxy-meta: "
+
+// maxPinFileBytes bounds what is read of a pin file (a few anchors and
+// intermediates take a few KiB).
+const maxPinFileBytes = 1 << 20
 
 // pinFormatVersion is the version of the metadata layout.
 const pinFormatVersion = 1
@@ -107,16 +114,19 @@ func (p *Pin) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	js = jsonEscapeNonPrintable(js)
 	var b bytes.Buffer
-	addr := p.Host + ":" + strconv.Itoa(p.Port)
-	fmt.Fprintf(&b, "# pgverifyproxy pin: the trust anchor(s) of upstream %s (certificate name %s), policy %s.\n", addr, p.VerifyName(), p.Policy)
-	fmt.Fprintf(&b, "# Usable as a libpq root certificate: psql \"sslmode=verify-full sslrootcert=THIS_FILE host=%s port=%d ...\"\n", p.VerifyName(), p.Port)
+	// Every line below is one line: names are escaped (Printable, Quote),
+	// so a certificate's text cannot start a line of its own.
+	addr := Printable(p.Host) + ":" + strconv.Itoa(p.Port)
+	fmt.Fprintf(&b, "# pgverifyproxy pin: the trust anchor(s) of upstream %s (certificate name %s), policy %s.\n", addr, Printable(p.VerifyName()), Printable(p.Policy))
+	fmt.Fprintf(&b, "# Usable as a libpq root certificate: psql \"sslmode=verify-full sslrootcert=THIS_FILE host=%s port=%d ...\"\n", Printable(p.VerifyName()), p.Port)
 	fmt.Fprintf(&b, "# Do not edit. After a change you have confirmed with the provider: pgverifyproxy chain fetch --upstream %s --repin\n", addr)
 	for i, a := range p.Anchors {
-		fmt.Fprintf(&b, "# anchor %d: %s; SPKI SHA-256 %s; valid until %s\n", i+1, a.Subject.String(), SPKIHash(a), a.NotAfter.UTC().Format("2006-01-02"))
+		fmt.Fprintf(&b, "# anchor %d: %s; SPKI SHA-256 %s; valid until %s\n", i+1, Quote(a.Subject.String()), SPKIHash(a), a.NotAfter.UTC().Format("2006-01-02"))
 	}
 	for i, c := range p.Intermediates {
-		fmt.Fprintf(&b, "# intermediate %d (for building the path; the proxy trusts only the anchor): %s; valid until %s\n", i+1, c.Subject.String(), c.NotAfter.UTC().Format("2006-01-02"))
+		fmt.Fprintf(&b, "# intermediate %d (for building the path; the proxy trusts only the anchors): %s; valid until %s\n", i+1, Quote(c.Subject.String()), c.NotAfter.UTC().Format("2006-01-02"))
 	}
 	b.WriteString(metaPrefix)
 	b.Write(js)
@@ -129,6 +139,37 @@ func (p *Pin) Encode() ([]byte, error) {
 		}
 	}
 	return b.Bytes(), nil
+}
+
+// jsonEscapeNonPrintable rewrites, in JSON from json.Marshal, every
+// character that is not printable (DEL, C1 controls, bidi overrides, line
+// separators; Marshal escapes only those below 0x20) as its \uXXXX escape,
+// which decodes to the same string: a pin file's metadata line stays one
+// safe line on a terminal whatever a certificate's subject holds.
+func jsonEscapeNonPrintable(js []byte) []byte {
+	var out []byte
+	for i := 0; i < len(js); {
+		r, size := utf8.DecodeRune(js[i:])
+		if unicode.IsPrint(r) || r == utf8.RuneError && size == 1 {
+			// Marshal makes valid UTF-8; a lone RuneError cannot occur.
+			if out != nil {
+				out = append(out, js[i:i+size]...)
+			}
+			i += size
+			continue
+		}
+		if out == nil {
+			out = append([]byte{}, js[:i]...)
+		}
+		for _, u := range utf16.Encode([]rune{r}) {
+			out = fmt.Appendf(out, `\u%04x`, u)
+		}
+		i += size
+	}
+	if out == nil {
+		return js
+	}
+	return out
 }
 
 // ParsePin reads a pin file. Anything inconsistent (no metadata, anchors that
@@ -229,15 +270,20 @@ func safeName(s string) string {
 }
 
 // Load reads the pin of an upstream; ErrNoPin when there is none. A pin file
-// that cannot be read or parsed is an error that names the file.
+// that cannot be read or parsed is an error that names the file, and so is
+// a pin directory or file that another user could have written (see
+// checkPrivate), or a pin file that is a symbolic link.
 func (s *PinStore) Load(host string, port int, serverName string) (*Pin, error) {
 	path := s.Path(host, port, serverName)
-	data, err := os.ReadFile(path)
+	data, err := readPinFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNoPin
 	}
 	if err != nil {
-		return nil, fmt.Errorf("pin: reading %s: %w", path, err)
+		return nil, err
+	}
+	if err := s.checkDir(); err != nil {
+		return nil, err
 	}
 	p, err := ParsePin(data)
 	if err != nil {
@@ -249,10 +295,21 @@ func (s *PinStore) Load(host string, port int, serverName string) (*Pin, error) 
 	return p, nil
 }
 
+// ErrPinExists means SaveNew found a pin already there: another process
+// pinned the upstream first.
+var ErrPinExists = errors.New("a pin for this upstream exists already")
+
 // Save writes the pin atomically (temporary file, fsync, rename, fsync of the
 // directory) with mode 0600, so a crash leaves either the old pin or the new
-// one, never a mix.
-func (s *PinStore) Save(p *Pin) (string, error) {
+// one, never a mix. It replaces an existing pin (a re-pin).
+func (s *PinStore) Save(p *Pin) (string, error) { return s.save(p, false) }
+
+// SaveNew writes a first pin like Save, but only if there is none yet: when
+// two processes pin the same upstream at once, the second gets ErrPinExists
+// and should load the first one's pin instead of replacing it.
+func (s *PinStore) SaveNew(p *Pin) (string, error) { return s.save(p, true) }
+
+func (s *PinStore) save(p *Pin, exclusive bool) (string, error) {
 	data, err := p.Encode()
 	if err != nil {
 		return "", err
@@ -260,15 +317,36 @@ func (s *PinStore) Save(p *Pin) (string, error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return "", fmt.Errorf("pin: creating %s: %w", s.Dir, err)
 	}
+	if err := s.checkDir(); err != nil {
+		return "", err
+	}
 	path := s.Path(p.Host, p.Port, p.ServerName)
-	return path, writeFileAtomic(path, data, s.crashAfter)
+	if err := writeFileAtomic(path, data, s.crashAfter, exclusive); err != nil {
+		return path, fmt.Errorf("pin: %w", err)
+	}
+	return path, nil
+}
+
+// checkDir refuses a pin directory another local user could write to.
+func (s *PinStore) checkDir() error {
+	st, err := os.Stat(s.Dir)
+	if err != nil {
+		return fmt.Errorf("pin: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("pin: %s is not a directory", s.Dir)
+	}
+	return checkPrivate(s.Dir, st)
 }
 
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory, with mode 0600.
-func WriteFileAtomic(path string, data []byte) error { return writeFileAtomic(path, data, 0) }
+func WriteFileAtomic(path string, data []byte) error { return writeFileAtomic(path, data, 0, false) }
 
-func writeFileAtomic(path string, data []byte, crashAfter int) error {
+// writeFileAtomic writes data to path through a temporary file. With
+// exclusive, the file takes the name only if nothing has it (a hard link,
+// which fails when the name exists), else ErrPinExists.
+func writeFileAtomic(path string, data []byte, crashAfter int, exclusive bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -299,7 +377,17 @@ func writeFileAtomic(path string, data []byte, crashAfter int) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := os.Rename(tmpName, path); err != nil {
+	if exclusive {
+		err := os.Link(tmpName, path)
+		os.Remove(tmpName)
+		ok = true
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("writing %s: %w", path, ErrPinExists)
+		}
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", path, err)
+		}
+	} else if err := os.Rename(tmpName, path); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	ok = true

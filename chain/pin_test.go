@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // selfSignedCA makes a CA certificate for pin tests (the harness package
@@ -144,5 +145,35 @@ func TestPinWriteCrashKeepsOldPin(t *testing.T) {
 	matches, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
 	if len(matches) != 1 {
 		t.Fatalf("want the crashed temporary file left aside, found %v", matches)
+	}
+}
+
+// TestPinFileHasNoControlCharacters: a pin file's comment and metadata
+// lines stay one line each, with no character that could drive a terminal
+// (cat, less), whatever the anchor's subject holds; the metadata still
+// parses back to the same pin.
+func TestPinFileHasNoControlCharacters(t *testing.T) {
+	hostile := "root\n# anchor 2: FAKE; SPKI SHA-256 AAAA\x1b[8m\r\u202e\x7f\u2028"
+	a := selfSignedCA(t, hostile)
+	p := testPin(t, a, selfSignedCA(t, "hint\x1b]0;x\a"))
+	data, err := p.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	for i, r := range text {
+		if r != '\n' && !unicode.IsPrint(r) {
+			t.Fatalf("the pin file holds %U at byte %d:\n%s", r, i, text)
+		}
+	}
+	if n := strings.Count(text, "\n# anchor "); n != 1 {
+		t.Fatalf("%d anchor comment lines, want 1:\n%s", n, text)
+	}
+	back, err := ParsePin(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Anchors[0].Equal(a) || back.Anchors[0].Subject.CommonName != hostile {
+		t.Fatal("the pin does not round-trip")
 	}
 }

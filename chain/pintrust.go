@@ -33,6 +33,9 @@ type PinTrust struct {
 	RefetchInterval time.Duration
 	// OnPinned is called after a first pin was written.
 	OnPinned func(p *Pin, path string)
+	// Repin is the command that replaces the pin, named when the
+	// upstream's identity changed.
+	Repin string
 
 	mu          sync.Mutex
 	pin         *Pin
@@ -40,6 +43,30 @@ type PinTrust struct {
 	size        int64
 	lastAttempt time.Time
 	lastErr     error
+	generation  uint64
+}
+
+// Generation is a number that changes whenever the pin in use changes: a
+// pin written, replaced (chain fetch --repin) or removed. A connection
+// verified under one generation must not be handed out under another. It
+// looks at the pin file (a stat) but never fetches.
+func (t *PinTrust) Generation() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.Dialer
+	st, err := os.Stat(t.Store.Path(d.Host, d.Port, d.ServerName))
+	switch {
+	case err != nil && t.pin != nil:
+		// The pin was removed (or cannot be read): what was verified
+		// under it no longer counts.
+		t.pin, t.modTime, t.size = nil, time.Time{}, 0
+		t.generation++
+	case err == nil && t.pin != nil && (!st.ModTime().Equal(t.modTime) || st.Size() != t.size):
+		// Replaced: reloaded by the next Current.
+		t.pin = nil
+		t.generation++
+	}
+	return t.generation
 }
 
 // Verifier implements TrustSource.
@@ -51,7 +78,7 @@ func (t *PinTrust) Verifier(ctx context.Context) (*Verifier, error) {
 	return &Verifier{
 		Roots: p.Pool(), Intermediates: p.Intermediates, AIA: t.AIA,
 		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path,
-		Upstream: t.Dialer.Addr(), System: t.System,
+		Upstream: t.Dialer.Addr(), System: t.System, Repin: t.Repin,
 	}, nil
 }
 
@@ -72,6 +99,9 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 		if err != nil {
 			return nil, path, err
 		}
+		if t.pin != nil {
+			t.generation++
+		}
 		t.pin, t.modTime, t.size = p, st.ModTime(), st.Size()
 		return p, path, nil
 	case !errors.Is(statErr, os.ErrNotExist):
@@ -91,12 +121,29 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 		t.lastErr = err
 		return nil, path, err
 	}
-	saved, err := t.Store.Save(p)
+	saved, err := t.Store.SaveNew(p)
+	if errors.Is(err, ErrPinExists) {
+		// Another process pinned the upstream meanwhile: its pin is the
+		// one, as if this one had started later.
+		theirs, lerr := t.Store.Load(d.Host, d.Port, d.ServerName)
+		if lerr != nil {
+			t.lastErr = lerr
+			return nil, path, lerr
+		}
+		if st, err := os.Stat(path); err == nil {
+			t.modTime, t.size = st.ModTime(), st.Size()
+		}
+		t.lastErr = nil
+		t.generation++
+		t.pin = theirs
+		return theirs, path, nil
+	}
 	if err != nil {
-		t.lastErr = fmt.Errorf("pin: %w", err)
-		return nil, path, t.lastErr
+		t.lastErr = err
+		return nil, path, err
 	}
 	t.lastErr = nil
+	t.generation++
 	if st, err := os.Stat(saved); err == nil {
 		t.modTime, t.size = st.ModTime(), st.Size()
 	}
@@ -118,6 +165,6 @@ func (t *PinTrust) fetchPin(ctx context.Context) (*Pin, error) {
 // PinFromDecision makes the pin to save for a decision.
 func PinFromDecision(d *Dialer, dec *Decision, now time.Time) *Pin {
 	return &Pin{Host: d.Host, Port: d.Port, ServerName: d.ServerName, Policy: string(dec.Policy),
-		Anchors: []*x509.Certificate{dec.Anchor}, Intermediates: dec.Intermediates,
+		Anchors: dec.Anchors, Intermediates: dec.Intermediates,
 		FirstSeen: now, Updated: now}
 }

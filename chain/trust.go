@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -21,17 +22,23 @@ const (
 	PolicyTOFU Policy = "tofu"
 	// PolicyCAFile pins the root from a CA file the user gave.
 	PolicyCAFile Policy = "ca-file"
+	// PolicyLive pins nothing: every connection is verified against the
+	// system trust store as it is then, like libpq's sslrootcert=system. A
+	// change of root is logged and counted, never refused.
+	PolicyLive Policy = "live"
 )
 
-// ParsePolicy accepts "system" and "tofu" ("" means system).
+// ParsePolicy accepts "system", "tofu" and "live" ("" means system).
 func ParsePolicy(s string) (Policy, error) {
 	switch Policy(s) {
 	case "", PolicySystem:
 		return PolicySystem, nil
 	case PolicyTOFU:
 		return PolicyTOFU, nil
+	case PolicyLive:
+		return PolicyLive, nil
 	}
-	return "", fmt.Errorf("--trust must be system or tofu, not %q", s)
+	return "", fmt.Errorf("--trust must be system, tofu or live (system: pin the public root the chain leads to; tofu: pin what the server presents, after you checked it; live: no pin, the system trust store at every connection), not %s", Quote(s))
 }
 
 // SystemRoots returns the system trust store as an explicit pool: the
@@ -52,9 +59,14 @@ type Decision struct {
 	Policy Policy
 	// Chain is the verified path, leaf first, anchor last.
 	Chain []*x509.Certificate
-	// Anchor is the certificate to pin.
+	// Anchor is the anchor of Chain.
 	Anchor *x509.Certificate
-	// Intermediates are the certificates between leaf and anchor.
+	// Anchors are every anchor a verified path reaches, Anchor first: a
+	// chain with cross-signed CAs verifies along several paths, and a
+	// server that switches between them has not changed its identity.
+	Anchors []*x509.Certificate
+	// Intermediates are the certificates between leaf and anchor on every
+	// verified path (hints for building paths, never anchors).
 	Intermediates []*x509.Certificate
 }
 
@@ -85,34 +97,52 @@ func Decide(f *Fetched, extra []*x509.Certificate, name string, policy Policy, s
 	for _, c := range extra {
 		inter.AddCert(c)
 	}
-	verifyWith := func(roots *x509.CertPool) ([]*x509.Certificate, error) {
+	verifyWith := func(roots *x509.CertPool) ([][]*x509.Certificate, error) {
 		chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 		if err != nil {
 			return nil, classify(err, f.Presented, now)
 		}
-		if _, err := VerifyHostname(leaf, name); err != nil {
+		path, _, err := verifyHostnameChains(chains, name)
+		if err != nil {
 			return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err}
 		}
-		return chains[0], nil
+		// The path that passed the host-name check comes first.
+		return append([][]*x509.Certificate{path}, chains...), nil
 	}
-	decided := func(p Policy, chain []*x509.Certificate) *Decision {
+	decided := func(p Policy, chains [][]*x509.Certificate) *Decision {
+		chain := chains[0]
 		d := &Decision{Policy: p, Chain: chain, Anchor: chain[len(chain)-1]}
-		if len(chain) > 2 {
-			d.Intermediates = chain[1 : len(chain)-1]
+		seen := map[[32]byte]bool{}
+		for _, c := range chains {
+			if a := c[len(c)-1]; !seen[sha256.Sum256(a.Raw)] {
+				seen[sha256.Sum256(a.Raw)] = true
+				d.Anchors = append(d.Anchors, a)
+			}
+		}
+		for _, c := range chains {
+			if len(c) < 3 {
+				continue // no certificate between leaf and anchor
+			}
+			for _, ic := range c[1 : len(c)-1] {
+				if !seen[sha256.Sum256(ic.Raw)] {
+					seen[sha256.Sum256(ic.Raw)] = true
+					d.Intermediates = append(d.Intermediates, ic)
+				}
+			}
 		}
 		return d
 	}
 
 	if caRoots != nil {
-		chain, err := verifyWith(caRoots)
+		chains, err := verifyWith(caRoots)
 		if err != nil {
 			return nil, err
 		}
-		return decided(PolicyCAFile, chain), nil
+		return decided(PolicyCAFile, chains), nil
 	}
-	chain, err := verifyWith(system)
+	chains, err := verifyWith(system)
 	if err == nil {
-		return decided(PolicySystem, chain), nil
+		return decided(PolicySystem, chains), nil
 	}
 	var ve *VerifyError
 	if !errors.As(err, &ve) || (ve.Kind != KindSelfSigned && ve.Kind != KindUnknownAuthority) {
@@ -121,30 +151,38 @@ func Decide(f *Fetched, extra []*x509.Certificate, name string, policy Policy, s
 	if ve.Kind == KindSelfSigned {
 		if policy != PolicyTOFU {
 			return nil, &TrustError{Kind: KindSelfSigned, Retryable: true,
-				Reason: fmt.Sprintf("the server presents a self-signed certificate (%s, SPKI SHA-256 %s): no public CA vouches for it, so it is not pinned", leaf.Subject.String(), SPKIHash(leaf)),
+				Reason: fmt.Sprintf("the server presents a self-signed certificate (%s, SPKI SHA-256 %s): no public CA vouches for it, so it is not pinned", Quote(leaf.Subject.String()), SPKIHash(leaf)),
 				Hint:   "new managed services (Timescale Cloud, for one) start with a self-signed certificate and switch to a CA-signed one within about 30 minutes: retry later, or keep trying with --wait 45m; if this certificate is the server's lasting identity and you have checked its fingerprint with the provider, pin it with --trust tofu, or pass it as --ca-file"}
 		}
 		pool := x509.NewCertPool()
 		pool.AddCert(leaf)
-		chain, err := verifyWith(pool)
+		chains, err := verifyWith(pool)
 		if err != nil {
 			return nil, err
 		}
-		return decided(PolicyTOFU, chain), nil
+		return decided(PolicyTOFU, chains), nil
 	}
 	top := topOfChain(leaf, append(append([]*x509.Certificate{}, f.Presented[1:]...), extra...))
 	if policy != PolicyTOFU {
 		return nil, &TrustError{Kind: KindUnknownAuthority,
-			Reason: fmt.Sprintf("the server's chain ends at %q (SPKI SHA-256 %s), which is not in the system trust store: a private CA, or someone intercepting", top.Subject.String(), SPKIHash(top)),
+			Reason: fmt.Sprintf("the server's chain ends at %s (SPKI SHA-256 %s), which is not in the system trust store: a private CA, or someone intercepting", Quote(top.Subject.String()), SPKIHash(top)),
 			Hint:   "if the provider documents this CA (RDS, Cloud SQL and Azure publish theirs), pass its certificate with --ca-file; if you have checked the fingerprint above with the provider, pin it with --trust tofu"}
+	}
+	if top == leaf || !top.IsCA {
+		// Pinning a leaf that is not self-signed would refuse every
+		// connection after the server's next certificate renewal (RDS
+		// renews leaves by itself).
+		return nil, &TrustError{Kind: KindUnknownAuthority,
+			Reason: fmt.Sprintf("the server sent only its own certificate %s (issued by %s), not the CA that signed it, and the CA could not be found: trust on first use pins a CA, never a server certificate that changes at each renewal", Quote(leaf.Subject.String()), Quote(leaf.Issuer.String())),
+			Hint:   "pass the provider's CA bundle with --ca-file (RDS, Cloud SQL and Azure publish theirs; for a private CA, ask the server's operator for its root certificate)"}
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(top)
-	chain, err = verifyWith(pool)
+	chains, err = verifyWith(pool)
 	if err != nil {
 		return nil, err
 	}
-	return decided(PolicyTOFU, chain), nil
+	return decided(PolicyTOFU, chains), nil
 }
 
 // topOfChain follows issuers from leaf through certs (by signature) and
@@ -180,6 +218,9 @@ func FetchAndDecide(ctx context.Context, d *Dialer, aia *Completer, policy Polic
 	}
 	extra, aiaErr := aia.Complete(ctx, f.Presented, roots)
 	dec, err := Decide(f, extra, d.VerifyName(), policy, system, caRoots, time.Now())
+	if err == nil && len(extra) > 0 {
+		aia.Remember(dec.Chain, extra)
+	}
 	if err != nil && aiaErr != nil {
 		if ie := incompleteChain(err, f, extra, aiaErr); ie != nil {
 			return f, extra, nil, ie
@@ -203,8 +244,14 @@ func incompleteChain(err error, f *Fetched, extra []*x509.Certificate, aiaErr er
 	if isSelfSigned(top) {
 		return nil
 	}
+	var refused *RefusedAddressError
+	if errors.As(aiaErr, &refused) {
+		return &TrustError{Kind: KindUnknownAuthority,
+			Reason: fmt.Sprintf("the server's chain stops at %s (SPKI SHA-256 %s), which is not a root, and its issuer's address is not fetched: %v", Quote(top.Subject.String()), SPKIHash(top), aiaErr),
+			Hint:   "if this CA's AIA server is on your internal network, set aia_allow_private: true (--aia-allow-private); or pass the CA's certificate with --ca-file. A public CA never publishes its certificates on a private address: if this server should have a public certificate, someone may be intercepting the connection"}
+	}
 	return &TrustError{Kind: KindUnknownAuthority, Retryable: true,
-		Reason: fmt.Sprintf("the server's chain stops at %q (SPKI SHA-256 %s), which is not a root, and fetching its issuer through AIA failed: %v", top.Subject.String(), SPKIHash(top), aiaErr),
+		Reason: fmt.Sprintf("the server's chain stops at %s (SPKI SHA-256 %s), which is not a root, and fetching its issuer through AIA failed: %v", Quote(top.Subject.String()), SPKIHash(top), aiaErr),
 		Hint:   "the proxy completes a server's chain by downloading the missing issuer from the address in its certificate: check that this machine can reach it over HTTP (port 80, any outbound proxy), then retry (--wait 10m keeps trying); or pass the CA's certificate with --ca-file. Do not pin this with --trust tofu: it would pin a certificate that changes when the server's is renewed"}
 }
 
@@ -212,7 +259,7 @@ func incompleteChain(err error, f *Fetched, extra []*x509.Certificate, aiaErr er
 func describeCerts(certs []*x509.Certificate) string {
 	var s []string
 	for _, c := range certs {
-		s = append(s, fmt.Sprintf("%q (SPKI SHA-256 %s)", c.Subject.String(), SPKIHash(c)))
+		s = append(s, fmt.Sprintf("%s (SPKI SHA-256 %s)", Quote(c.Subject.String()), SPKIHash(c)))
 	}
 	return strings.Join(s, ", ")
 }

@@ -47,6 +47,9 @@ func TestDecide(t *testing.T) {
 		{name: "expired refused even with tofu", f: fetched(pki.Expired, pki.Intermediate), system: harness.Pool(pki.Root), policy: chain.PolicyTOFU, wantErr: "expired"},
 		{name: "wrong name refused", f: fetched(pki.WrongName, pki.Intermediate), system: harness.Pool(pki.Root), wantErr: "not valid for host name"},
 		{name: "wrong name refused with tofu", f: fetched(pki.WrongName, pki.Intermediate), system: system, policy: chain.PolicyTOFU, wantErr: "not valid for host name"},
+		// A private leaf sent without its issuer: tofu would pin the leaf,
+		// and the server's next renewal would refuse every connection.
+		{name: "leaf without its issuer is not pinned with tofu", f: fetched(pki.Leaf), system: system, policy: chain.PolicyTOFU, wantErr: "pins a CA, never a server certificate"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -24,7 +24,10 @@ type Verifier struct {
 	// anchors.
 	Intermediates []*x509.Certificate
 	// AIA, when set, fetches missing intermediates for servers that send
-	// only their leaf (cached by URL).
+	// only their leaf; with Pinned, only an issuer of the leaf signed by a
+	// pinned anchor or intermediate is taken (Completer.CompleteUnder). The
+	// intermediates of a chain that verified are remembered for later
+	// connections (Completer.Remember).
 	AIA *Completer
 	// Pinned, when set, are the pinned anchors behind Roots: a chain that
 	// no longer leads to them is reported as a changed identity.
@@ -45,6 +48,12 @@ type Verifier struct {
 	// OnCommonName, when set, is called when the host name matched the CN
 	// only (libpq's fallback), so the caller can log it.
 	OnCommonName func(cert *x509.Certificate)
+	// Repin is the command that replaces the pin, named when the identity
+	// changed; empty means a generic form of it.
+	Repin string
+	// OnVerified, when set, gets each verified path (leaf first, anchor
+	// last) before Verify returns it.
+	OnVerified func(path []*x509.Certificate)
 }
 
 // VerifyConnection is suitable for tls.Config.VerifyConnection.
@@ -56,6 +65,12 @@ func (v *Verifier) VerifyConnection(cs tls.ConnectionState) error {
 // Verify checks a presented chain (leaf first) and returns the verified chain
 // from leaf to anchor.
 func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, error) {
+	return v.VerifyContext(context.Background(), presented)
+}
+
+// VerifyContext is Verify with the context of the connection being
+// verified: the AIA fetches it may need end with it.
+func (v *Verifier) VerifyContext(ctx context.Context, presented []*x509.Certificate) ([]*x509.Certificate, error) {
 	if v.Roots == nil {
 		return nil, &VerifyError{Kind: KindUnknownAuthority, Err: errors.New("no trust anchors configured")}
 	}
@@ -85,8 +100,12 @@ func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, e
 	if err != nil && v.AIA != nil && isUnknownAuthority(err) {
 		// The server may send only its leaf, or a new intermediate:
 		// complete the path through AIA (fetched certificates are hints).
-		ctx, cancel := context.WithTimeout(context.Background(), AIATimeout)
-		extra, _ = v.AIA.Complete(ctx, presented, v.Roots)
+		actx, cancel := context.WithTimeout(ctx, AIATimeout)
+		if len(v.Pinned) > 0 {
+			extra, _ = v.AIA.CompleteUnder(actx, presented, v.Pinned, v.Intermediates)
+		} else {
+			extra, _ = v.AIA.Complete(actx, presented, v.Roots)
+		}
 		cancel()
 		for _, c := range extra {
 			inter.AddCert(c)
@@ -103,14 +122,20 @@ func (v *Verifier) Verify(presented []*x509.Certificate) ([]*x509.Certificate, e
 		}
 		return nil, verr
 	}
-	match, err := VerifyHostname(leaf, v.ServerName)
+	path, match, err := verifyHostnameChains(chains, v.ServerName)
 	if err != nil {
 		return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err}
 	}
 	if match == MatchCommonName && v.OnCommonName != nil {
 		v.OnCommonName(leaf)
 	}
-	return chains[0], nil
+	if len(extra) > 0 {
+		v.AIA.Remember(path, extra)
+	}
+	if v.OnVerified != nil {
+		v.OnVerified(path)
+	}
+	return path, nil
 }
 
 func isUnknownAuthority(err error) bool {
@@ -137,9 +162,13 @@ func (v *Verifier) identityChanged(leaf *x509.Certificate, others []*x509.Certif
 	if !v.PinnedSince.IsZero() {
 		since = ", pinned " + v.PinnedSince.UTC().Format("2006-01-02")
 	}
+	repin := v.Repin
+	if repin == "" {
+		repin = "pgverifyproxy chain fetch --upstream HOST:PORT --repin"
+	}
 	return &VerifyError{Kind: KindIdentityChanged, Leaf: leaf, Err: fmt.Errorf(
-		"THE UPSTREAM'S IDENTITY CHANGED: its certificate chain no longer leads to the pinned anchor %s%s; it now leads to %q (SPKI SHA-256 %s)%s. Someone could be intercepting the connection (man-in-the-middle), or the provider changed its CA",
-		describeCerts(v.Pinned), since, newTop.Subject.String(), SPKIHash(newTop), public)}
+		"THE UPSTREAM'S IDENTITY CHANGED: its certificate chain no longer leads to the pinned anchor %s%s; it now leads to %s (SPKI SHA-256 %s)%s. Someone could be intercepting the connection (man-in-the-middle), or the provider changed its CA. Every connection is refused until either: after confirming the change with the provider, re-pin (%s), or give this route trust: live (verified against the system trust store at each connection, no pin)",
+		describeCerts(v.Pinned), since, Quote(newTop.Subject.String()), SPKIHash(newTop), public, repin)}
 }
 
 // Kind is the class of a verification failure.
@@ -201,14 +230,14 @@ func (e *VerifyError) Error() string {
 	case KindHostname:
 		return e.Err.Error()
 	case KindSelfSigned:
-		return fmt.Sprintf("certificate is self-signed (subject %q, SPKI sha256 %s) and is not a trusted root", e.Leaf.Subject.String(), SPKIHash(e.Leaf))
+		return fmt.Sprintf("certificate is self-signed (subject %s, SPKI sha256 %s) and is not a trusted root", Quote(e.Leaf.Subject.String()), SPKIHash(e.Leaf))
 	case KindUnknownAuthority:
 		if e.Leaf != nil {
-			return fmt.Sprintf("certificate signed by unknown authority (leaf %q issued by %q)", e.Leaf.Subject.String(), e.Leaf.Issuer.String())
+			return fmt.Sprintf("certificate signed by unknown authority (leaf %s issued by %s)", Quote(e.Leaf.Subject.String()), Quote(e.Leaf.Issuer.String()))
 		}
-		return fmt.Sprintf("certificate signed by unknown authority: %v", e.Err)
+		return fmt.Sprintf("certificate signed by unknown authority: %s", EscapeControls(e.Err.Error()))
 	default:
-		return e.Err.Error()
+		return EscapeControls(e.Err.Error())
 	}
 }
 
@@ -227,9 +256,9 @@ func classify(err error, presented []*x509.Certificate, now time.Time) error {
 				c = leaf
 			}
 			if now.Before(c.NotBefore) {
-				return &VerifyError{Kind: KindNotYetValid, Leaf: leaf, Err: fmt.Errorf("certificate %q is not valid before %s (now %s)", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+				return &VerifyError{Kind: KindNotYetValid, Leaf: leaf, Err: fmt.Errorf("certificate %s is not valid before %s (now %s)", Quote(c.Subject.String()), c.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
 			}
-			return &VerifyError{Kind: KindExpired, Leaf: leaf, Err: fmt.Errorf("certificate %q expired at %s (now %s)", c.Subject.String(), c.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
+			return &VerifyError{Kind: KindExpired, Leaf: leaf, Err: fmt.Errorf("certificate %s expired at %s (now %s)", Quote(c.Subject.String()), c.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
 		}
 		return &VerifyError{Kind: KindOther, Leaf: leaf, Err: err}
 	}
@@ -328,7 +357,7 @@ func VerifyHint(err error, hc HintContext) string {
 		if repin == "" {
 			repin = "pgverifyproxy chain fetch --upstream HOST:PORT --repin"
 		}
-		return "if the provider has confirmed a change of CA, re-pin with: " + repin + " (running proxies pick up the new pin by themselves); until then every connection is refused"
+		return "if the provider has confirmed a change of CA, re-pin with: " + repin + " (running proxies pick up the new pin by themselves); or, for a server with a publicly trusted certificate, set trust: live on this route (--trust live: the system trust store at every connection, no pin, a change of CA never blocks); until then every connection is refused"
 	case KindHostname:
 		return "connect with a name the certificate carries (in upstream, or in server_name / --server-name when the address differs from the certificate's name); if it should carry this name, the server's certificate is wrong"
 	case KindExpired:

@@ -64,11 +64,15 @@ func (e *ClientError) response() ([]byte, error) {
 // clientText makes s safe as an ErrorResponse field: the fields are
 // NUL-terminated, so a NUL (which can come from an upstream's bytes quoted
 // in an error) would end the field early and make the client read the
-// rest as further fields; and clients decode the text as UTF-8. A NUL
-// becomes the four characters \x00, invalid UTF-8 becomes U+FFFD.
+// rest as further fields; clients decode the text as UTF-8; and clients
+// such as psql print it on a terminal, where a newline or an escape
+// sequence from a certificate's name could forge or hide lines. A NUL
+// becomes the four characters \x00, any other control or non-printing
+// character its \x or \u escape, invalid UTF-8 U+FFFD.
 func clientText(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	return strings.ReplaceAll(s, "\x00", `\x00`)
+	s = strings.ReplaceAll(s, "\x00", `\x00`)
+	return chain.EscapeControls(s)
 }
 
 // writeClientError sends e to the client; errors writing are ignored since the
