@@ -109,8 +109,16 @@ type Route struct {
 	Prewarm int
 	// PrewarmMaxAge replaces a pre-dialled connection after this long; it
 	// must stay below the server's authentication_timeout. Zero means
-	// DefaultPrewarmMaxAge.
+	// DefaultPrewarmMaxAge; at most MaxPrewarmMaxAge.
 	PrewarmMaxAge time.Duration
+	// TrustGeneration returns a number that changes whenever what Dial
+	// verifies the upstream against changes (its pin written, replaced or
+	// removed). A pre-dialled connection is tagged with the number read
+	// before its dial, and one from another generation is closed, never
+	// handed out. It is called before each pre-dial and each time a client
+	// takes one, so it must be cheap (a stat, no fetch). nil means the
+	// route's trust never changes while it runs.
+	TrustGeneration func() uint64
 
 	pool *prewarmPool // set by the Server when Prewarm > 0
 }
@@ -167,6 +175,10 @@ func (r *Route) validate() error {
 	}
 	if r.PrewarmMaxAge < 0 {
 		return fmt.Errorf("route %s: prewarm_max_age must be positive", r.Name)
+	}
+	if r.PrewarmMaxAge > MaxPrewarmMaxAge {
+		return fmt.Errorf("route %s: prewarm_max_age must be at most %s, below PostgreSQL's authentication_timeout (60s by default), after which the server has closed a connection that has not logged in; not %s",
+			r.Name, MaxPrewarmMaxAge, r.PrewarmMaxAge)
 	}
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout

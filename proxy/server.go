@@ -131,6 +131,7 @@ func (s *Server) startPools(routes []*Route) {
 		if r.Prewarm > 0 && r.pool == nil {
 			r := r
 			r.pool = newPrewarmPool(r, func(ctx context.Context) (net.Conn, error) { return s.dialUpstream(ctx, r) })
+			r.pool.log = s.log.With("route", r.Name)
 			r.pool.start()
 		}
 	}
