@@ -70,6 +70,8 @@ type routeState struct {
 	lastErr        string    // error of the most recent dial; "" if it succeeded
 	leafNotAfter   time.Time // from SetExpiry; zero if unknown
 	anchorNotAfter time.Time
+	rootChange     string // the last change of root of a live-trust route; "" if none
+	rootChangedAt  time.Time
 }
 
 // Admin collects the proxy's metrics and health and serves them over HTTP.
@@ -79,10 +81,11 @@ type Admin struct {
 	readyWindow time.Duration
 	stats       func() []proxy.RouteStats
 
-	reg       *prometheus.Registry
-	sessions  *prometheus.CounterVec
-	refused   *prometheus.CounterVec
-	handshake *prometheus.HistogramVec
+	reg         *prometheus.Registry
+	sessions    *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	handshake   *prometheus.HistogramVec
+	rootChanges *prometheus.CounterVec
 
 	draining atomic.Bool
 
@@ -124,13 +127,17 @@ func New(o Options) *Admin {
 		Name: "pgverifyproxy_refused_total",
 		Help: "Client connections refused by the proxy, by route and cause.",
 	}, []string{"route", "cause"})
+	a.rootChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgverifyproxy_upstream_root_changes_total",
+		Help: "Changes of the root CA that a live-trust route's upstream chain leads to (trust: live accepts them; a pinned route refuses them).",
+	}, []string{"route"})
 	a.handshake = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pgverifyproxy_upstream_handshake_seconds",
 		Help:    "Duration of upstream dials (TCP connect, SSLRequest, TLS handshake, verification), by route and result (ok, error).",
 		Buckets: handshakeBuckets,
 	}, []string{"route", "result"})
 	a.reg.MustRegister(
-		a.sessions, a.refused, a.handshake,
+		a.sessions, a.refused, a.handshake, a.rootChanges,
 		&liveCollector{a: a, version: version},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -175,6 +182,7 @@ func (a *Admin) RoutesChanged(routes []string) {
 		for _, res := range sessionResults {
 			a.sessions.WithLabelValues(r, string(res))
 		}
+		a.rootChanges.WithLabelValues(r)
 	}
 }
 
@@ -232,6 +240,22 @@ func (a *Admin) SetExpiry(route string, leafNotAfter, anchorNotAfter time.Time) 
 	}
 }
 
+// RootChanged records that a live-trust route's upstream chain now leads
+// to another root CA: it counts it in
+// pgverifyproxy_upstream_root_changes_total and shows the last change in
+// the route's /readyz line. The route stays ready: live trust accepts any
+// root of the system trust store.
+func (a *Admin) RootChanged(route, from, to string) {
+	a.rootChanges.WithLabelValues(route).Inc()
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st := a.routeLocked(route); st != nil {
+		st.rootChange = fmt.Sprintf("root CA changed from %q to %q", from, to)
+		st.rootChangedAt = now
+	}
+}
+
 // SetDraining makes /readyz answer 503 "draining" from then on, so that
 // load balancers stop sending clients before the proxy shuts down.
 func (a *Admin) SetDraining() { a.draining.Store(true) }
@@ -285,6 +309,9 @@ func (a *Admin) health(now time.Time) []routeHealth {
 		default:
 			h.ready = true
 			h.detail = fmt.Sprintf("upstream verified %s ago", roundAge(age))
+		}
+		if h.st.rootChange != "" {
+			h.detail += fmt.Sprintf("; %s %s ago (trust: live)", h.st.rootChange, roundAge(max(now.Sub(h.st.rootChangedAt), 0)))
 		}
 		out = append(out, h)
 	}

@@ -595,3 +595,27 @@ func TestConcurrentObserver(t *testing.T) {
 		t.Errorf("sessions_total{main,completed} = %v, want 800", got)
 	}
 }
+
+// TestRootChanged: a live-trust route's change of root is counted and shown
+// in its /readyz line, and the route stays ready.
+func TestRootChanged(t *testing.T) {
+	clk := newClock()
+	a := New(Options{Now: clk.Now})
+	a.RoutesChanged([]string{"live", "pinned"})
+	if got := value(t, scrape(t, a), "pgverifyproxy_upstream_root_changes_total", map[string]string{"route": "live"}); got != 0 {
+		t.Fatalf("root changes before any: %v, want a series at 0", got)
+	}
+	a.UpstreamDialed("live", time.Millisecond, nil)
+	a.UpstreamDialed("pinned", time.Millisecond, nil)
+	a.RootChanged("live", "CN=old root", "CN=new root\x1b[8m")
+	clk.Add(2 * time.Second)
+	a.UpstreamDialed("live", time.Millisecond, nil)
+	code, body := get(t, a.Handler(), "/readyz")
+	want := "ok   live: upstream verified 0s ago; root CA changed from \"CN=old root\" to \"CN=new root\\x1b[8m\" 2s ago (trust: live)\nok   pinned: upstream verified 2s ago\n"
+	if code != 200 || body != want {
+		t.Errorf("/readyz = %d %q, want 200 %q", code, body, want)
+	}
+	if got := value(t, scrape(t, a), "pgverifyproxy_upstream_root_changes_total", map[string]string{"route": "live"}); got != 1 {
+		t.Errorf("root changes: %v, want 1", got)
+	}
+}

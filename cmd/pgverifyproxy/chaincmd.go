@@ -51,7 +51,7 @@ With a pin already there, fetch checks the upstream against it; --repin replaces
 			if err != nil {
 				return usageError{err}
 			}
-			return chainFetch(cmd.Context(), cmd.OutOrStdout(), tc, out, repin, wait, retryInterval)
+			return chainFetch(cmd.Context(), safeOut(cmd.OutOrStdout()), tc, out, repin, wait, retryInterval)
 		},
 	}
 	addFlags(cmd.Flags(), trustOptions)
@@ -72,6 +72,9 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 	ut, err := buildTrust(tc, nil)
 	if err != nil {
 		return usageError{err}
+	}
+	if ut.live != nil {
+		return usageError{errors.New("trust: live pins nothing (every connection is verified against the system trust store), so there is nothing to fetch: `pgverifyproxy check` shows what a connection verifies; use --trust system or tofu to pin")}
 	}
 	var store *chain.PinStore
 	if tc.CAFile == "" {
@@ -122,11 +125,11 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 		retry := wait > 0 && time.Now().Add(waitRetryInterval).Before(deadline)
 		if !retry {
 			if errors.As(err, &te) {
-				return fmt.Errorf("not pinned: %v\nwhat to do: %s", err, te.Hint)
+				return fmt.Errorf("not pinned: %s\nwhat to do: %s", escapeControls(err.Error()), te.Hint)
 			}
-			return fmt.Errorf("not pinned: %w", err)
+			return fmt.Errorf("not pinned: %w", escapedError{err})
 		}
-		fmt.Fprintf(w, "Attempt %d: not trusted yet: %v\nRetrying in %s (waiting until %s)...\n", attempt, err, waitRetryInterval, deadline.Format("15:04:05"))
+		fmt.Fprintf(w, "Attempt %d: not trusted yet: %s\nRetrying in %s (waiting until %s)...\n", attempt, escapeControls(err.Error()), waitRetryInterval, deadline.Format("15:04:05"))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -139,9 +142,9 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 func checkAgainstPin(w io.Writer, store *chain.PinStore, p *chain.Pin, f *chain.Fetched, d *chain.Dialer, ut *upstreamTrust, out string) error {
 	path := store.Path(d.Host, d.Port, d.ServerName)
 	v := &chain.Verifier{Roots: p.Pool(), Intermediates: p.Intermediates, AIA: ut.aia, Pinned: p.Anchors,
-		PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system, ServerName: d.VerifyName()}
+		PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system, ServerName: d.VerifyName(), Repin: ut.repin}
 	if _, err := v.Verify(f.Presented); err != nil {
-		return fmt.Errorf("%v\nthe pin in %s was kept; if the provider confirms the change: %s", err, path, ut.repin)
+		return fmt.Errorf("%s\nthe pin in %s was kept; if the provider confirms the change: %s", escapeControls(err.Error()), path, ut.repin)
 	}
 	fmt.Fprintf(w, "The upstream still matches its pin %s (anchor SPKI SHA-256 %s, first seen %s).\n", path, strings.Join(p.Fingerprints(), ", "), p.FirstSeen.UTC().Format(time.RFC3339))
 	return writeOut(w, out, p)
@@ -153,7 +156,15 @@ func savePin(w io.Writer, store *chain.PinStore, existing *chain.Pin, dec *chain
 	if existing != nil && existing.Fingerprints()[0] == p.Fingerprints()[0] {
 		p.FirstSeen = existing.FirstSeen
 	}
-	path, err := store.Save(p)
+	save := store.Save
+	if existing == nil {
+		// A first pin never replaces one another process wrote meanwhile.
+		save = store.SaveNew
+	}
+	path, err := save(p)
+	if errors.Is(err, chain.ErrPinExists) {
+		return fmt.Errorf("%w: another process pinned %s meanwhile; run this command again to check the upstream against that pin", err, d.Addr())
+	}
 	if err != nil {
 		return err
 	}
@@ -162,7 +173,10 @@ func savePin(w io.Writer, store *chain.PinStore, existing *chain.Pin, dec *chain
 		verb = fmt.Sprintf("Re-pinned (was SPKI SHA-256 %s)", strings.Join(existing.Fingerprints(), ", "))
 	}
 	fmt.Fprintf(w, "Trust: %s (policy %s).\n", describeDecision(dec), dec.Policy)
-	fmt.Fprintf(w, "%s: %s\n  anchor SPKI SHA-256: %s\n  pin file: %s\n", verb, dec.Anchor.Subject.String(), chain.SPKIHash(dec.Anchor), path)
+	fmt.Fprintf(w, "%s: %s\n  anchor SPKI SHA-256: %s\n  pin file: %s\n", verb, chain.Quote(dec.Anchor.Subject.String()), chain.SPKIHash(dec.Anchor), path)
+	for _, a := range dec.Anchors[1:] {
+		fmt.Fprintf(w, "Also pinned: %s\n  anchor SPKI SHA-256: %s\n  (the chain reaches it too, through a cross-signed CA: a switch between the anchors is not a change of identity)\n", chain.Quote(a.Subject.String()), chain.SPKIHash(a))
+	}
 	if dec.Policy == chain.PolicyTOFU {
 		fmt.Fprintf(w, "Trust on first use: check this fingerprint with the provider: %s\n", chain.SPKIHash(dec.Anchor))
 	}
@@ -172,11 +186,11 @@ func savePin(w io.Writer, store *chain.PinStore, existing *chain.Pin, dec *chain
 func describeDecision(dec *chain.Decision) string {
 	switch dec.Policy {
 	case chain.PolicySystem:
-		return fmt.Sprintf("the chain leads to %q in the system trust store and carries the host name", dec.Anchor.Subject.String())
+		return fmt.Sprintf("the chain leads to %s in the system trust store and carries the host name", chain.Quote(dec.Anchor.Subject.String()))
 	case chain.PolicyCAFile:
-		return fmt.Sprintf("the chain leads to %q from --ca-file and carries the host name", dec.Anchor.Subject.String())
+		return fmt.Sprintf("the chain leads to %s from --ca-file and carries the host name", chain.Quote(dec.Anchor.Subject.String()))
 	}
-	return fmt.Sprintf("trusted on first use: %q, host name checked", dec.Anchor.Subject.String())
+	return fmt.Sprintf("trusted on first use: %s, host name checked", chain.Quote(dec.Anchor.Subject.String()))
 }
 
 // writeOut writes the pin's anchors and intermediates as the PEM bundle
@@ -206,7 +220,7 @@ func newChainShowCmd() *cobra.Command {
 		Short: "Print each certificate of the upstream's chain, or of a PEM/pin file, and which one is pinned",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			w := cmd.OutOrStdout()
+			w := safeOut(cmd.OutOrStdout())
 			if len(args) == 1 {
 				return showFile(w, args[0])
 			}
@@ -234,7 +248,7 @@ func showFile(w io.Writer, path string) error {
 		if err != nil {
 			return fmt.Errorf("pin file %s is damaged: %w", path, err)
 		}
-		fmt.Fprintf(w, "Pin for %s:%d (certificate name %s), policy %s, first seen %s\n", p.Host, p.Port, p.VerifyName(), p.Policy, p.FirstSeen.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "Pin for %s:%d (certificate name %s), policy %s, first seen %s\n", chain.Printable(p.Host), p.Port, chain.Printable(p.VerifyName()), chain.Printable(p.Policy), p.FirstSeen.UTC().Format(time.RFC3339))
 		printCerts(w, "pinned anchor(s)", p.Anchors, p.Fingerprints())
 		if len(p.Intermediates) > 0 {
 			printCerts(w, "intermediates kept as path hints (not trusted by themselves)", p.Intermediates, nil)
@@ -264,11 +278,11 @@ func showUpstream(ctx context.Context, w io.Writer, tc trustConfig) error {
 		if p, err := ut.store.Load(d.Host, d.Port, d.ServerName); err == nil {
 			pin = p
 			pinned = p.Fingerprints()
-			fmt.Fprintf(w, "Pin: %s (policy %s, first seen %s)\n", ut.store.Path(d.Host, d.Port, d.ServerName), p.Policy, p.FirstSeen.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "Pin: %s (policy %s, first seen %s)\n", ut.store.Path(d.Host, d.Port, d.ServerName), chain.Printable(p.Policy), p.FirstSeen.UTC().Format(time.RFC3339))
 		} else if errors.Is(err, chain.ErrNoPin) {
 			fmt.Fprintf(w, "Pin: none yet in %s\n", ut.store.Dir)
 		} else {
-			fmt.Fprintf(w, "Pin: %v\n", err)
+			fmt.Fprintf(w, "Pin: %s\n", escapeControls(err.Error()))
 		}
 	}
 	f, err := chain.Fetch(ctx, d)
@@ -297,7 +311,7 @@ func showUpstream(ctx context.Context, w io.Writer, tc trustConfig) error {
 	}
 	path, err := v.Verify(f.Presented)
 	if err != nil {
-		fmt.Fprintf(w, "verify-full against %s: FAILS: %v\n", against, err)
+		fmt.Fprintf(w, "verify-full against %s: FAILS: %s\n", against, escapeControls(err.Error()))
 		return nil
 	}
 	printCerts(w, "of the verified path against "+against+" (leaf to anchor; verify-full passes)", path, pinned)
@@ -322,11 +336,11 @@ func printCerts(w io.Writer, title string, certs []*x509.Certificate, pinned []s
 				mark = "   <== pinned anchor"
 			}
 		}
-		fmt.Fprintf(w, "  [%d] %s%s\n", i+1, c.Subject.String(), mark)
-		fmt.Fprintf(w, "      issuer:  %s\n", c.Issuer.String())
+		fmt.Fprintf(w, "  [%d] %s%s\n", i+1, chain.Quote(c.Subject.String()), mark)
+		fmt.Fprintf(w, "      issuer:  %s\n", chain.Quote(c.Issuer.String()))
 		fmt.Fprintf(w, "      valid:   %s to %s (%s)\n", c.NotBefore.UTC().Format("2006-01-02"), c.NotAfter.UTC().Format("2006-01-02"), left)
-		if names := chain.CertNames(c); len(names) > 0 && !c.IsCA {
-			fmt.Fprintf(w, "      names:   %s\n", strings.Join(names, ", "))
+		if names := chain.QuotedNames(c); names != "" && !c.IsCA {
+			fmt.Fprintf(w, "      names:   %s\n", names)
 		}
 		fmt.Fprintf(w, "      SPKI SHA-256: %s\n", chain.SPKIHash(c))
 	}

@@ -65,7 +65,7 @@ status is 0 when every route passes, 1 when one fails, 2 for a usage error.`,
 			if err != nil {
 				return usageError{err}
 			}
-			return runCheck(cmd.Context(), cmd.OutOrStdout(), targets, warn)
+			return runCheck(cmd.Context(), safeOut(cmd.OutOrStdout()), targets, warn)
 		},
 	}
 	addFlags(cmd.Flags(), checkOptions)
@@ -108,6 +108,7 @@ func loadCheckTargets(fs *pflag.FlagSet, configFile, route string) ([]checkTarge
 		out = append(out, checkTarget{name: r.Name, named: len(rc.Routes) > 0, tc: trustConfig{
 			Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir, Trust: r.Trust,
 			ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation,
+			AIAAllowPrivate: rc.AIAAllowPrivate,
 		}})
 	}
 	if len(out) == 0 {
@@ -152,7 +153,7 @@ func runCheck(ctx context.Context, w io.Writer, targets []checkTarget, warn time
 		}
 		if fail != nil {
 			failed = append(failed, label)
-			fmt.Fprintf(w, "FAILED: %s: %s\nwhat to do: %s\n", label, fail.what, fail.hint)
+			fmt.Fprintf(w, "FAILED: %s: %s\nwhat to do: %s\n", label, escapeControls(fail.what), fail.hint)
 			continue
 		}
 		verdict := fmt.Sprintf("OK: %s: verify-full passes", label)
@@ -247,10 +248,13 @@ func (r *routeReport) check(ctx context.Context) *checkFailure {
 		}
 		var subjects []string
 		for _, a := range anchors {
-			subjects = append(subjects, fmt.Sprintf("%q", a.Subject.String()))
+			subjects = append(subjects, chain.Quote(a.Subject.String()))
 		}
 		r.line("Trust", "the roots in --ca-file %s (%d certificate(s)): %s", r.tc.CAFile, len(anchors), strings.Join(subjects, ", "))
 		r.describe, r.source = ut.describe, "from --ca-file "+r.tc.CAFile
+	case ut.live != nil:
+		r.line("Trust", "live: the system trust store at every connection, like libpq's sslrootcert=system (no pin: a change of CA is logged and counted, never refused)")
+		r.describe, r.source = ut.describe, "from the system trust store (trust: live)"
 	default:
 		if fail := r.pinTrust(ctx, &d); fail != nil {
 			return fail
@@ -296,10 +300,10 @@ func (r *routeReport) check(ctx context.Context) *checkFailure {
 		anchor := path[len(path)-1]
 		var subjects []string
 		for _, c := range path {
-			subjects = append(subjects, c.Subject.String())
+			subjects = append(subjects, chain.Quote(c.Subject.String()))
 		}
 		r.line("Verified path", "%s", strings.Join(subjects, "  ->  "))
-		r.line("Anchor", "%q (SPKI SHA-256 %s), %s", anchor.Subject.String(), chain.SPKIHash(anchor), r.source)
+		r.line("Anchor", "%s (SPKI SHA-256 %s), %s", chain.Quote(anchor.Subject.String()), chain.SPKIHash(anchor), r.source)
 	}
 	leaf := cs.PeerCertificates[0]
 	if !r.printed {
@@ -358,12 +362,19 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 	switch {
 	case err == nil:
 		r.line("Trust", "the pin file %s", path)
-		r.line("", "policy %s, first seen %s, anchor SPKI SHA-256 %s", p.Policy, p.FirstSeen.UTC().Format(time.RFC3339), strings.Join(p.Fingerprints(), ", "))
+		r.line("", "policy %s, first seen %s, anchor SPKI SHA-256 %s", chain.Printable(p.Policy), p.FirstSeen.UTC().Format(time.RFC3339), strings.Join(p.Fingerprints(), ", "))
+		if len(p.Anchors) > 1 {
+			var subjects []string
+			for _, a := range p.Anchors {
+				subjects = append(subjects, chain.Quote(a.Subject.String()))
+			}
+			r.line("", "%d anchors (cross-signed CAs; a switch between them is not a change of identity): %s", len(p.Anchors), strings.Join(subjects, ", "))
+		}
 		if p.Policy != string(ut.policy) {
-			r.line("", "(made under trust policy %s; this route's %s applies only to a first pin)", p.Policy, ut.policy)
+			r.line("", "(made under trust policy %s; this route's %s applies only to a first pin)", chain.Printable(p.Policy), ut.policy)
 		}
 		r.describe = ut.describe
-		r.source = fmt.Sprintf("pinned in %s (policy %s, first seen %s)", path, p.Policy, p.FirstSeen.UTC().Format("2006-01-02"))
+		r.source = fmt.Sprintf("pinned in %s (policy %s, first seen %s)", path, chain.Printable(p.Policy), p.FirstSeen.UTC().Format("2006-01-02"))
 	case errors.Is(err, chain.ErrNoPin):
 		r.line("Trust", "no pin yet: run would fetch the chain and pin it in %s on first start, under trust policy %s (check writes nothing)", path, ut.policy)
 		f, extra, dec, err := chain.FetchAndDecide(ctx, d, ut.aia, ut.policy, ut.system, nil)
@@ -385,7 +396,10 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 			r.describe = "the system trust store"
 			return &checkFailure{what: what, hint: r.hint(err)}
 		}
-		r.line("First start", "run would pin %q (SPKI SHA-256 %s, policy %s): %s", dec.Anchor.Subject.String(), chain.SPKIHash(dec.Anchor), dec.Policy, describeDecision(dec))
+		r.line("First start", "run would pin %s (SPKI SHA-256 %s, policy %s): %s", chain.Quote(dec.Anchor.Subject.String()), chain.SPKIHash(dec.Anchor), dec.Policy, describeDecision(dec))
+		for _, a := range dec.Anchors[1:] {
+			r.line("", "and %s (SPKI SHA-256 %s), which the chain also reaches (a cross-signed CA): a switch between them is not a change of identity", chain.Quote(a.Subject.String()), chain.SPKIHash(a))
+		}
 		if dec.Policy == chain.PolicyTOFU {
 			r.warnf("trust on first use: check this fingerprint with the provider before the proxy pins it: %s", chain.SPKIHash(dec.Anchor))
 		}
@@ -400,7 +414,7 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 	r.pin = p
 	d.Roots = nil
 	d.Trust = &fixedTrust{v: chain.Verifier{Roots: p.Pool(), Intermediates: p.Intermediates, AIA: ut.aia,
-		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system}}
+		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system, Repin: ut.repin}}
 	return nil
 }
 
@@ -446,12 +460,12 @@ func (r *routeReport) hostname(leaf *x509.Certificate, name string) {
 	match, err := chain.VerifyHostname(leaf, name)
 	switch {
 	case err != nil:
-		r.line("Host name", "MISMATCH: %v", err)
+		r.line("Host name", "MISMATCH: %s", escapeControls(err.Error()))
 	case match == chain.MatchCommonName:
 		r.line("Host name", "the certificate carries %q only as its common name (CN)", name)
 		r.warnf("the certificate has no subjectAltName of the host's type and matched by its CN only; libpq accepts this too, but ask the server's operator for a certificate with a SAN")
 	default:
-		r.line("Host name", "the certificate carries %q (its names: %s)", name, strings.Join(chain.CertNames(leaf), ", "))
+		r.line("Host name", "the certificate carries %q (its names: %s)", name, chain.QuotedNames(leaf))
 	}
 }
 
@@ -478,7 +492,7 @@ func (r *routeReport) expiry(leaf *x509.Certificate, path []*x509.Certificate) {
 		case i == len(certs)-1:
 			what = "the anchor"
 		}
-		r.warnf("%s %q expires within the expiry warning (%s): %s", what, c.Subject.String(), durationWords(r.warn), daysLeft(c, now))
+		r.warnf("%s %s expires within the expiry warning (%s): %s", what, chain.Quote(c.Subject.String()), durationWords(r.warn), daysLeft(c, now))
 	}
 }
 
@@ -493,7 +507,7 @@ func (r *routeReport) clientCert(d *chain.Dialer, accepted bool) {
 	if !accepted {
 		verdict = "the server REJECTED the session"
 	}
-	r.line("Client cert", "presented %q (issuer %q, %s); %s", c.Subject.String(), c.Issuer.String(), daysLeft(c, time.Now()), verdict)
+	r.line("Client cert", "presented %s (issuer %s, %s); %s", chain.Quote(c.Subject.String()), chain.Quote(c.Issuer.String()), daysLeft(c, time.Now()), verdict)
 	if time.Until(c.NotAfter) < r.warn {
 		r.warnf("the client certificate %s expires within the expiry warning (%s)", r.tc.UpstreamCert, durationWords(r.warn))
 	}

@@ -23,28 +23,31 @@ const envPrefix = "PGVERIFYPROXY"
 // flags, PGVERIFYPROXY_* variables and the YAML file (in that order of
 // precedence) and handed to the packages below as plain structs.
 type runConfig struct {
-	Upstream       string        `mapstructure:"upstream"`
-	ServerName     string        `mapstructure:"server_name"`
-	CAFile         string        `mapstructure:"ca_file"`
-	PinDir         string        `mapstructure:"pin_dir"`
-	Trust          string        `mapstructure:"trust"`
-	ExpiryWarning  time.Duration `mapstructure:"expiry_warning"`
-	Listen         []string      `mapstructure:"listen"`
-	ClientTLS      string        `mapstructure:"client_tls"`
-	ClientTLSCert  string        `mapstructure:"client_tls_cert"`
-	ClientTLSKey   string        `mapstructure:"client_tls_key"`
-	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
-	StartupTimeout time.Duration `mapstructure:"startup_timeout"`
-	DrainTimeout   time.Duration `mapstructure:"drain_timeout"`
-	LogLevel       string        `mapstructure:"log_level"`
-	LogFormat      string        `mapstructure:"log_format"`
-	UpstreamCert   string        `mapstructure:"upstream_cert"`
-	UpstreamKey    string        `mapstructure:"upstream_key"`
-	Negotiation    string        `mapstructure:"negotiation"`
-	Auth           string        `mapstructure:"auth"`
-	ChannelBinding string        `mapstructure:"channel_binding"`
-	PasswordFile   string        `mapstructure:"password_file"`
-	PasswordEnv    string        `mapstructure:"password_env"`
+	Upstream   string `mapstructure:"upstream"`
+	ServerName string `mapstructure:"server_name"`
+	CAFile     string `mapstructure:"ca_file"`
+	PinDir     string `mapstructure:"pin_dir"`
+	Trust      string `mapstructure:"trust"`
+	// AIAAllowPrivate lets AIA completion fetch from loopback and private
+	// addresses (chain.Completer.AllowPrivate).
+	AIAAllowPrivate bool          `mapstructure:"aia_allow_private"`
+	ExpiryWarning   time.Duration `mapstructure:"expiry_warning"`
+	Listen          []string      `mapstructure:"listen"`
+	ClientTLS       string        `mapstructure:"client_tls"`
+	ClientTLSCert   string        `mapstructure:"client_tls_cert"`
+	ClientTLSKey    string        `mapstructure:"client_tls_key"`
+	ConnectTimeout  time.Duration `mapstructure:"connect_timeout"`
+	StartupTimeout  time.Duration `mapstructure:"startup_timeout"`
+	DrainTimeout    time.Duration `mapstructure:"drain_timeout"`
+	LogLevel        string        `mapstructure:"log_level"`
+	LogFormat       string        `mapstructure:"log_format"`
+	UpstreamCert    string        `mapstructure:"upstream_cert"`
+	UpstreamKey     string        `mapstructure:"upstream_key"`
+	Negotiation     string        `mapstructure:"negotiation"`
+	Auth            string        `mapstructure:"auth"`
+	ChannelBinding  string        `mapstructure:"channel_binding"`
+	PasswordFile    string        `mapstructure:"password_file"`
+	PasswordEnv     string        `mapstructure:"password_env"`
 	// PasswordCommand and its TTL and timeout: see passwordSource.
 	PasswordCommand        string        `mapstructure:"password_command"`
 	PasswordCommandTTL     time.Duration `mapstructure:"password_command_ttl"`
@@ -112,7 +115,8 @@ var runOptions = []option{
 	{"server_name", "server-name", "", "name to verify in the server certificate and send as SNI (default: the upstream host)"},
 	{"ca_file", "ca-file", "", "PEM file with the root CA(s) to trust for the upstream, and nothing else (default: the upstream's pin, fetched on first start)"},
 	{"pin_dir", "pin-dir", "", "directory of the pin files (default: $XDG_STATE_HOME/pgverifyproxy or ~/.local/state/pgverifyproxy)"},
-	{"trust", "trust", "system", "how a first pin is chosen: system (the chain must lead to a root in the system trust store) or tofu (trust on first use)"},
+	{"trust", "trust", "system", "what the upstream is verified against when ca_file is empty: system (pin the root the chain leads to in the system trust store), tofu (pin what the server presents first, after you checked its fingerprint) or live (no pin: the system trust store at every connection, like libpq's sslrootcert=system)"},
+	{"aia_allow_private", "aia-allow-private", false, "let the completion of a server's chain (AIA caIssuers URLs, from a certificate not verified yet) fetch from loopback, link-local and private addresses: only for a CA whose AIA server is on an internal network"},
 	{"expiry_warning", "expiry-warning", 30 * 24 * time.Hour, "warn in the log when the pinned anchor or the server's certificate expires within this time"},
 	{"upstream_cert", "upstream-cert", "", "PEM client certificate to present to the upstream (pg_hba cert / clientcert=verify-full); sent only after the server is verified"},
 	{"upstream_key", "upstream-key", "", "PEM private key for --upstream-cert (mode 0600, or 0640 owned by root, as libpq requires)"},
@@ -133,7 +137,7 @@ var runOptions = []option{
 	{"password_command_timeout", "password-command-timeout", defaultPasswordCommandTimeout, "stop password_command after this long and refuse the login"},
 	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
 	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
-	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long (keep it below the server's authentication_timeout, 60s by default)"},
+	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long: 1s to 50s, below the server's authentication_timeout (60s by default)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
 	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
@@ -168,6 +172,8 @@ func addFlags(fs *pflag.FlagSet, opts []option) {
 			fs.StringArray(o.flag, d, o.usage)
 		case time.Duration:
 			fs.Duration(o.flag, d, o.usage)
+		case bool:
+			fs.Bool(o.flag, d, o.usage)
 		case int:
 			fs.Int(o.flag, d, o.usage)
 		}
@@ -486,6 +492,10 @@ func (rc *runConfig) validate() error {
 	}
 	if rc.PrewarmMaxAge < time.Second {
 		return fmt.Errorf("prewarm_max_age must be at least 1s (and below the server's authentication_timeout), not %s", rc.PrewarmMaxAge)
+	}
+	if rc.PrewarmMaxAge > proxy.MaxPrewarmMaxAge {
+		return fmt.Errorf("prewarm_max_age must be at most %s: PostgreSQL's authentication_timeout (60s by default) closes a connection that has not logged in by then; not %s",
+			proxy.MaxPrewarmMaxAge, rc.PrewarmMaxAge)
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

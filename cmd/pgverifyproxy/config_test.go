@@ -149,7 +149,7 @@ func TestValidateNamesWhatIsMissing(t *testing.T) {
 		want string
 	}{
 		{runConfig{CAFile: "x", Listen: []string{"127.0.0.1:1"}, LogFormat: "text"}, "--upstream"},
-		{runConfig{Upstream: "h", Listen: []string{"127.0.0.1:1"}, Trust: "always", LogFormat: "text"}, "--trust must be system or tofu"},
+		{runConfig{Upstream: "h", Listen: []string{"127.0.0.1:1"}, Trust: "always", LogFormat: "text"}, "--trust must be system, tofu or live"},
 		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, ClientTLS: "maybe", LogFormat: "text"}, "allow, disable or require"},
 		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, ClientTLSCert: "c", LogFormat: "text"}, "--client-tls-cert and --client-tls-key go together"},
 		{runConfig{Upstream: "h", CAFile: "x", Listen: []string{"127.0.0.1:1"}, UpstreamKey: "k", LogFormat: "text"}, "--upstream-cert and --upstream-key go together"},
@@ -425,6 +425,8 @@ func TestOperationsSettingsValidation(t *testing.T) {
 		{"prewarm", []string{"--prewarm", "4", "--prewarm-max-age", "20s"}, ""},
 		{"too much prewarm", []string{"--prewarm", "5000"}, "prewarm must be between 0 (off) and 1000"},
 		{"tiny prewarm age", []string{"--prewarm-max-age", "10ms"}, "prewarm_max_age must be at least 1s"},
+		{"longest prewarm age", []string{"--prewarm-max-age", "50s"}, ""},
+		{"prewarm age past authentication_timeout", []string{"--prewarm-max-age", "51s"}, "prewarm_max_age must be at most 50s: PostgreSQL's authentication_timeout"},
 		{"admin without a port", []string{"--admin", "localhost"}, `admin address "localhost" must be PORT, :PORT or HOST:PORT`},
 	}
 	for _, tc := range tests {

@@ -25,7 +25,9 @@ func (e usageError) Unwrap() error { return e.err }
 func main() {
 	root := newRootCmd()
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "pgverifyproxy: error:", err)
+		// An error can carry certificate text: nothing in it may drive
+		// the terminal.
+		fmt.Fprintln(safeOut(os.Stderr), "pgverifyproxy: error:", err)
 		var ue usageError
 		if errors.As(err, &ue) {
 			os.Exit(2)

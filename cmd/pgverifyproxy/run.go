@@ -25,10 +25,15 @@ func newLogger(rc runConfig, level *slog.LevelVar) (*slog.Logger, error) {
 		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	// Log values may hold certificate text (subjects, names) from servers
+	// not verified yet: the text handler quotes them, the JSON handler
+	// escapes only what JSON must, so both write through safeOut, which
+	// escapes DEL, C1 and bidi controls as well.
+	out := safeOut(os.Stderr)
 	if rc.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	return slog.New(slog.NewTextHandler(out, opts)), nil
 }
 
 func setLevel(level *slog.LevelVar, name string) error {
@@ -57,12 +62,12 @@ type builtRoute struct {
 }
 
 // buildRoute turns one route's plain configuration into a proxy route and
-// the upstream trust behind it. onVerified, when set, gets each verified
-// upstream path (for the expiry gauges).
-func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(route string, path []*x509.Certificate)) (builtRoute, error) {
+// the upstream trust behind it. adm, when set, gets each verified upstream
+// path (for the expiry gauges) and a live-trust route's changes of root.
+func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin) (builtRoute, error) {
 	log = log.With("route", r.Name)
 	ut, err := buildTrust(trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile,
-		PinDir: rc.PinDir, Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout,
+		PinDir: rc.PinDir, Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, AIAAllowPrivate: rc.AIAAllowPrivate,
 		UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation}, log)
 	if err != nil {
 		return builtRoute{}, err
@@ -73,9 +78,20 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(r
 	} else {
 		ut.dialer.Net = &net.Dialer{KeepAlive: -1} // off
 	}
-	if onVerified != nil {
+	if adm != nil {
 		name := r.Name
-		ut.dialer.OnVerified = func(path []*x509.Certificate) { onVerified(name, path) }
+		ut.dialer.OnVerified = func(path []*x509.Certificate) {
+			adm.SetExpiry(name, path[0].NotAfter, path[len(path)-1].NotAfter)
+		}
+		if ut.live != nil {
+			logged := ut.live.OnRootChange
+			ut.live.OnRootChange = func(from, to *x509.Certificate) {
+				if logged != nil {
+					logged(from, to)
+				}
+				adm.RootChanged(name, from.Subject.String(), to.Subject.String())
+			}
+		}
 	}
 	mode, _ := proxy.ParseClientTLSMode(r.ClientTLS)
 	var serverTLS *tls.Config
@@ -121,13 +137,19 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, onVerified func(r
 		Prewarm:            r.Prewarm,
 		PrewarmMaxAge:      rc.PrewarmMaxAge,
 	}
+	if ut.pins != nil {
+		// Pre-dialled connections verified under a pin since replaced or
+		// removed are dropped (a --ca-file route's trust is fixed until a
+		// reload builds new routes).
+		route.TrustGeneration = ut.pins.Generation
+	}
 	return builtRoute{route: route, trust: ut, conf: r}, nil
 }
 
 // loadRoutes reads and checks the whole configuration and builds every
 // route (certificates, keys and pins are read here): what start-up and
 // each SIGHUP do.
-func loadRoutes(cmd *cobra.Command, configFile string, log *slog.Logger, onVerified func(string, []*x509.Certificate)) (runConfig, []builtRoute, error) {
+func loadRoutes(cmd *cobra.Command, configFile string, log *slog.Logger, adm *admin.Admin) (runConfig, []builtRoute, error) {
 	rc, err := loadRunConfig(cmd.Flags(), configFile)
 	if err != nil {
 		return runConfig{}, nil, err
@@ -141,7 +163,7 @@ func loadRoutes(cmd *cobra.Command, configFile string, log *slog.Logger, onVerif
 	}
 	var out []builtRoute
 	for _, r := range rcs {
-		b, err := buildRoute(r, rc, log, onVerified)
+		b, err := buildRoute(r, rc, log, adm)
 		if err != nil {
 			if len(rcs) > 1 {
 				err = fmt.Errorf("route %s: %w", r.Name, err)
@@ -182,15 +204,13 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	}
 	r := &runner{cmd: cmd, configFile: configFile, log: log, level: level}
 	var obs proxy.Observer
-	var onVerified func(string, []*x509.Certificate)
 	if rc.Admin != "" {
 		r.adm = admin.New(admin.Options{Version: versionNumber(), ReadyWindow: rc.ReadyWindow,
 			// Read at scrape time; the admin endpoint starts after the server.
 			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() }})
 		obs = r.adm
-		onVerified = r.verified
 	}
-	rc, routes, err := loadRoutes(cmd, configFile, log, onVerified)
+	rc, routes, err := loadRoutes(cmd, configFile, log, r.adm)
 	if err != nil {
 		return usageError{err}
 	}
@@ -249,11 +269,6 @@ func proxyRoutes(bs []builtRoute) []proxy.Route {
 	return out
 }
 
-// verified feeds the expiry gauges from a verified upstream path.
-func (r *runner) verified(route string, path []*x509.Certificate) {
-	r.adm.SetExpiry(route, path[0].NotAfter, path[len(path)-1].NotAfter)
-}
-
 // startChecks runs each route's upstream check: its pin at start-up, one
 // logged verification, a repeat every 12 hours so expiry warnings stay in
 // long-running logs, and, with the admin endpoint, a probe every third of
@@ -306,11 +321,7 @@ func (r *runner) startChecks(routes []builtRoute) {
 // configuration that fails anywhere is rejected and the running one kept.
 func (r *runner) reload() {
 	r.log.Info("SIGHUP: reloading the configuration", "config", r.configFile)
-	var onVerified func(string, []*x509.Certificate)
-	if r.adm != nil {
-		onVerified = r.verified
-	}
-	rc, routes, err := loadRoutes(r.cmd, r.configFile, r.log, onVerified)
+	rc, routes, err := loadRoutes(r.cmd, r.configFile, r.log, r.adm)
 	if err == nil {
 		err = r.srv.Reload(proxyRoutes(routes))
 	}

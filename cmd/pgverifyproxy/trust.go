@@ -29,11 +29,13 @@ type trustConfig struct {
 	UpstreamCert   string        `mapstructure:"upstream_cert"`
 	UpstreamKey    string        `mapstructure:"upstream_key"`
 	Negotiation    string        `mapstructure:"negotiation"`
+	// AIAAllowPrivate: see runConfig.
+	AIAAllowPrivate bool `mapstructure:"aia_allow_private"`
 }
 
 // trustOptions are the settings of trustConfig.
 var trustOptions = pickOptions("upstream", "server_name", "ca_file", "pin_dir", "trust", "connect_timeout",
-	"upstream_cert", "upstream_key", "negotiation")
+	"upstream_cert", "upstream_key", "negotiation", "aia_allow_private")
 
 // loadTrustConfig reads the upstream settings of the chain commands: from
 // flags, environment and file, or, with route, from that route of the file.
@@ -68,7 +70,7 @@ func loadTrustConfig(fs *pflag.FlagSet, configFile, route string) (trustConfig, 
 		if r.Name == route {
 			return trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir,
 				Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey,
-				Negotiation: r.Negotiation}, nil
+				Negotiation: r.Negotiation, AIAAllowPrivate: rc.AIAAllowPrivate}, nil
 		}
 		names = append(names, r.Name)
 	}
@@ -79,8 +81,9 @@ func loadTrustConfig(fs *pflag.FlagSet, configFile, route string) (trustConfig, 
 type upstreamTrust struct {
 	spec    upstreamSpec
 	dialer  *chain.Dialer
-	caRoots *x509.CertPool  // set with --ca-file
-	pins    *chain.PinTrust // set without --ca-file
+	caRoots *x509.CertPool   // set with --ca-file
+	pins    *chain.PinTrust  // set without --ca-file, with a pinning policy
+	live    *chain.LiveTrust // set with trust: live (no pin)
 	store   *chain.PinStore
 	system  *x509.CertPool
 	aia     *chain.Completer
@@ -124,9 +127,9 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 			log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
 				"cn", c.Subject.CommonName)
 		}
-		ut.aia = &chain.Completer{Logf: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }}
+		ut.aia = &chain.Completer{AllowPrivate: tc.AIAAllowPrivate, Logf: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }}
 	} else {
-		ut.aia = &chain.Completer{}
+		ut.aia = &chain.Completer{AllowPrivate: tc.AIAAllowPrivate}
 	}
 	ut.repin = "pgverifyproxy chain fetch --upstream " + spec.addr()
 	if tc.ServerName != "" {
@@ -154,17 +157,30 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 		}
 		return ut, nil
 	}
+	if ut.system, err = chain.SystemRoots(); err != nil {
+		return nil, err
+	}
+	if policy == chain.PolicyLive {
+		ut.live = &chain.LiveTrust{System: ut.system, AIA: ut.aia}
+		if log != nil {
+			ut.live.OnRootChange = func(from, to *x509.Certificate) {
+				log.Warn("the upstream's root CA changed (trust: live: accepted, the new chain leads to the system trust store)",
+					"upstream", spec.addr(), "from", from.Subject.String(), "from_spki_sha256", chain.SPKIHash(from),
+					"to", to.Subject.String(), "to_spki_sha256", chain.SPKIHash(to))
+			}
+		}
+		ut.dialer.Trust = ut.live
+		ut.describe = "the system trust store (trust: live)"
+		return ut, nil
+	}
 	dir := tc.PinDir
 	if dir == "" {
 		if dir, err = chain.DefaultPinDir(); err != nil {
 			return nil, err
 		}
 	}
-	if ut.system, err = chain.SystemRoots(); err != nil {
-		return nil, err
-	}
 	ut.store = &chain.PinStore{Dir: dir}
-	ut.pins = &chain.PinTrust{Store: ut.store, Dialer: ut.dialer, Policy: policy, System: ut.system, AIA: ut.aia}
+	ut.pins = &chain.PinTrust{Store: ut.store, Dialer: ut.dialer, Policy: policy, System: ut.system, AIA: ut.aia, Repin: ut.repin}
 	if log != nil {
 		// Set here, before any session can use the route: a client that
 		// arrives before the start-up check may be the one that pins.
