@@ -2,9 +2,18 @@ package integration
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -250,4 +259,77 @@ func (s *switchableUpstream) answer(c net.Conn, f *harness.FakeUpstream) net.Con
 	case <-time.After(5 * time.Second):
 	}
 	return nil
+}
+
+// issueCert makes a certificate from tmpl signed by parent (self-signed
+// when parent is nil), for attack rows that need what the harness's PKI
+// does not make: name constraints, or a hostile subject.
+func issueCert(t *testing.T, parent *harness.Cert, tmpl *x509.Certificate) *harness.Cert {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber = serial.Add(serial, big.NewInt(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	tmpl.BasicConstraintsValid = true
+	if tmpl.IsCA {
+		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	} else {
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
+	issuer, signer := tmpl, crypto.Signer(key)
+	if parent != nil {
+		issuer, signer = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness.Cert{Cert: c, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// rootsTrust sets a route's trust to roots, with AIA completion (which a
+// --ca-file route's dialer does not do), as a pinned route's would.
+func rootsTrust(roots ...*harness.Cert) func(t *testing.T, d *chain.Dialer) string {
+	return func(t *testing.T, d *chain.Dialer) string {
+		d.Roots = nil
+		d.Trust = fixedTrust{roots: harness.Pool(roots...)}
+		return "the test's roots"
+	}
+}
+
+// fixedTrust is a TrustSource of fixed roots that completes chains through
+// AIA with the proxy's default AIA policy.
+type fixedTrust struct{ roots *x509.CertPool }
+
+func (f fixedTrust) Verifier(context.Context) (*chain.Verifier, error) {
+	return &chain.Verifier{Roots: f.roots, AIA: &chain.Completer{}}, nil
+}
+
+// countingHTTP is an HTTP server that counts the requests reaching it.
+type countingHTTP struct {
+	*httptest.Server
+	hits atomic.Int32
+}
+
+func startCountingHTTP(t *testing.T) *countingHTTP {
+	t.Helper()
+	c := &countingHTTP{}
+	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.hits.Add(1)
+		time.Sleep(300 * time.Millisecond) // a slow internal endpoint, as a timing oracle would probe
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	t.Cleanup(c.Close)
+	return c
 }

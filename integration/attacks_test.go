@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,6 +72,27 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 	newLeaf := mustLeaf(t, newInter)
 	sw := &switchableUpstream{tlsOnly: harness.AnswerTLS(newLeaf.TLSCertificate(newInter), nil)}
 	pinDir := t.TempDir()
+	// SSRF before verification: a leaf from an unknown CA whose caIssuers
+	// URLs point at this machine (the proxy's own admin port, a cloud
+	// metadata service, internal hosts). Without aia_allow_private no
+	// request may reach them.
+	internal := startCountingHTTP(t)
+	ssrfLeaf := issueCert(t, mustCA(t, mustCA(t, nil, "ssrf root"), "ssrf intermediate"), &x509.Certificate{
+		Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		IssuingCertificateURL: []string{internal.URL + "/latest/meta-data/iam", "http://localhost:" + strings.TrimPrefix(internal.URL, "http://127.0.0.1:") + "/admin",
+			"http://2130706433:" + strings.TrimPrefix(internal.URL, "http://127.0.0.1:") + "/numeric"}})
+	// A sub-CA permitted only example.com vouching, by the CN of a leaf
+	// without a dNSName, for a name outside its constraints; crypto/x509
+	// alone accepts it, OpenSSL (libpq) does not.
+	constrainedRoot := mustCA(t, nil, "constrained root")
+	constrainedSub := issueCert(t, constrainedRoot, &x509.Certificate{Subject: pkix.Name{CommonName: "example.com only"}, IsCA: true,
+		PermittedDNSDomains: []string{"example.com"}})
+	cnOnly := issueCert(t, constrainedSub, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"}})
+	ipSANOnly := issueCert(t, constrainedSub, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"}, IPAddresses: []net.IP{net.ParseIP("192.0.2.1")}})
+	// A certificate whose names would forge lines on the client's terminal
+	// and hide the rest.
+	forger := issueCert(t, mustCA(t, nil, "forging root"), &x509.Certificate{
+		Subject: pkix.Name{CommonName: "localhost\nOK: verified\x1b[8m", Organization: []string{"\x1b]0;owned\x07"}}, DNSNames: []string{"localhost"}})
 
 	tests := []attackRow{
 		{name: "certificate from another CA", answer: harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(), nil),
@@ -77,10 +100,10 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 		{name: "TLS-intercepting middlebox re-signing with its own CA for the right name", answer: harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil),
 			reason: "verification", code: "08006", cause: []string{"unknown authority"}, hint: "--ca-file"},
 		{name: "wrong host name", answer: harness.AnswerTLS(pki.WrongName.TLSCertificate(pki.Intermediate), nil),
-			reason: "verification", code: "08006", cause: []string{"valid for wrong.example.invalid"}, hint: "--server-name"},
+			reason: "verification", code: "08006", cause: []string{`valid for "wrong.example.invalid"`}, hint: "--server-name"},
 		// The real server's own chain and key, reached under another name.
 		{name: "real server certificate under another name", answer: harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil), server: "db.example.com",
-			reason: "verification", code: "08006", cause: []string{`not valid for host name "db.example.com": it is valid for localhost, 127.0.0.1, ::1`}, hint: "--server-name"},
+			reason: "verification", code: "08006", cause: []string{`not valid for host name "db.example.com": it is valid for "localhost", 127.0.0.1, ::1`}, hint: "--server-name"},
 		{name: "expired certificate", answer: harness.AnswerTLS(pki.Expired.TLSCertificate(pki.Intermediate), nil),
 			reason: "verification", code: "08006", cause: []string{"expired at"}, hint: "renew"},
 		{name: "not yet valid certificate", answer: harness.AnswerTLS(pki.NotYetValid.TLSCertificate(pki.Intermediate), nil),
@@ -113,6 +136,22 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 			reason: "upstream_tls", code: "08006", cause: []string{"TLS 1.2 or later"}, hint: "TLS 1.2 or later"},
 		{name: "TLS 1.1 only", answer: harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS11, tls.VersionTLS11 }),
 			reason: "upstream_tls", code: "08006", cause: []string{"TLS 1.2 or later"}, hint: "TLS 1.2 or later"},
+		{name: "SSRF: caIssuers URLs on this machine from an unverified certificate", answer: harness.AnswerTLS(ssrfLeaf.TLSCertificate(), nil),
+			reason: "verification", code: "08006", cause: []string{"unknown authority"}, hint: "intercepting", setup: rootsTrust(pki.Root),
+			after: func(t *testing.T) {
+				if n := internal.hits.Load(); n != 0 {
+					t.Fatalf("%d AIA requests reached the local HTTP server", n)
+				}
+			}},
+		{name: "name-constrained sub-CA vouching by CN only for a name outside its constraints", answer: harness.AnswerTLS(cnOnly.TLSCertificate(constrainedSub), nil),
+			reason: "verification", code: "08006", cause: []string{`common name "localhost" is outside the domains CA`, "name constraints"}, hint: "--server-name",
+			setup: rootsTrust(constrainedRoot)},
+		{name: "name-constrained sub-CA, leaf with IP SANs only, CN outside its constraints", answer: harness.AnswerTLS(ipSANOnly.TLSCertificate(constrainedSub), nil),
+			reason: "verification", code: "08006", cause: []string{`common name "localhost" is outside the domains CA`}, hint: "--server-name",
+			setup: rootsTrust(constrainedRoot)},
+		{name: "certificate names holding a newline and escape sequences", answer: harness.AnswerTLS(forger.TLSCertificate(), nil),
+			reason: "verification", code: "08006", cause: []string{`localhost\nOK: verified\x1b[8m`}, hint: "intercepting", notEchoed: "\x1b",
+			after: func(t *testing.T) {}},
 		{name: "new root after pinning", answer: sw.answer,
 			reason: "verification", code: "08006",
 			cause: []string{"THE UPSTREAM'S IDENTITY CHANGED", "pgverifyproxy test root CA", "attack new root", chain.SPKIHash(newRoot.Cert), "system trust store"},

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ type aiaServer struct {
 	base  string
 	files map[string][]byte
 	srv   *http.Server
+	hits  atomic.Int32 // requests received
 }
 
 func startAIAServer(t *testing.T) *aiaServer {
@@ -34,6 +36,7 @@ func startAIAServer(t *testing.T) *aiaServer {
 	}
 	a := &aiaServer{base: "http://" + l.Addr().String(), files: map[string][]byte{}}
 	a.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.hits.Add(1)
 		b, ok := a.files[r.URL.Path]
 		if !ok {
 			http.NotFound(w, r)
@@ -154,14 +157,28 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 	sysTrust := "SSL_CERT_FILE=" + writeBundle(t, "system.pem", rootA, rootB)
 	upstream := fmt.Sprintf("localhost:%d", cluster.Port)
 
-	// 1. chain fetch --out: the manual procedure's root.crt.
+	// 0. The AIA server is on this machine: a URL from a certificate not
+	// verified yet is not fetched from a loopback address (it could be the
+	// proxy's own admin port, or a metadata service) without the opt-in.
 	pinDir := t.TempDir()
+	out, code := runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
+	if code == 0 || !strings.Contains(out, "refusing to fetch from 127.0.0.1") || !strings.Contains(out, "aia_allow_private") {
+		t.Fatalf("chain fetch without --aia-allow-private: exit %d\n%s", code, out)
+	}
+	if n := aia.hits.Load(); n != 0 {
+		t.Fatalf("%d requests reached the loopback AIA server without the opt-in", n)
+	}
+	// From here on, this test's CA has its AIA server on the internal
+	// network, as a corporate PKI may.
+	env := []string{sysTrust, "PGVERIFYPROXY_AIA_ALLOW_PRIVATE=true"}
+
+	// 1. chain fetch --out: the manual procedure's root.crt.
 	rootCrt := filepath.Join(t.TempDir(), "root.crt")
-	out, code := runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir, "--out", rootCrt)
+	out, code = runCLI(t, env, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir, "--out", rootCrt)
 	if code != 0 {
 		t.Fatalf("chain fetch: exit %d\n%s", code, out)
 	}
-	for _, want := range []string{"presented by the server", "fetched through AIA", "rotation intermediate A1", "Pinned: CN=rotation root A", chain.SPKIHash(rootA.Cert)} {
+	for _, want := range []string{"presented by the server", "fetched through AIA", "rotation intermediate A1", `Pinned: "CN=rotation root A`, chain.SPKIHash(rootA.Cert)} {
 		if !strings.Contains(out, want) {
 			t.Errorf("chain fetch output lacks %q:\n%s", want, out)
 		}
@@ -182,8 +199,8 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 		t.Fatalf("psql verify-full with the pin file as sslrootcert: exit %d %q %q", r.code, r.out, r.err)
 	}
 	// chain show, on the live upstream and on the pin file.
-	out, code = runCLI(t, []string{sysTrust}, "chain", "show", "--upstream", upstream, "--pin-dir", pinDir)
-	if code != 0 || !strings.Contains(out, "CN=rotation root A,O=pgverifyproxy tests   <== pinned anchor") || !strings.Contains(out, "days left") ||
+	out, code = runCLI(t, env, "chain", "show", "--upstream", upstream, "--pin-dir", pinDir)
+	if code != 0 || !strings.Contains(out, `"CN=rotation root A,O=pgverifyproxy tests"   <== pinned anchor`) || !strings.Contains(out, "days left") ||
 		!strings.Contains(out, "SPKI SHA-256: "+chain.SPKIHash(leaf1.Cert)) {
 		t.Fatalf("chain show --upstream: exit %d\n%s", code, out)
 	}
@@ -192,14 +209,14 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 		t.Fatalf("chain show FILE: exit %d\n%s", code, out)
 	}
 	// A second fetch checks against the pin and leaves it alone.
-	out, code = runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
+	out, code = runCLI(t, env, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
 	if code != 0 || !strings.Contains(out, "still matches its pin") {
 		t.Fatalf("second fetch: exit %d\n%s", code, out)
 	}
 
 	// 2. The proxy with only --pin-dir (a fresh one): it pins on first start.
 	proxyPins := t.TempDir()
-	p := startCLI(t, []string{sysTrust}, "--upstream", upstream, "--pin-dir", proxyPins)
+	p := startCLI(t, env, "--upstream", upstream, "--pin-dir", proxyPins)
 	query := func(what string) psqlResult {
 		t.Helper()
 		return runPsql(t, p.port, "user="+harness.MD5User+" sslmode=disable", harness.MD5Password, "select '"+what+"'")
@@ -250,13 +267,13 @@ func TestChainFetchPinAndRotation(t *testing.T) {
 		t.Fatalf("the session opened before the rotations was harmed: %v", err)
 	}
 	// chain fetch (without --repin) also refuses, and keeps the pin.
-	out, code = runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", proxyPins)
+	out, code = runCLI(t, env, "chain", "fetch", "--upstream", upstream, "--pin-dir", proxyPins)
 	if code == 0 || !strings.Contains(out, "IDENTITY CHANGED") {
 		t.Fatalf("fetch after a new root: exit %d\n%s", code, out)
 	}
 
 	// 6. --repin fixes it; the running proxy picks the new pin up.
-	out, code = runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", proxyPins, "--repin")
+	out, code = runCLI(t, env, "chain", "fetch", "--upstream", upstream, "--pin-dir", proxyPins, "--repin")
 	if code != 0 || !strings.Contains(out, "Re-pinned") || !strings.Contains(out, chain.SPKIHash(rootB.Cert)) {
 		t.Fatalf("repin: exit %d\n%s", code, out)
 	}
@@ -302,7 +319,7 @@ func TestChainFetchSelfSignedUpstream(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("fetch --wait: %v\n%s", err, buf.String())
 	}
-	if !strings.Contains(buf.String(), "Pinned: "+pki.Root.Cert.Subject.String()) {
+	if !strings.Contains(buf.String(), "Pinned: "+chain.Quote(pki.Root.Cert.Subject.String())) {
 		t.Fatalf("fetch --wait did not pin the CA-signed chain:\n%s", buf.String())
 	}
 }

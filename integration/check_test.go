@@ -39,7 +39,7 @@ func TestCheckGoodUpstream(t *testing.T) {
 		"Negotiation:      postgres: SSLRequest first",
 		"Trust:            the roots in --ca-file "+rootFile,
 		"Certificates presented by the server:",
-		"[1] CN=localhost,O=pgverifyproxy tests",
+		`[1] "CN=localhost,O=pgverifyproxy tests"`,
 		`Anchor:           "CN=pgverifyproxy test root CA,O=pgverifyproxy tests" (SPKI SHA-256 `+chain.SPKIHash(pki.Root.Cert)+"), from --ca-file "+rootFile,
 		`Host name:        the certificate carries "localhost"`,
 		"Expiry:           server certificate: 0 days left (until ",
@@ -96,7 +96,7 @@ func TestCheckBadUpstream(t *testing.T) {
 		{name: "server_name the certificate does not carry", args: []string{"--upstream", upstream, "--ca-file", rootFile, "--server-name", "db.example.com"},
 			want: []string{
 				"Certificate name: db.example.com (server_name)",
-				`Host name:        MISMATCH: certificate is not valid for host name "db.example.com": it is valid for localhost, 127.0.0.1, ::1, CN=localhost`,
+				`Host name:        MISMATCH: certificate is not valid for host name "db.example.com": it is valid for "localhost", 127.0.0.1, ::1, CN="localhost"`,
 				"FAILED: upstream " + upstream + `: verifying the server certificate: certificate is not valid for host name "db.example.com"`,
 				"what to do: connect with a name the certificate carries",
 			}},

@@ -143,7 +143,7 @@ func TestCLIRefusesToStartWithoutTrust(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--upstream", "localhost:5432", "--trust", "always"}, "--trust must be system or tofu"},
+		{[]string{"--upstream", "localhost:5432", "--trust", "always"}, "--trust must be system, tofu or live"},
 		{[]string{"--ca-file", "/nonexistent/root.crt", "--upstream", "localhost:5432"}, "reading CA file"},
 		{[]string{"--ca-file", rootFile}, "no upstream: pass --upstream"},
 		{[]string{"--upstream", "localhost:5432", "--ca-file", rootFile, "--client-tls", "sometimes"}, "client_tls must be allow, disable or require"},

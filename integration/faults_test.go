@@ -429,7 +429,10 @@ func TestFaultAIAUnavailable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			url := tc.url(t)
+			// The AIA server is on loopback: allowed explicitly, so that
+			// what fails is the fetch, not the destination guard.
 			sysTrust := aiaLeafOnlyCluster(t, url)
+			env := []string{sysTrust, "PGVERIFYPROXY_AIA_ALLOW_PRIVATE=true"}
 			upstream := fmt.Sprintf("localhost:%d", cluster.Port)
 			checkError := func(t *testing.T, what, msg string, elapsed time.Duration) {
 				t.Helper()
@@ -462,7 +465,7 @@ func TestFaultAIAUnavailable(t *testing.T) {
 			t.Run("chain fetch", func(t *testing.T) {
 				pinDir := filepath.Join(t.TempDir(), "pins")
 				start := time.Now()
-				out, code := runCLI(t, []string{sysTrust}, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
+				out, code := runCLI(t, env, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir)
 				elapsed := time.Since(start)
 				if code != 1 {
 					t.Errorf("chain fetch exit %d, want 1", code)
@@ -474,7 +477,7 @@ func TestFaultAIAUnavailable(t *testing.T) {
 			t.Run("proxy first pin", func(t *testing.T) {
 				pinDir := filepath.Join(t.TempDir(), "pins")
 				start := time.Now()
-				p := startCLI(t, []string{sysTrust}, "--upstream", upstream, "--pin-dir", pinDir)
+				p := startCLI(t, env, "--upstream", upstream, "--pin-dir", pinDir)
 				// The start-up fetch runs while the proxy listens; a client
 				// arriving meanwhile waits for it, then gets its reason.
 				r := runPsql(t, p.port, "sslmode=disable user="+harness.MD5User, harness.MD5Password, "select 1")

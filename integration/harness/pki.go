@@ -314,3 +314,37 @@ func Pool(certs ...*Cert) *x509.CertPool {
 	}
 	return p
 }
+
+// IssueLeafWithSubject is IssueLeaf with the whole subject given instead of
+// o.CommonName (which it ignores), e.g. a subject whose attributes hold
+// hostile text. When parent is nil the certificate is self-signed, and its
+// issuer is the same subject.
+func IssueLeafWithSubject(parent *Cert, subject pkix.Name, o LeafOptions) (*Cert, error) {
+	now := time.Now()
+	if o.NotBefore.IsZero() {
+		o.NotBefore = now.Add(-time.Hour)
+	}
+	if o.NotAfter.IsZero() {
+		o.NotAfter = now.Add(24 * time.Hour)
+	}
+	usage := x509.ExtKeyUsageServerAuth
+	if o.Client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{
+		Subject:               subject,
+		DNSNames:              append([]string(nil), o.DNSNames...),
+		IPAddresses:           append([]net.IP(nil), o.IPs...),
+		NotBefore:             o.NotBefore,
+		NotAfter:              o.NotAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
+		BasicConstraintsValid: true,
+		IssuingCertificateURL: append([]string(nil), o.AIA...),
+	}
+	c, err := newCert(tmpl, parent)
+	if err != nil {
+		return nil, fmt.Errorf("harness: leaf %q: %w", subject.String(), err)
+	}
+	return c, nil
+}
