@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -251,7 +252,7 @@ func (a *Admin) RootChanged(route, from, to string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if st := a.routeLocked(route); st != nil {
-		st.rootChange = fmt.Sprintf("root CA changed from %q to %q", from, to)
+		st.rootChange = fmt.Sprintf("root CA changed from %s to %s", chain.Quote(from), chain.Quote(to))
 		st.rootChangedAt = now
 	}
 }
@@ -359,9 +360,11 @@ func (a *Admin) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 	writeText(w, code, b.String())
 }
 
-// oneLine keeps an error text on a single line of the /readyz body.
+// oneLine keeps an error text on a single line of the /readyz body, with
+// any other control character escaped: the text may come from a
+// certificate or a server not verified yet.
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	return chain.EscapeControls(strings.Join(strings.Fields(s), " "))
 }
 
 // writeText writes a plain-text, uncached response.

@@ -619,3 +619,16 @@ func TestRootChanged(t *testing.T) {
 		t.Errorf("root changes: %v, want 1", got)
 	}
 }
+
+// TestReadyzEscapesServerText: a route's last error may quote text from a
+// server or certificate not verified yet (an AIA server's status line):
+// /readyz shows it on one line with control characters escaped.
+func TestReadyzEscapesServerText(t *testing.T) {
+	a := New(Options{})
+	a.RoutesChanged([]string{"main"})
+	a.UpstreamDialed("main", time.Millisecond, errors.New("aia: HTTP 404 \x1b]0;owned\x07\u202e\nOK all good"))
+	_, body := get(t, a.Handler(), "/readyz")
+	if want := "FAIL main: aia: HTTP 404 \\x1b]0;owned\\a\\u202e OK all good\n"; body != want {
+		t.Errorf("/readyz body %q, want %q", body, want)
+	}
+}

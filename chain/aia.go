@@ -361,7 +361,7 @@ func (c *Completer) fetch(ctx context.Context, rawURL string) ([]*x509.Certifica
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("aia: %s: %w", rawURL, err)
+		return nil, fmt.Errorf("aia: %s: %w", EscapeControls(rawURL), err)
 	}
 	start := time.Now()
 	resp, err := client.Do(req)
@@ -373,20 +373,22 @@ func (c *Completer) fetch(ctx context.Context, rawURL string) ([]*x509.Certifica
 		if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 			// The transport's own timeouts and the context's race: one
 			// message whichever fired first.
-			return nil, fmt.Errorf("aia: fetching %s: no answer within %s: %w", rawURL, time.Since(start).Round(time.Second), context.DeadlineExceeded)
+			return nil, fmt.Errorf("aia: fetching %s: no answer within %s: %w", EscapeControls(rawURL), time.Since(start).Round(time.Second), context.DeadlineExceeded)
 		}
-		return nil, fmt.Errorf("aia: fetching %s: %w", rawURL, err)
+		return nil, fmt.Errorf("aia: fetching %s: %w", EscapeControls(rawURL), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("aia: fetching %s: HTTP %s", rawURL, resp.Status)
+		// The status line is the AIA server's text, and that server was
+		// chosen by a certificate not verified yet.
+		return nil, fmt.Errorf("aia: fetching %s: HTTP %s", EscapeControls(rawURL), EscapeControls(resp.Status))
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("aia: reading %s: %w", rawURL, err)
+		return nil, fmt.Errorf("aia: reading %s: %w", EscapeControls(rawURL), err)
 	}
 	if int64(len(body)) > maxBytes {
-		return nil, fmt.Errorf("aia: %s: response larger than %d bytes", rawURL, maxBytes)
+		return nil, fmt.Errorf("aia: %s: response larger than %d bytes", EscapeControls(rawURL), maxBytes)
 	}
 	certs, err := ParseCertificates(body)
 	if err != nil {

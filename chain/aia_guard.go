@@ -58,22 +58,22 @@ func (e *RefusedAddressError) Error() string {
 	var b strings.Builder
 	b.WriteString("aia: ")
 	if e.URL != "" {
-		b.WriteString(e.URL)
+		b.WriteString(EscapeControls(e.URL))
 		b.WriteString(": ")
 	}
 	if e.Redirect != "" {
 		b.WriteString("redirected to ")
-		b.WriteString(e.Redirect)
+		b.WriteString(EscapeControls(e.Redirect))
 		b.WriteString(": ")
 	}
 	b.WriteString("refusing to fetch from ")
 	switch {
 	case !e.Addr.IsValid():
-		b.WriteString(e.Host)
+		b.WriteString(EscapeControls(e.Host))
 	case e.Host == "" || sameAddr(e.Host, e.Addr):
 		b.WriteString(e.Addr.String())
 	default:
-		b.WriteString(e.Host)
+		b.WriteString(EscapeControls(e.Host))
 		b.WriteString(" at ")
 		b.WriteString(e.Addr.String())
 	}
@@ -424,7 +424,9 @@ func refused(rawURL string, err error) (*RefusedAddressError, bool) {
 	out := *re
 	out.URL = rawURL
 	var ue *url.Error
-	if errors.As(err, &ue) && ue.URL != rawURL {
+	if errors.As(err, &ue) && ue.URL != rawURL && ue.URL != redacted(rawURL) {
+		// url.Error holds the URL with its password hidden: a URL with
+		// user info is not a redirect to itself.
 		out.Redirect = ue.URL
 	}
 	if out.Host == "" {
@@ -437,4 +439,16 @@ func refused(rawURL string, err error) (*RefusedAddressError, bool) {
 		}
 	}
 	return &out, true
+}
+
+// redacted is rawURL as net/http's url.Error shows it: a password as ***.
+func redacted(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.User == nil {
+		return rawURL
+	}
+	if _, has := u.User.Password(); has {
+		return strings.Replace(u.String(), u.User.String()+"@", u.User.Username()+":***@", 1)
+	}
+	return u.String()
 }

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
@@ -1723,5 +1724,52 @@ func TestCompleteMaxFetches(t *testing.T) {
 	}
 	if n := srv.count("/shared"); n != 1 {
 		t.Errorf("/shared requested %d times, want 1", n)
+	}
+}
+
+// TestCompleteErrorsCarryNoControlCharacters: the AIA server is chosen by a
+// certificate not verified yet, and so are its status line and the URL: an
+// error quoting them is escaped (it reaches /readyz, logs and terminals),
+// and a URL with user info is not shown as a redirect to itself.
+func TestCompleteErrorsCarryNoControlCharacters(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				_, _ = c.Write([]byte("HTTP/1.1 404 \x1b]0;owned\x07\u202e\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+			}()
+		}
+	}()
+	root := newCA(t, nil, "escape root", -1, nil)
+	inter := newCA(t, root, "escape inter", -1, nil)
+	leaf := leafWithAIA(t, inter, "http://"+ln.Addr().String()+"/\u202ex.der")
+	_, err = (&chain.Completer{AllowPrivate: true}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	if err == nil {
+		t.Fatal("want the fetch to fail")
+	}
+	for i, r := range err.Error() {
+		if !unicode.IsPrint(r) {
+			t.Fatalf("the error holds %U at byte %d: %q", r, i, err)
+		}
+	}
+	if !strings.Contains(err.Error(), `404 \x1b]0;owned\a\u202e`) {
+		t.Errorf("the error does not show the status escaped: %v", err)
+	}
+
+	leaf = leafWithAIA(t, inter, "http://user:secret@127.0.0.1:1/ca.der")
+	_, err = (&chain.Completer{}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	if err == nil || strings.Contains(err.Error(), "redirected") || !strings.Contains(err.Error(), "refusing to fetch from 127.0.0.1") {
+		t.Errorf("a URL with user info: %v", err)
 	}
 }

@@ -85,3 +85,27 @@ func TestCommonNameConstraintsAnyVerifiedPath(t *testing.T) {
 		t.Fatal("with root A only, the constrained path is the only one: want a refusal")
 	}
 }
+
+// TestPinSetOnlyAnchorsThatVouchForTheName: the issuing CA is cross-signed
+// by a root whose path constrains it to example.com and by an unconstrained
+// root; a leaf without a dNSName names db.victim.net by its CN. Only the
+// anchor along which the name holds is pinned.
+func TestPinSetOnlyAnchorsThatVouchForTheName(t *testing.T) {
+	r1 := mkCert(t, nil, certSpec{cn: "constrained root", ca: true})
+	r2 := mkCert(t, nil, certSpec{cn: "open root", ca: true})
+	k1 := mkCert(t, r1, certSpec{cn: "issuing CA", ca: true, permit: []string{"example.com"}})
+	k2 := mkCert(t, r2, certSpec{cn: "issuing CA", ca: true, key: k1.Key.(*ecdsa.PrivateKey)})
+	leaf := mkCert(t, k1, certSpec{cn: "db.victim.net"})
+	dec, err := chain.Decide(&chain.Fetched{Presented: certs(leaf, k1, k2)}, nil, "db.victim.net", chain.PolicySystem, harness.Pool(r1, r2), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dec.Anchors) != 1 || !dec.Anchors[0].Equal(r2.Cert) {
+		t.Fatalf("pinned %s; want only the open root", subjects(dec.Anchors))
+	}
+	for _, c := range dec.Intermediates {
+		if c.Equal(k1.Cert) {
+			t.Errorf("the constrained path's intermediate is kept as a hint")
+		}
+	}
+}

@@ -207,6 +207,11 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 		return nil, err
 	}
 	_ = raw.SetDeadline(time.Time{})
+	// Only now has the server proved it holds the key of the certificate
+	// it presented: what observes verified paths learns of it here.
+	if o, ok := d.Trust.(VerifiedObserver); ok && len(verified) > 0 {
+		o.Verified(verified)
+	}
 	if d.OnVerified != nil && len(verified) > 0 {
 		d.OnVerified(verified)
 	}

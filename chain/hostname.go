@@ -147,28 +147,34 @@ func firstCommonName(cert *x509.Certificate) (string, bool) {
 // every CA of the chain to that CN, as OpenSSL does. crypto/x509 applies
 // name constraints to SANs only, so without this a sub-CA permitted only
 // example.com could vouch for CN=db.victim.net on a leaf without a dNSName.
-// It returns the first chain that passes.
-func verifyHostnameChains(chains [][]*x509.Certificate, host string) ([]*x509.Certificate, HostnameMatch, error) {
+// It returns the chains that pass, in their order.
+func verifyHostnameChains(chains [][]*x509.Certificate, host string) ([][]*x509.Certificate, HostnameMatch, error) {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return nil, 0, fmt.Errorf("no verified chain to check against host name %q", host)
 	}
 	leaf := chains[0][0]
 	match, err := VerifyHostname(leaf, host)
-	if err != nil || match != MatchCommonName {
-		return chains[0], match, err
+	if err != nil {
+		return nil, 0, err
+	}
+	if match != MatchCommonName {
+		return chains, match, nil // the same leaf, the same SAN, on every chain
 	}
 	cn, _ := firstCommonName(leaf)
+	var passed [][]*x509.Certificate
 	var firstErr error
 	for _, c := range chains {
 		err := cnWithinConstraints(c, cn)
 		if err == nil {
-			return c, MatchCommonName, nil
-		}
-		if firstErr == nil {
+			passed = append(passed, c)
+		} else if firstErr == nil {
 			firstErr = err
 		}
 	}
-	return nil, 0, &HostnameError{Host: strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), Cert: leaf, Reason: firstErr.Error()}
+	if len(passed) == 0 {
+		return nil, 0, &HostnameError{Host: strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), Cert: leaf, Reason: firstErr.Error()}
+	}
+	return passed, MatchCommonName, nil
 }
 
 // cnWithinConstraints checks a CN used as the server's name against the name

@@ -379,6 +379,16 @@ func writeFileAtomic(path string, data []byte, crashAfter int, exclusive bool) e
 	}
 	if exclusive {
 		err := os.Link(tmpName, path)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			// A file system without hard links (some network and FUSE
+			// mounts): the name is checked, then taken by a rename; a
+			// second process in that window is not detected.
+			if _, lerr := os.Lstat(path); lerr == nil {
+				err = fs.ErrExist
+			} else if rerr := os.Rename(tmpName, path); rerr == nil {
+				err = nil
+			}
+		}
 		os.Remove(tmpName)
 		ok = true
 		if errors.Is(err, fs.ErrExist) {

@@ -39,8 +39,7 @@ type PinTrust struct {
 
 	mu          sync.Mutex
 	pin         *Pin
-	modTime     time.Time
-	size        int64
+	file        os.FileInfo // of the pin file in use: a re-pin is a new file (rename)
 	lastAttempt time.Time
 	lastErr     error
 	generation  uint64
@@ -59,9 +58,9 @@ func (t *PinTrust) Generation() uint64 {
 	case err != nil && t.pin != nil:
 		// The pin was removed (or cannot be read): what was verified
 		// under it no longer counts.
-		t.pin, t.modTime, t.size = nil, time.Time{}, 0
+		t.pin, t.file = nil, nil
 		t.generation++
-	case err == nil && t.pin != nil && (!st.ModTime().Equal(t.modTime) || st.Size() != t.size):
+	case err == nil && t.pin != nil && !samePinFile(t.file, st):
 		// Replaced: reloaded by the next Current.
 		t.pin = nil
 		t.generation++
@@ -92,7 +91,7 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 	st, statErr := os.Stat(path)
 	switch {
 	case statErr == nil:
-		if t.pin != nil && st.ModTime().Equal(t.modTime) && st.Size() == t.size {
+		if t.pin != nil && samePinFile(t.file, st) {
 			return t.pin, path, nil
 		}
 		p, err := t.Store.Load(d.Host, d.Port, d.ServerName)
@@ -102,7 +101,7 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 		if t.pin != nil {
 			t.generation++
 		}
-		t.pin, t.modTime, t.size = p, st.ModTime(), st.Size()
+		t.pin, t.file = p, st
 		return p, path, nil
 	case !errors.Is(statErr, os.ErrNotExist):
 		return nil, path, fmt.Errorf("pin: %w", statErr)
@@ -131,7 +130,7 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 			return nil, path, lerr
 		}
 		if st, err := os.Stat(path); err == nil {
-			t.modTime, t.size = st.ModTime(), st.Size()
+			t.file = st
 		}
 		t.lastErr = nil
 		t.generation++
@@ -145,7 +144,7 @@ func (t *PinTrust) Current(ctx context.Context) (*Pin, string, error) {
 	t.lastErr = nil
 	t.generation++
 	if st, err := os.Stat(saved); err == nil {
-		t.modTime, t.size = st.ModTime(), st.Size()
+		t.file = st
 	}
 	t.pin = p
 	if t.OnPinned != nil {
@@ -167,4 +166,11 @@ func PinFromDecision(d *Dialer, dec *Decision, now time.Time) *Pin {
 	return &Pin{Host: d.Host, Port: d.Port, ServerName: d.ServerName, Policy: string(dec.Policy),
 		Anchors: dec.Anchors, Intermediates: dec.Intermediates,
 		FirstSeen: now, Updated: now}
+}
+
+// samePinFile reports whether b is the pin file a was: the same file (a
+// re-pin renames a new one into place, so even a same-size replacement
+// within one tick of a coarse clock is seen), with the same time and size.
+func samePinFile(a, b os.FileInfo) bool {
+	return a != nil && os.SameFile(a, b) && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size()
 }

@@ -102,12 +102,14 @@ func Decide(f *Fetched, extra []*x509.Certificate, name string, policy Policy, s
 		if err != nil {
 			return nil, classify(err, f.Presented, now)
 		}
-		path, _, err := verifyHostnameChains(chains, name)
+		// Only chains along which the name holds count: an anchor reached
+		// only through a CA whose name constraints exclude the name is not
+		// pinned.
+		passed, _, err := verifyHostnameChains(chains, name)
 		if err != nil {
 			return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err}
 		}
-		// The path that passed the host-name check comes first.
-		return append([][]*x509.Certificate{path}, chains...), nil
+		return passed, nil
 	}
 	decided := func(p Policy, chains [][]*x509.Certificate) *Decision {
 		chain := chains[0]

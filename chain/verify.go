@@ -51,10 +51,21 @@ type Verifier struct {
 	// Repin is the command that replaces the pin, named when the identity
 	// changed; empty means a generic form of it.
 	Repin string
-	// OnVerified, when set, gets each verified path (leaf first, anchor
-	// last) before Verify returns it.
-	OnVerified func(path []*x509.Certificate)
+	// Source is where Roots come from, for the advice given on a failure.
+	Source AnchorSource
 }
+
+// AnchorSource says where a Verifier's trust anchors come from.
+type AnchorSource int
+
+const (
+	// SourceConfigured: roots the user gave (a CA file), or a pin when
+	// Pinned is set.
+	SourceConfigured AnchorSource = iota
+	// SourceSystem: the system trust store at each connection (trust:
+	// live); there is no file to update.
+	SourceSystem
+)
 
 // VerifyConnection is suitable for tls.Config.VerifyConnection.
 func (v *Verifier) VerifyConnection(cs tls.ConnectionState) error {
@@ -120,20 +131,21 @@ func (v *Verifier) VerifyContext(ctx context.Context, presented []*x509.Certific
 		if len(v.Pinned) > 0 && errors.As(verr, &ve) && (ve.Kind == KindUnknownAuthority || ve.Kind == KindSelfSigned) {
 			return nil, v.identityChanged(leaf, append(append([]*x509.Certificate{}, presented[1:]...), extra...), now)
 		}
+		if ve != nil || errors.As(verr, &ve) {
+			ve.Source = v.Source
+		}
 		return nil, verr
 	}
-	path, match, err := verifyHostnameChains(chains, v.ServerName)
+	passed, match, err := verifyHostnameChains(chains, v.ServerName)
 	if err != nil {
-		return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err}
+		return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err, Source: v.Source}
 	}
+	path := passed[0]
 	if match == MatchCommonName && v.OnCommonName != nil {
 		v.OnCommonName(leaf)
 	}
 	if len(extra) > 0 {
 		v.AIA.Remember(path, extra)
-	}
-	if v.OnVerified != nil {
-		v.OnVerified(path)
 	}
 	return path, nil
 }
@@ -219,6 +231,8 @@ func (k Kind) String() string {
 type VerifyError struct {
 	// Kind classifies the failure.
 	Kind Kind
+	// Source is where the verifier's anchors came from.
+	Source AnchorSource
 	// Leaf is the server's certificate, when there was one.
 	Leaf *x509.Certificate
 	// Err is the underlying error.
@@ -350,6 +364,9 @@ func VerifyHint(err error, hc HintContext) string {
 	var ve *VerifyError
 	if !errors.As(err, &ve) {
 		return "the server's certificate could not be verified against " + trust
+	}
+	if ve.Source == SourceSystem && (ve.Kind == KindUnknownAuthority || ve.Kind == KindSelfSigned) {
+		return "the server's chain does not lead to a root of the system trust store (trust: live): if the server uses a private CA, give its certificate as ca_file (--ca-file), or pin what it presents after checking its fingerprint (trust: tofu); if it should have a public certificate, someone may be intercepting the connection"
 	}
 	switch ve.Kind {
 	case KindIdentityChanged:

@@ -45,3 +45,18 @@ func TestVerifyHint(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyHintLiveTrust: a live-trust route has no pin and no CA file to
+// update: its advice names what it can do instead.
+func TestVerifyHintLiveTrust(t *testing.T) {
+	err := &VerifyError{Kind: KindUnknownAuthority, Source: SourceSystem, Err: errors.New("x509: certificate signed by unknown authority")}
+	hint := VerifyHint(err, HintContext{Trust: "the system trust store (trust: live)"})
+	for _, want := range []string{"system trust store", "ca_file", "trust: tofu", "intercepting"} {
+		if !strings.Contains(hint, want) {
+			t.Errorf("hint %q lacks %q", hint, want)
+		}
+	}
+	if strings.Contains(hint, "in that file") {
+		t.Errorf("hint %q tells to update a file the route does not have", hint)
+	}
+}

@@ -147,7 +147,8 @@ func runReady(ctx context.Context, out io.Writer, addr string, timeout time.Dura
 	if text != "" && !strings.HasSuffix(text, "\n") {
 		text += "\n"
 	}
-	if _, err := io.WriteString(out, text); err != nil {
+	// The body may quote a server's or a certificate's text.
+	if _, err := io.WriteString(safeOut(out), text); err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {

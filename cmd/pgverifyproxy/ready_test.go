@@ -70,6 +70,8 @@ func TestReadyCommand(t *testing.T) {
 	failing := readyServer(t, http.StatusServiceUnavailable,
 		"ok   main: upstream verified 2s ago\nFAIL wrong-name: x509: certificate is valid for localhost, not db.wrong.example\n")
 	noNewline := readyServer(t, http.StatusOK, "ok   default: upstream verified 1s ago")
+	// An endpoint (or something in its place) answering with control characters.
+	hostile := readyServer(t, http.StatusOK, "ok   default: \x1b]0;owned\x07\u202e\x1b[2J\n")
 	// A server that is not the admin endpoint: 404 on /readyz.
 	other := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(other.Close)
@@ -107,6 +109,8 @@ func TestReadyCommand(t *testing.T) {
 			errs: []string{"ready: not ready: http://" + failing.Listener.Addr().String() + "/readyz answered 503 Service Unavailable"}},
 		{name: "body without final newline", args: []string{"--admin", noNewline.Listener.Addr().String()}, code: 0,
 			out: "ok   default: upstream verified 1s ago\n"},
+		{name: "control characters in the body are escaped", args: []string{"--admin", hostile.Listener.Addr().String()}, code: 0,
+			out: "ok   default: \\x1b]0;owned\\x07\\u202e\\x1b[2J\n"},
 		{name: "PORT means 127.0.0.1:PORT", args: []string{"--admin", okPort}, code: 0,
 			out: "ok   default: upstream verified 3s ago\n"},
 		{name: ":PORT means 127.0.0.1:PORT", args: []string{"--admin", ":" + okPort}, code: 0,

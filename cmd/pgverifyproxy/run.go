@@ -89,7 +89,9 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 				if logged != nil {
 					logged(from, to)
 				}
-				adm.RootChanged(name, from.Subject.String(), to.Subject.String())
+				if from != nil {
+					adm.RootChanged(name, describeRoot(from), describeRoot(to))
+				}
 			}
 		}
 	}
@@ -433,4 +435,10 @@ func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn 
 	}
 	log.Info("upstream verified (verify-full)", attrs...)
 	warnExpiry(log, "server certificate", leaf, warn)
+}
+
+// describeRoot names a root CA for /readyz: its subject and key, since a
+// re-keyed root may keep its name.
+func describeRoot(c *x509.Certificate) string {
+	return c.Subject.String() + " (SPKI SHA-256 " + chain.SPKIHash(c) + ")"
 }

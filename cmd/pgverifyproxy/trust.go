@@ -164,6 +164,11 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 		ut.live = &chain.LiveTrust{System: ut.system, AIA: ut.aia}
 		if log != nil {
 			ut.live.OnRootChange = func(from, to *x509.Certificate) {
+				if from == nil {
+					log.Info("trust live: the upstream's chain leads to this root of the system trust store",
+						"upstream", spec.addr(), "root", to.Subject.String(), "spki_sha256", chain.SPKIHash(to))
+					return
+				}
 				log.Warn("the upstream's root CA changed (trust: live: accepted, the new chain leads to the system trust store)",
 					"upstream", spec.addr(), "from", from.Subject.String(), "from_spki_sha256", chain.SPKIHash(from),
 					"to", to.Subject.String(), "to_spki_sha256", chain.SPKIHash(to))
