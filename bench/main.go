@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench compares, side by side, four ways to reach a PostgreSQL
 // server over TLS verified like libpq's sslmode=verify-full: connecting
 // directly, and through pgverifyproxy, PgBouncer and stunnel. It starts its

@@ -27,7 +27,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -92,6 +91,7 @@ type relayRig struct {
 	pu       net.Conn  // the proxy's upstream leg (*tls.Conn)
 	counters Counters
 	done     chan RelayStats
+	mode     relayMode // the relay's implementation: defaultRelayMode unless a test sets it
 }
 
 func rigListener(tb testing.TB) net.Listener {
@@ -108,7 +108,7 @@ func rigListener(tb testing.TB) net.Listener {
 // without starting the relay.
 func newRig(tb testing.TB, ln net.Listener) *relayRig {
 	tb.Helper()
-	r := &relayRig{done: make(chan RelayStats, 1)}
+	r := &relayRig{done: make(chan RelayStats, 1), mode: defaultRelayMode}
 	r.app, r.pc = rigTCPPair(tb, ln)
 	ut, st := rigTCPPair(tb, ln)
 	r.server = tls.Server(st, rigServerTLS(tb))
@@ -126,7 +126,7 @@ func newRig(tb testing.TB, ln net.Listener) *relayRig {
 	return r
 }
 
-func (r *relayRig) start() { go func() { r.done <- Relay(r.pc, r.pu, &r.counters) }() }
+func (r *relayRig) start() { go func() { r.done <- relayWith(r.pc, r.pu, &r.counters, r.mode) }() }
 
 func (r *relayRig) close() {
 	r.app.Close()
@@ -150,11 +150,7 @@ func readSysMeter() sysMeter {
 			}
 		}
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		m.cs = ru.Nvcsw + ru.Nivcsw
-		m.cpu = ru.Utime.Nano() + ru.Stime.Nano()
-	}
+	m.cs, m.cpu = rusage()
 	return m
 }
 
@@ -332,8 +328,8 @@ func BenchmarkAdmission(b *testing.B) {
 // the relayed traffic added to crypto/tls's own buffers), the capacity of
 // crypto/tls's buffers of the proxy's upstream leg, and the heap+stack bytes
 // per session of everything (both ends of both legs included: an upper
-// bound of a session's cost).
-func idleSessionMemory(tb testing.TB, n int, bulk bool) idleMem {
+// bound of a session's cost). The relays use mode.
+func idleSessionMemory(tb testing.TB, n int, bulk bool, mode relayMode) idleMem {
 	tb.Helper()
 	ln := rigListener(tb)
 	base := relayMemInUse()
@@ -363,6 +359,7 @@ func idleSessionMemory(tb testing.TB, n int, bulk bool) idleMem {
 	}
 	for i := range rigs {
 		rigs[i] = newRig(tb, ln)
+		rigs[i].mode = mode
 		exchange(rigs[i].pu, rigs[i].server)
 	}
 	tlsP0, tlsS0 := tlsBufs(rigs)
@@ -453,7 +450,7 @@ func BenchmarkRelayIdleSessions(b *testing.B) {
 		b.Run(fmt.Sprintf("bulk=%v", bulk), func(b *testing.B) {
 			var m idleMem
 			for range b.N {
-				m = idleSessionMemory(b, n, bulk)
+				m = idleSessionMemory(b, n, bulk, defaultRelayMode)
 			}
 			b.ReportMetric(m.relay(), "relay-B/session")
 			b.ReportMetric(m.relayStack, "relay-stack-B/session")

@@ -43,6 +43,12 @@ func TestRelayListenerRules(t *testing.T) {
 			if tc.stored {
 				r.StoredPassword = stored
 			}
+			for _, a := range tc.listen {
+				if strings.HasPrefix(a, unixPrefix) && unixListenersUnavailable(defaultSocketPort) != nil {
+					// Windows: refused when the route is validated.
+					tc.wantErr = `route r: listen address "unix:/run/pg": unix-socket listeners are not available on Windows: listen on 127.0.0.1:5432`
+				}
+			}
 			err := r.validate()
 			if tc.wantErr == "" {
 				if err != nil {

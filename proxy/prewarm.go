@@ -2,12 +2,9 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -204,6 +201,7 @@ func (p *prewarmPool) take() net.Conn {
 		p.conns = p.conns[:len(p.conns)-1]
 		p.mu.Unlock()
 		// The generation again: the filler may have put one since evict.
+		// quiet is per system: quiet_unix.go, quiet_windows.go.
 		if w.gen == gen && p.now().Sub(w.dialed) < p.maxAge && quiet(w.conn) {
 			return w.conn
 		}
@@ -225,29 +223,4 @@ func (p *prewarmPool) close() {
 	for _, w := range conns {
 		w.conn.Close()
 	}
-}
-
-// quiet reports whether nothing is waiting on c's socket: no EOF, no byte
-// (a server that is about to hang up sends a TLS alert first). It peeks
-// without blocking and without consuming.
-func quiet(c net.Conn) bool {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return true
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	alive := false
-	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = errors.Is(err, syscall.EAGAIN) // a byte or EOF would return without error
-		return true                            // never wait
-	})
-	return err == nil && alive
 }

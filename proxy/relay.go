@@ -3,20 +3,45 @@ package proxy
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 )
 
-// How the relay copies, and why. Numbers are from bench_test.go (before →
-// after this design, loopback, plaintext client leg, TLS upstream leg, a
-// 2-core VM; syscalls/op count the whole process, harness included):
+// The relay has two implementations of its copy loops, with the same
+// semantics (half-close, linger, reset, byte counters, first error wins,
+// idempotent close; relay_test.go runs every test on each):
+//
+//   - the fast path, Linux only (relay_linux.go): plaintext sockets are
+//     read inside RawConn.Read with TCP_INQ and written with rawsock, as
+//     described below;
+//   - the portable relay (relayPortable), every other system's: nothing but
+//     net.Conn (copyStream for a plaintext socket source, copyBuffered for
+//     TLS). On Linux the test switch PGVERIFYPROXY_TEST_PORTABLE_RELAY=1
+//     makes the binary use it too (see relay_linux.go), so that the path
+//     Windows and macOS use runs in the integration tests on every CI run.
+//
+// The portable relay reads a plaintext socket source with a blocking Read
+// into the small idle buffer; a Read that fills it means more is probably
+// waiting, so the next Read goes into a pooled buffer, and the first one
+// that does not fill its buffer gives it back. Bulk data is then read 64
+// KiB at a time (the TLS upstream leg gets full records), and a waiting
+// direction holds the idle buffer only, except after a read that exactly
+// filled the pooled buffer: that buffer is then held until the next data
+// or the end. It cannot skip the read(2) that returns EAGAIN and it writes
+// through net.Conn (an announced system call): more system calls and CPU
+// per message than the fast path, same bytes.
+//
+// How the Linux fast path copies, and why (the TLS source's part, and
+// sizes, hold for the portable relay too). Numbers are from bench_test.go
+// (before → after this design, loopback, plaintext client leg, TLS upstream
+// leg, a 2-core VM; syscalls/op count the whole process, harness included):
 //
 //   - An idle session must be cheap: a proxy holds thousands. The first
 //     version held a 32 KiB pooled buffer per direction for the whole
@@ -150,6 +175,30 @@ func (c *closeOnce) Close() error {
 // closeWriter is implemented by *net.TCPConn, *net.UnixConn and *tls.Conn.
 type closeWriter interface{ CloseWrite() error }
 
+// relayMode selects the copy loops of a relay.
+type relayMode uint8
+
+const (
+	// relayFast is the Linux fast path (relay_linux.go). Elsewhere there
+	// is none: it copies every source with copyBuffered, and no relay uses
+	// it (defaultRelayMode is relayPortable there).
+	relayFast relayMode = iota
+	// relayPortable uses nothing but net.Conn: the relay of every system
+	// but Linux, and Linux's under the test switch.
+	relayPortable
+)
+
+// String names the mode in test names and logs: "fast" or "portable".
+func (m relayMode) String() string {
+	if m == relayPortable {
+		return "portable"
+	}
+	return "fast"
+}
+
+// portableNoted logs, once, that the test switch is in effect.
+var portableNoted sync.Once
+
 // Relay copies bytes both ways between client and upstream until one side
 // ends, then closes both (each exactly once). The first end wins: an error
 // closes everything at once; a clean EOF half-closes the other side's write
@@ -157,11 +206,21 @@ type closeWriter interface{ CloseWrite() error }
 // is parsed. counters, when non-nil, are updated while bytes flow. Relay
 // owns the read deadlines of both connections while it runs.
 func Relay(client, upstream net.Conn, counters *Counters) RelayStats {
+	return relayWith(client, upstream, counters, defaultRelayMode)
+}
+
+// relayWith is Relay with the copy loops of mode.
+func relayWith(client, upstream net.Conn, counters *Counters, mode relayMode) RelayStats {
+	if mode == relayPortable && portableRelaySwitch {
+		portableNoted.Do(func() {
+			slog.Warn("relay: portable (test switch)", "env", portableRelayEnv+"=1")
+		})
+	}
 	r := &relay{c: &closeOnce{Conn: client}, u: &closeOnce{Conn: upstream}}
 	defer r.c.Close()
 	defer r.u.Close()
-	up := newCopier(r.u, client, counters.clientToUpstream())
-	down := newCopier(r.c, upstream, counters.upstreamToClient())
+	up := newCopier(r.u, client, counters.clientToUpstream(), mode)
+	down := newCopier(r.c, upstream, counters.upstreamToClient(), mode)
 	done := make(chan struct{})
 	go func() {
 		r.end(SideUpstream, down.run())
@@ -189,9 +248,9 @@ type relay struct {
 	expired bool // the linger ran out before the second end
 }
 
-// closeBoth closes the upstream side first: a client source's copy may be
-// inside its read callback writing to the upstream, and closing the client
-// waits for that write to end (see copySocket).
+// closeBoth closes the upstream side first: on the fast path a client
+// source's copy may be inside its read callback writing to the upstream,
+// and closing the client waits for that write to end (see copySocket).
 func (r *relay) closeBoth() {
 	r.u.Close()
 	r.c.Close()
@@ -240,53 +299,36 @@ func (r *relay) end(from Side, err error) {
 // copier copies one direction, src to dst.
 type copier struct {
 	dst   net.Conn        // the closeOnce of the other side
-	rw    *rawsock.Writer // writes to dst when it is a plaintext socket
+	rw    *rawsock.Writer // writes to dst when it is a plaintext socket (fast path)
 	src   net.Conn
 	n     atomic.Int64  // bytes written to dst
 	total *atomic.Int64 // process-wide counter, or nil
 
-	// A plaintext socket source is copied by rawPump (bound once, so that
-	// RawConn.Read allocates nothing), which leaves its outcome here.
-	raw    syscall.RawConn
-	readFn func(fd uintptr) bool
-	rerr   error // the read error that ended the source
-	werr   error // the write error that ended the copy
-
-	// With TCP_INQ on the source, reads are recvmsg(2) calls with these.
-	inq bool
-	msg syscall.Msghdr
-	iov syscall.Iovec
-	oob [syscall.SizeofCmsghdr + 8]byte
+	// The fast path's state for a plaintext socket source (relay_linux.go;
+	// empty elsewhere).
+	socketCopy
 
 	// Any other source is read into idle while waiting.
 	idle []byte
+	// stream: the portable relay reads src, a plaintext socket, with
+	// copyStream.
+	stream bool
 }
 
-func newCopier(dst *closeOnce, src net.Conn, total *atomic.Int64) *copier {
-	cp := &copier{dst: dst, src: src, total: total, rw: rawsock.NewWriter(dst.Conn)}
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			cp.raw = rc
-			cp.readFn = cp.rawPump
-			if _, ok := src.(*net.TCPConn); ok {
-				_ = rc.Control(func(fd uintptr) {
-					cp.inq = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpINQ, 1) == nil
-				})
-			}
+func newCopier(dst *closeOnce, src net.Conn, total *atomic.Int64, mode relayMode) *copier {
+	cp := &copier{dst: dst, src: src, total: total}
+	switch mode {
+	case relayFast:
+		if cp.initFast(dst) {
 			return cp
 		}
+	case relayPortable:
+		// No buffer in user space: copyBuffered's look at what src has
+		// already received would never find anything.
+		_, cp.stream = src.(syscall.Conn)
 	}
 	cp.idle = make([]byte, relayIdleBufferSize)
 	return cp
-}
-
-// run copies until src ends or an error. It returns nil on a clean EOF
-// from src, else the first error.
-func (cp *copier) run() error {
-	if cp.raw != nil {
-		return cp.copySocket()
-	}
-	return cp.copyBuffered()
 }
 
 // write writes b to dst and counts what was written.
@@ -305,114 +347,38 @@ func (cp *copier) write(b []byte) error {
 	return err
 }
 
-// tcpINQ is Linux's TCP_INQ socket option (and its control message type,
-// TCP_CM_INQ): each recvmsg(2) then says how much the socket still holds,
-// and a held FIN counts as one byte.
-const tcpINQ = 36
-
-// relayRecheck bounds how long a plaintext source waits without a read(2):
-// see rawPump. It is a variable for tests.
-var relayRecheck = 10 * time.Second
-
-// rawPump is the RawConn.Read callback, and the whole copy loop: it reads
-// into a pooled buffer and writes what it read to dst before reading again.
-// The pooled buffer goes back before the goroutine parks. It returns true
-// when the copy is over: the source ended (EOF, or an error in rerr) or the
-// write failed (werr).
-//
-// With TCP_INQ, when the socket holds nothing more (no data, no FIN) it
-// returns false at once, so that the goroutine parks until the socket is
-// readable again, without the read(2) that would only return EAGAIN: one
-// system call less per message. That is sound because the copy stays inside
-// one RawConn.Read, which resets the poller's readiness when it is called
-// and only then, so data that arrives while the callback writes is
-// signalled to the wait that follows. One thing TCP_INQ does not count is a
-// reset that came with the last data: copySocket's read deadline
-// (relayRecheck) makes it read again after a while, so a reset client's
-// session ends then instead of never. Without TCP_INQ (a unix socket, an
-// old kernel) it reads until EAGAIN.
-func (cp *copier) rawPump(fd uintptr) bool {
+// copyStream copies from a plaintext socket on the portable relay: a
+// blocking Read into the idle buffer, or into a pooled buffer after a Read
+// that filled its buffer (see the top of this file).
+func (cp *copier) copyStream() error {
+	var bp *[]byte
+	buf := cp.idle
+	defer func() {
+		if bp != nil {
+			relayBufPool.Put(bp)
+		}
+	}()
 	for {
-		bp := relayBufPool.Get().(*[]byte)
-		n, left, err := cp.recv(fd, *bp)
-		switch {
-		case err == syscall.EINTR:
+		nr, rerr := cp.src.Read(buf)
+		if nr > 0 {
+			if werr := cp.write(buf[:nr]); werr != nil {
+				return werr
+			}
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				return nil
+			}
+			return rerr
+		}
+		switch full := nr == len(buf); {
+		case full && bp == nil:
+			bp = relayBufPool.Get().(*[]byte)
+			buf = *bp
+		case !full && bp != nil:
 			relayBufPool.Put(bp)
-			continue
-		case err == syscall.EAGAIN:
-			relayBufPool.Put(bp)
-			return false
-		case err != nil || n <= 0:
-			relayBufPool.Put(bp)
-			cp.rerr = err
-			return true
+			bp, buf = nil, cp.idle
 		}
-		werr := cp.write((*bp)[:n])
-		relayBufPool.Put(bp)
-		if werr != nil {
-			cp.werr = werr
-			return true
-		}
-		if !left {
-			return false
-		}
-	}
-}
-
-// recv reads once from fd into b. left reports whether the socket may hold
-// more: always, unless TCP_INQ says it holds nothing.
-func (cp *copier) recv(fd uintptr, b []byte) (n int, left bool, err error) {
-	if !cp.inq {
-		n, err = syscall.Read(int(fd), b)
-		return n, true, err
-	}
-	cp.iov.Base = &b[0]
-	cp.iov.SetLen(len(b))
-	cp.msg.Iov = &cp.iov
-	cp.msg.Iovlen = 1
-	cp.msg.Control = &cp.oob[0]
-	cp.msg.SetControllen(len(cp.oob))
-	cp.msg.Flags = 0
-	r, _, e := syscall.Syscall(syscall.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&cp.msg)), 0)
-	cp.iov.Base = nil // hold no pooled buffer while parked
-	if e != 0 {
-		return 0, true, e
-	}
-	n, left = int(r), true
-	if cp.msg.Controllen >= syscall.SizeofCmsghdr+4 {
-		h := (*syscall.Cmsghdr)(unsafe.Pointer(&cp.oob[0]))
-		if h.Level == syscall.IPPROTO_TCP && h.Type == tcpINQ {
-			left = *(*int32)(unsafe.Pointer(&cp.oob[syscall.SizeofCmsghdr])) > 0
-		}
-	}
-	return n, left, nil
-}
-
-// copySocket copies from a plaintext socket (see rawPump). While the
-// callback writes to dst it holds the source's read lock, so closing the
-// source waits for that write: the relay closes the upstream side first,
-// and the server closes a relaying session's upstream before its client
-// (Server.Close).
-func (cp *copier) copySocket() error {
-	for {
-		var err error
-		if cp.inq {
-			err = cp.src.SetReadDeadline(time.Now().Add(relayRecheck))
-		}
-		if err == nil {
-			err = cp.raw.Read(cp.readFn)
-		}
-		switch {
-		case cp.werr != nil:
-			return cp.werr
-		case cp.inq && errors.Is(err, os.ErrDeadlineExceeded):
-			continue // read again: see rawPump
-		case err != nil:
-			return rawsock.OpError("read", cp.src, err)
-		case cp.rerr != nil:
-			return rawsock.OpError("read", cp.src, os.NewSyscallError("recvmsg", cp.rerr))
-		}
-		return nil // EOF
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,27 @@ func connectLeg(t *testing.T, ln net.Listener, kind legKind, upstream bool) (out
 	return outer, inner
 }
 
+// forEachRelayMode runs f as a subtest per relay implementation of this
+// system (testRelayModes: on Linux the fast path and the portable relay,
+// elsewhere the portable one), named after it.
+func forEachRelayMode(t *testing.T, f func(t *testing.T, mode relayMode)) {
+	for _, mode := range testRelayModes {
+		t.Run(mode.String(), func(t *testing.T) { f(t, mode) })
+	}
+}
+
+// isConnReset reports an error caused by a reset of the connection.
+// Windows has its own numbers (syscall.ECONNRESET there is an invented
+// value no socket returns): WSAECONNRESET, WSAECONNABORTED, and
+// ERROR_NETNAME_DELETED, which an overlapped operation on a reset
+// connection may return instead.
+func isConnReset(err error) bool {
+	if runtime.GOOS == "windows" {
+		return errors.Is(err, syscall.Errno(10054)) || errors.Is(err, syscall.Errno(10053)) || errors.Is(err, syscall.Errno(64))
+	}
+	return errors.Is(err, syscall.ECONNRESET)
+}
+
 // testRelay is a running Relay between app and server.
 type testRelay struct {
 	app, server net.Conn
@@ -68,7 +90,7 @@ type testRelay struct {
 	done        chan RelayStats
 }
 
-func startTestRelay(t *testing.T, client, upstream legKind) *testRelay {
+func startTestRelay(t *testing.T, mode relayMode, client, upstream legKind) *testRelay {
 	t.Helper()
 	ln := rigListener(t)
 	r := &testRelay{done: make(chan RelayStats, 1)}
@@ -78,7 +100,7 @@ func startTestRelay(t *testing.T, client, upstream legKind) *testRelay {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		r.done <- Relay(pc, pu, &r.counters)
+		r.done <- relayWith(pc, pu, &r.counters, mode)
 	}()
 	// The relay must be gone before the test ends: a later test may change
 	// relayLinger, which a straggling relay would read when it ends.
@@ -166,6 +188,10 @@ func relayRandomBytes(rng *rand.Rand, n int) []byte {
 // many sizes (some sessions pausing now and then so that directions go idle
 // between bursts), and checks every byte and the counters.
 func TestRelayByteExact(t *testing.T) {
+	forEachRelayMode(t, testRelayByteExact)
+}
+
+func testRelayByteExact(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs {
 		for _, pattern := range []string{"boundaries", "small", "large", "mixed"} {
 			for _, pauses := range []bool{false, true} {
@@ -175,7 +201,7 @@ func TestRelayByteExact(t *testing.T) {
 				name := fmt.Sprintf("%s/%s/pauses=%v", relayLegName(legs), pattern, pauses)
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
-					r := startTestRelay(t, legs[0], legs[1])
+					r := startTestRelay(t, mode, legs[0], legs[1])
 					seed := uint64(len(name))
 					var wg sync.WaitGroup
 					var sent [2]int64
@@ -262,12 +288,16 @@ func relayFirstDiff(a, b []byte) int {
 // its size relative to the buffers (one that exactly fills the idle buffer
 // must not leave the relay blocked in a second Read).
 func TestRelayPingPongSizes(t *testing.T) {
+	forEachRelayMode(t, testRelayPingPongSizes)
+}
+
+func testRelayPingPongSizes(t *testing.T, mode relayMode) {
 	const idle, big = relayIdleBufferSize, relayBufferSize
 	sizes := []int{1, 30, idle - 1, idle, idle + 1, 16384 - 1, 16384, 16385, big - 1, big, big + 1, 3*big + 5, 200}
 	for _, legs := range relayLegs {
 		t.Run(relayLegName(legs), func(t *testing.T) {
 			t.Parallel()
-			r := startTestRelay(t, legs[0], legs[1])
+			r := startTestRelay(t, mode, legs[0], legs[1])
 			rng := rand.New(rand.NewPCG(1, 2))
 			for _, n := range sizes {
 				for _, ends := range [2][2]net.Conn{{r.app, r.server}, {r.server, r.app}} {
@@ -316,11 +346,15 @@ func relayHalfClose(t *testing.T, c net.Conn) {
 // TestRelayHalfClose: a clean EOF from one side reaches the other as a
 // half-close, and the other direction goes on until it ends too.
 func TestRelayHalfClose(t *testing.T) {
+	forEachRelayMode(t, testRelayHalfClose)
+}
+
+func testRelayHalfClose(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs[:3] { // net.Pipe cannot half-close
 		for _, first := range []Side{SideClient, SideUpstream} {
 			t.Run(relayLegName(legs)+"/"+string(first)+"-first", func(t *testing.T) {
 				t.Parallel()
-				r := startTestRelay(t, legs[0], legs[1])
+				r := startTestRelay(t, mode, legs[0], legs[1])
 				a, b := r.app, r.server // a ends first
 				if first == SideUpstream {
 					a, b = b, a
@@ -366,9 +400,13 @@ func TestRelayLinger(t *testing.T) {
 	old := relayLinger
 	relayLinger = 100 * time.Millisecond
 	t.Cleanup(func() { relayLinger = old })
+	forEachRelayMode(t, testRelayLinger)
+}
+
+func testRelayLinger(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs[:3] {
 		t.Run(relayLegName(legs), func(t *testing.T) {
-			r := startTestRelay(t, legs[0], legs[1])
+			r := startTestRelay(t, mode, legs[0], legs[1])
 			start := time.Now() // the linger starts after this
 			relayHalfClose(t, r.server)
 			if _, err := io.ReadAll(r.app); err != nil {
@@ -405,11 +443,15 @@ func relayResetConn(t *testing.T, c net.Conn) {
 // TestRelayErrorEndsBoth: an error on one leg ends the relay at once,
 // closes the other leg, and is reported as net.Conn.Read would report it.
 func TestRelayErrorEndsBoth(t *testing.T) {
+	forEachRelayMode(t, testRelayErrorEndsBoth)
+}
+
+func testRelayErrorEndsBoth(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs[:3] {
 		for _, broken := range []Side{SideClient, SideUpstream} {
 			t.Run(relayLegName(legs)+"/"+string(broken)+"-reset", func(t *testing.T) {
 				t.Parallel()
-				r := startTestRelay(t, legs[0], legs[1])
+				r := startTestRelay(t, mode, legs[0], legs[1])
 				bad, other := r.app, r.server
 				if broken == SideUpstream {
 					bad, other = other, bad
@@ -426,7 +468,7 @@ func TestRelayErrorEndsBoth(t *testing.T) {
 				if st.ClosedBy != broken {
 					t.Errorf("closed by %q, want %q", st.ClosedBy, broken)
 				}
-				if !errors.Is(st.Err, syscall.ECONNRESET) {
+				if !isConnReset(st.Err) {
 					t.Errorf("err = %v, want a connection reset", st.Err)
 				}
 				var oe *net.OpError
@@ -434,7 +476,7 @@ func TestRelayErrorEndsBoth(t *testing.T) {
 					t.Errorf("err = %q, want a *net.OpError of a read", st.Err)
 				}
 				_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if _, err := io.ReadAll(other); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				if _, err := io.ReadAll(other); err != nil && !isConnReset(err) {
 					t.Errorf("other leg: %v, want it closed", err)
 				}
 			})
@@ -449,7 +491,13 @@ func TestRelayIdleMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 200 sessions")
 	}
-	m := idleSessionMemory(t, 200, true)
+	forEachRelayMode(t, func(t *testing.T, mode relayMode) {
+		testRelayIdleMemory(t, mode)
+	})
+}
+
+func testRelayIdleMemory(t *testing.T, mode relayMode) {
+	m := idleSessionMemory(t, 200, true, mode)
 	t.Logf("per idle session: relay %.0f B (stacks %.0f B), proxy's upstream crypto/tls buffers %.0f B, everything (both ends of both legs) %.0f B",
 		m.relay(), m.relayStack, m.tlsIn, m.all)
 	if m.relay() > 32<<10 {
@@ -462,12 +510,17 @@ func TestRelayIdleMemory(t *testing.T) {
 // does not count) still ends its session, within relayRecheck, and the
 // server gets the message first.
 func TestRelayResetRightAfterData(t *testing.T) {
-	old := relayRecheck
-	relayRecheck = 300 * time.Millisecond
-	t.Cleanup(func() { relayRecheck = old })
+	const recheck = 300 * time.Millisecond
+	setRelayRecheck(t, recheck)
+	forEachRelayMode(t, func(t *testing.T, mode relayMode) {
+		testRelayResetRightAfterData(t, mode, recheck)
+	})
+}
+
+func testRelayResetRightAfterData(t *testing.T, mode relayMode, recheck time.Duration) {
 	msg := []byte("X\x00\x00\x00\x04")
 	for i := range 20 {
-		r := startTestRelay(t, legTCP, legTLS)
+		r := startTestRelay(t, mode, legTCP, legTLS)
 		if _, err := r.app.Write(msg); err != nil {
 			t.Fatal(err)
 		}
@@ -479,8 +532,8 @@ func TestRelayResetRightAfterData(t *testing.T) {
 		}
 		start := time.Now()
 		st := r.wait(t)
-		if d := time.Since(start); d > relayRecheck+2*time.Second {
-			t.Errorf("round %d: relay ended %v after the reset, want within %v", i, d, relayRecheck)
+		if d := time.Since(start); d > recheck+2*time.Second {
+			t.Errorf("round %d: relay ended %v after the reset, want within %v", i, d, recheck)
 		}
 		if st.ClosedBy != SideClient {
 			t.Errorf("round %d: closed by %q, want the client", i, st.ClosedBy)

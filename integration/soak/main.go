@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command soak runs pgverifyproxy under a long, mixed load and fails on any
 // unexpected error or leak.
 //

@@ -121,9 +121,7 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = r.work
 	cmd.Env = harness.EnvWithoutPG()
-	// Its own process group: a terminal's Ctrl-C reaches only the soak,
-	// which stops the proxy itself; killed if the soak dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	ownGroupKilledWithUs(cmd)
 	hp, err := harness.StartProcess(cmd)
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", r.bin, err)

@@ -1,17 +1,19 @@
 // Package rawsock writes to plaintext sockets without announcing a system
-// call to the Go scheduler: see Writer.
+// call to the Go scheduler: see Writer. That is Linux only (rawsock_linux.go);
+// on every other system NewWriter returns nil and Wrap returns its
+// connection unchanged, so callers write through net.Conn as usual.
 package rawsock
 
 import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // Writer writes to a plaintext socket with syscall.RawSyscall, through
 // the connection's RawConn (so deadlines, Close and waiting for the socket
-// to become writable work as for net.Conn.Write).
+// to become writable work as for net.Conn.Write). NewWriter makes one on
+// Linux only.
 //
 // Why: a write to a loopback socket wakes the reader, and on a small
 // machine the kernel often runs the reader at once, so the write returns
@@ -32,23 +34,6 @@ type Writer struct {
 	err error
 }
 
-// NewWriter returns a Writer for a plaintext TCP or unix socket, or nil for
-// any other connection.
-func NewWriter(c net.Conn) *Writer {
-	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
-	default:
-		return nil
-	}
-	rc, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		return nil
-	}
-	w := &Writer{rc: rc, c: c}
-	w.fn = w.write
-	return w
-}
-
 // Write writes all of b, waiting while the socket is full.
 func (w *Writer) Write(b []byte) (int, error) {
 	w.buf, w.n, w.err = b, 0, nil
@@ -62,24 +47,6 @@ func (w *Writer) Write(b []byte) (int, error) {
 		return n, OpError("write", w.c, err)
 	}
 	return n, nil
-}
-
-// write is the RawConn.Write callback.
-func (w *Writer) write(fd uintptr) bool {
-	for w.n < len(w.buf) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&w.buf[w.n])), uintptr(len(w.buf)-w.n))
-		switch e {
-		case 0:
-			w.n += int(r)
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return false
-		default:
-			w.err = e
-			return true
-		}
-	}
-	return true
 }
 
 // OpError words err, from a RawConn operation on c or from the system
@@ -100,7 +67,8 @@ type Conn struct {
 	w *Writer
 }
 
-// Wrap returns c as a Conn when it is a *net.TCPConn, else c itself.
+// Wrap returns c as a Conn when it is a *net.TCPConn and NewWriter makes a
+// Writer for it (on Linux), else c itself.
 func Wrap(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
