@@ -236,19 +236,6 @@ type PinStore struct {
 	crashAfter int
 }
 
-// DefaultPinDir is $XDG_STATE_HOME/pgverifyproxy, or
-// ~/.local/state/pgverifyproxy.
-func DefaultPinDir() (string, error) {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
-		return filepath.Join(d, "pgverifyproxy"), nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil || home == "" {
-		return "", errors.New("no pin directory: set --pin-dir (no HOME or XDG_STATE_HOME)")
-	}
-	return filepath.Join(home, ".local", "state", "pgverifyproxy"), nil
-}
-
 // Path returns the pin file of an upstream.
 func (s *PinStore) Path(host string, port int, serverName string) string {
 	name := safeName(host) + "_" + strconv.Itoa(port)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -41,16 +42,20 @@ func ParsePolicy(s string) (Policy, error) {
 	return "", fmt.Errorf("--trust must be system, tofu or live (system: pin the public root the chain leads to; tofu: pin what the server presents, after you checked it; live: no pin, the system trust store at every connection), not %s", Quote(s))
 }
 
-// SystemRoots returns the system trust store as an explicit pool: the
-// platform's roots (SSL_CERT_FILE and SSL_CERT_DIR are honoured), or, where
-// the host has none (a scratch container), Mozilla's roots embedded by
+// SystemRoots returns the system trust store as an explicit pool.
+//
+// On Linux and the other unix systems but macOS it is the host's roots
+// (SSL_CERT_FILE and SSL_CERT_DIR are honoured), or, where the host has
+// none (a scratch container), Mozilla's roots embedded by
 // golang.org/x/crypto/x509roots/fallback when the binary imports it.
+//
+// On Windows and macOS Go verifies against this pool with the operating
+// system's verifier (its certificate store, SSL_CERT_FILE ignored), so
+// Mozilla's roots (golang.org/x/crypto/x509roots/fallback/bundle) are
+// added to the pool: a chain the system refuses is verified again by Go
+// against those alone. The store there is the system's plus Mozilla's.
 func SystemRoots() (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		return nil, fmt.Errorf("loading the system trust store: %w", err)
-	}
-	return pool, nil
+	return systemRootsFor(runtime.GOOS, x509.SystemCertPool)
 }
 
 // Decision is a chain that may be pinned.

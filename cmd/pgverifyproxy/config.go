@@ -41,6 +41,7 @@ type runConfig struct {
 	DrainTimeout    time.Duration `mapstructure:"drain_timeout"`
 	LogLevel        string        `mapstructure:"log_level"`
 	LogFormat       string        `mapstructure:"log_format"`
+	LogFile         string        `mapstructure:"log_file"`
 	UpstreamCert    string        `mapstructure:"upstream_cert"`
 	UpstreamKey     string        `mapstructure:"upstream_key"`
 	Negotiation     string        `mapstructure:"negotiation"`
@@ -57,6 +58,7 @@ type runConfig struct {
 	PrewarmMaxAge          time.Duration `mapstructure:"prewarm_max_age"`
 	TCPKeepalive           time.Duration `mapstructure:"tcp_keepalive"`
 	Admin                  string        `mapstructure:"admin"`
+	AdminQuit              bool          `mapstructure:"admin_quit"`
 	ReadyWindow            time.Duration `mapstructure:"ready_window"`
 	// Routes come from the config file only. When there are none, the
 	// top-level settings make the one route.
@@ -140,9 +142,11 @@ var runOptions = []option{
 	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long: 1s to 50s, below the server's authentication_timeout (60s by default)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
+	{"admin_quit", "admin-quit", false, "with --admin: serve POST /quitquitquit, which starts the same drain as SIGTERM (to end a Kubernetes Job's sidecar); anyone who can reach the admin address can then stop the proxy"},
 	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
 	{"log_level", "log-level", "info", "debug, info, warn or error"},
 	{"log_format", "log-format", "text", "text or json"},
+	{"log_file", "log-file", "", "append the log to this file instead of standard error (a Windows service has none); created 0600"},
 }
 
 // addRunFlags declares the flags of `run` (also accepted by the root command).
@@ -504,6 +508,9 @@ func (rc *runConfig) validate() error {
 		if _, err := admin.ResolveAddr(rc.Admin); err != nil {
 			return err
 		}
+	}
+	if rc.AdminQuit && rc.Admin == "" {
+		return errors.New("admin_quit needs the admin endpoint: set admin (--admin ADDR) as well")
 	}
 	if rc.Admin != "" && rc.ReadyWindow < 3*time.Second {
 		return fmt.Errorf("ready_window must be at least 3s (the upstream is probed every third of it), not %s", rc.ReadyWindow)

@@ -70,7 +70,7 @@ file (--config), in that order of precedence.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	run.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
-	root.AddCommand(run, newChainCmd(), newCheckCmd(), newReadyCmd(), &cobra.Command{
+	root.AddCommand(run, newChainCmd(), newCheckCmd(), newReadyCmd(), newWaitCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,

@@ -5,12 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,7 +28,17 @@ func newLogger(rc runConfig, level *slog.LevelVar) (*slog.Logger, error) {
 	// not verified yet: the text handler quotes them, the JSON handler
 	// escapes only what JSON must, so both write through safeOut, which
 	// escapes DEL, C1 and bidi controls as well.
-	out := safeOut(os.Stderr)
+	var w io.Writer = os.Stderr
+	if rc.LogFile != "" {
+		// A Windows service has no standard error; elsewhere too a file
+		// may be wanted. Appended, never truncated, private to the user.
+		f, err := os.OpenFile(rc.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("log file: %w", err)
+		}
+		w = f // open for the life of the process
+	}
+	out := safeOut(w)
 	if rc.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(out, opts)), nil
 	}
@@ -192,6 +201,13 @@ type runner struct {
 }
 
 func runProxy(cmd *cobra.Command, configFile string) error {
+	return runControlled(func(ctl *control) error { return serveProxy(cmd, configFile, ctl) })
+}
+
+// serveProxy runs the proxy until ctl asks it to stop (a signal, a
+// Windows service's Stop) and it drained, reloading when ctl asks for it
+// (SIGHUP, or a changed config file where there is no SIGHUP).
+func serveProxy(cmd *cobra.Command, configFile string, ctl *control) error {
 	rc, err := loadRunConfig(cmd.Flags(), configFile)
 	if err != nil {
 		return usageError{err}
@@ -206,10 +222,13 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	}
 	r := &runner{cmd: cmd, configFile: configFile, log: log, level: level}
 	var obs proxy.Observer
+	// POST /quitquitquit (admin_quit) is handed to the signal loop below.
+	quit := make(chan os.Signal, 1)
 	if rc.Admin != "" {
 		r.adm = admin.New(admin.Options{Version: versionNumber(), ReadyWindow: rc.ReadyWindow,
 			// Read at scrape time; the admin endpoint starts after the server.
-			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() }})
+			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() },
+			Quit:  quitRequests(rc.AdminQuit, quit)})
 		obs = r.adm
 	}
 	rc, routes, err := loadRoutes(cmd, configFile, log, r.adm)
@@ -234,7 +253,14 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 		if !admin.IsLoopback(l.Addr()) {
 			log.Warn("admin endpoint on a non-loopback address: anyone who reaches it can read the metrics", "addr", l.Addr().String())
 		}
-		log.Info("admin endpoint", "addr", l.Addr().String(), "paths", "/metrics /healthz /readyz")
+		paths := "/metrics /healthz /readyz"
+		if rc.AdminQuit {
+			paths += " " + admin.QuitPath
+			if !admin.IsLoopback(l.Addr()) {
+				log.Warn("admin_quit on a non-loopback address: anyone who reaches it can stop the proxy", "addr", l.Addr().String())
+			}
+		}
+		log.Info("admin endpoint", "addr", l.Addr().String(), "paths", paths)
 		go func() {
 			if err := r.adm.Serve(l); err != nil {
 				log.Error("admin endpoint stopped", "error", err.Error())
@@ -243,9 +269,8 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 	}
 	r.startChecks(routes)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	sigs := ctl.start(log, configFile)
+	defer ctl.stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(context.Background()) }()
 	for {
@@ -254,10 +279,12 @@ func runProxy(cmd *cobra.Command, configFile string) error {
 			r.stopChecks()
 			return err
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				r.reload()
+			if isReload(sig) {
+				r.reload(sig)
 				continue
 			}
+			return r.drain(sig, sigs, serveErr)
+		case sig := <-quit: // POST /quitquitquit: the same drain
 			return r.drain(sig, sigs, serveErr)
 		}
 	}
@@ -317,12 +344,13 @@ func (r *runner) startChecks(routes []builtRoute) {
 	}
 }
 
-// reload applies a changed configuration on SIGHUP: the file is read again
+// reload applies a changed configuration on SIGHUP (or, where there is no
+// SIGHUP, when the config file changed): the file is read again
 // (flags and environment as at start), every route rebuilt (certificates,
 // keys, pins), and the proxy switched over without dropping sessions. A
 // configuration that fails anywhere is rejected and the running one kept.
-func (r *runner) reload() {
-	r.log.Info("SIGHUP: reloading the configuration", "config", r.configFile)
+func (r *runner) reload(sig os.Signal) {
+	r.log.Info(reloadCause(sig)+": reloading the configuration", "config", r.configFile)
 	rc, routes, err := loadRoutes(r.cmd, r.configFile, r.log, r.adm)
 	if err == nil {
 		err = r.srv.Reload(proxyRoutes(routes))
@@ -336,7 +364,9 @@ func (r *runner) reload() {
 	}
 	for _, k := range []struct{ name, old, new string }{
 		{"admin", r.rc.Admin, rc.Admin},
+		{"admin_quit", fmt.Sprint(r.rc.AdminQuit), fmt.Sprint(rc.AdminQuit)},
 		{"log_format", r.rc.LogFormat, rc.LogFormat},
+		{"log_file", r.rc.LogFile, rc.LogFile},
 		{"ready_window", r.rc.ReadyWindow.String(), rc.ReadyWindow.String()},
 	} {
 		if k.old != k.new {
@@ -346,7 +376,8 @@ func (r *runner) reload() {
 	if r.adm == nil || rc.ReadyWindow != r.rc.ReadyWindow {
 		rc.ReadyWindow = r.rc.ReadyWindow
 	}
-	rc.Admin, rc.LogFormat = r.rc.Admin, r.rc.LogFormat
+	rc.Admin, rc.LogFormat, rc.LogFile = r.rc.Admin, r.rc.LogFormat, r.rc.LogFile
+	rc.AdminQuit = r.rc.AdminQuit
 	r.rc = rc
 	r.stopChecks()
 	r.startChecks(routes)
@@ -367,7 +398,7 @@ func (r *runner) drain(sig os.Signal, sigs <-chan os.Signal, serveErr <-chan err
 	defer cancel()
 	go func() {
 		for s := range sigs {
-			if s != syscall.SIGHUP {
+			if !isReload(s) {
 				r.log.Warn("second signal: closing the running sessions now", "signal", s.String())
 				cancel()
 				return

@@ -1,16 +1,16 @@
-//go:build !unix
+//go:build !unix && !windows
 
 package main
 
 import (
 	"context"
+	"errors"
 	"os/exec"
-	"time"
+	"runtime"
 )
 
-// shellCommand runs command with cmd.exe.
-func shellCommand(ctx context.Context, command string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "cmd.exe", "/C", command)
-	cmd.WaitDelay = 2 * time.Second
-	return cmd
+// shellCommand has no shell to run command with on this system: the
+// command it returns fails to start, saying so.
+func shellCommand(context.Context, string) *exec.Cmd {
+	return &exec.Cmd{Err: errors.New("no shell to run it with on " + runtime.GOOS)}
 }
