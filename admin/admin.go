@@ -1,5 +1,6 @@
 // Package admin serves the proxy's admin endpoint: Prometheus metrics on
-// /metrics, liveness on /healthz and readiness on /readyz.
+// /metrics, liveness on /healthz and readiness on /readyz, and, when
+// enabled, POST /quitquitquit to end the proxy (a Kubernetes Job's sidecar).
 //
 // An Admin is the proxy's Observer: it counts sessions, refusals and
 // upstream dials as they are reported, reads live counters (active
@@ -44,6 +45,15 @@ type Options struct {
 	// Now returns the current time; nil means time.Now. Tests inject a
 	// fixed clock.
 	Now func() time.Time
+	// Quit, when set, enables POST /quitquitquit: the request turns
+	// /readyz to 503 "draining", calls Quit with the client's address and
+	// is answered 200 "draining"; other methods get 405. Quit must return
+	// at once and may be called again by a repeated request (the run
+	// command hands the first one to its signal loop, which drains as on
+	// SIGTERM). When Quit is nil the path answers 404. Anyone who can
+	// reach the admin address can then stop the proxy; a request a
+	// browser marks as cross-site is refused (403), so a web page cannot.
+	Quit func(remoteAddr string)
 }
 
 // sessionResults are the SessionResult values whose counters are created
@@ -89,6 +99,7 @@ type Admin struct {
 	rootChanges *prometheus.CounterVec
 
 	draining atomic.Bool
+	quit     func(remoteAddr string)
 
 	mu     sync.Mutex
 	routes []string // routes in service; nil until RoutesChanged
@@ -107,6 +118,7 @@ func New(o Options) *Admin {
 		now:         o.Now,
 		readyWindow: o.ReadyWindow,
 		stats:       o.Stats,
+		quit:        o.Quit,
 		reg:         prometheus.NewRegistry(),
 		state:       map[string]*routeState{},
 	}
@@ -150,6 +162,11 @@ func New(o Options) *Admin {
 	}))
 	mux.HandleFunc("GET /healthz", a.serveHealthz)
 	mux.HandleFunc("GET /readyz", a.serveReadyz)
+	if a.quit != nil {
+		// Any method, so that GET gets a 405 that names POST; a POST a
+		// browser sends for another site's page is refused with 403.
+		mux.Handle(QuitPath, http.NewCrossOriginProtection().Handler(http.HandlerFunc(a.serveQuit)))
+	}
 	a.handler = mux
 	a.srv = &http.Server{
 		Handler:           mux,
@@ -360,6 +377,22 @@ func (a *Admin) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 	writeText(w, code, b.String())
 }
 
+// QuitPath is the admin path that ends the proxy when Options.Quit is set.
+const QuitPath = "/quitquitquit"
+
+// serveQuit answers POST /quitquitquit: /readyz turns 503 at once and the
+// proxy is asked to drain, as on SIGTERM.
+func (a *Admin) serveQuit(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeText(w, http.StatusMethodNotAllowed, "method not allowed: use POST "+QuitPath+"\n")
+		return
+	}
+	a.SetDraining()
+	a.quit(r.RemoteAddr)
+	writeText(w, http.StatusOK, "draining\n")
+}
+
 // oneLine keeps an error text on a single line of the /readyz body, with
 // any other control character escaped: the text may come from a
 // certificate or a server not verified yet.
@@ -377,7 +410,8 @@ func writeText(w http.ResponseWriter, code int, body string) {
 }
 
 // Handler returns the admin endpoint's handler: GET /metrics, /healthz and
-// /readyz; 404 for any other path.
+// /readyz, POST /quitquitquit when Options.Quit is set; 404 for any other
+// path.
 func (a *Admin) Handler() http.Handler { return a.handler }
 
 // Serve serves the admin endpoint on l, with read, write and idle
