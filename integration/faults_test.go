@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // Fault injection: what a user sees when the server, the network or the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration runs pgverifyproxy against a real PostgreSQL server
 // with TLS, started by the tests, and real clients (psql/libpq, pgx).
 package integration

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // The client compatibility matrix (issue 4, items 5 and 6): real clients

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // Protocol features and query cancellation through the proxy (issue 4,

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -483,9 +482,7 @@ func (c *Cluster) run(ctx context.Context, prog string, args ...string) ([]byte,
 		"HOME=" + c.Dir,
 	}
 	if c.owner != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
-			Uid: uint32(c.owner.uid), Gid: uint32(c.owner.gid),
-		}}
+		runAs(cmd, c.owner.uid, c.owner.gid)
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
