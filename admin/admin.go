@@ -60,7 +60,7 @@ type Options struct {
 // at zero for every route in service, so rates exist before the first event.
 var sessionResults = []proxy.SessionResult{
 	proxy.ResultCompleted, proxy.ResultRefused, proxy.ResultAuthFailed,
-	proxy.ResultClientLeft, proxy.ResultCancel,
+	proxy.ResultClientLeft, proxy.ResultCancel, proxy.ResultShutdown,
 }
 
 // handshakeBuckets span 1 ms to 10 s.
@@ -134,7 +134,7 @@ func New(o Options) *Admin {
 	}
 	a.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgverifyproxy_sessions_total",
-		Help: "Client connections that ended, by route and result (completed, refused, auth_failed, client_left, cancel).",
+		Help: "Client connections that ended, by route and result (completed, refused, auth_failed, client_left, cancel, shutdown).",
 	}, []string{"route", "result"})
 	a.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgverifyproxy_refused_total",
@@ -201,6 +201,13 @@ func (a *Admin) RoutesChanged(routes []string) {
 			a.sessions.WithLabelValues(r, string(res))
 		}
 		a.rootChanges.WithLabelValues(r)
+		// Every refusal cause at zero, so that an alert on increase()
+		// sees the first refusal of a kind.
+		for _, reason := range chain.Reasons() {
+			if reason.Refusal() {
+				a.refused.WithLabelValues(r, reason.String())
+			}
+		}
 	}
 }
 
@@ -213,9 +220,10 @@ func (a *Admin) SessionEnded(route string, result proxy.SessionResult) {
 	a.sessions.WithLabelValues(route, string(result)).Inc()
 }
 
-// Refused counts a refused connection in pgverifyproxy_refused_total.
-func (a *Admin) Refused(route, cause string) {
-	a.refused.WithLabelValues(route, cause).Inc()
+// Refused counts a refused connection in pgverifyproxy_refused_total, its
+// cause labelled with the reason's word (as in the log's reason field).
+func (a *Admin) Refused(route string, cause chain.Reason) {
+	a.refused.WithLabelValues(route, cause.String()).Inc()
 }
 
 // UpstreamDialed records an upstream dial's duration in

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -115,10 +116,10 @@ func TestCounters(t *testing.T) {
 			a.SessionEnded(e.route, e.result)
 		}
 	}
-	a.Refused("main", "verification")
-	a.Refused("main", "verification")
-	a.Refused("main", proxy.CauseLimit)
-	a.Refused("replica", "upstream_unreachable")
+	a.Refused("main", chain.ReasonVerification)
+	a.Refused("main", chain.ReasonVerification)
+	a.Refused("main", chain.ReasonLimit)
+	a.Refused("replica", chain.ReasonUpstreamUnreachable)
 
 	fams := scrape(t, a)
 	for _, e := range ends {
@@ -577,7 +578,7 @@ func TestConcurrentObserver(t *testing.T) {
 				a.SessionStarted("main")
 				a.UpstreamDialed("main", time.Millisecond, nil)
 				a.SessionEnded("main", proxy.ResultCompleted)
-				a.Refused("main", proxy.CauseLimit)
+				a.Refused("main", chain.ReasonLimit)
 				if j%10 == 0 {
 					a.RoutesChanged([]string{"main"})
 					a.SetExpiry("main", time.Now(), time.Now())

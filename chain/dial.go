@@ -174,9 +174,17 @@ func (d *Dialer) checkALPN(cs tls.ConnectionState) error {
 // a connection whose server passed verify-full. Nothing but the SSLRequest is
 // sent before verification succeeds.
 func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
+	conn, _, _, err := d.dial(ctx)
+	return conn, err
+}
+
+// dial is Dial, returning also the verifier the connection was checked
+// with (set once it was had, even when the dial then failed) and the
+// verified path, leaf first, anchor last.
+func (d *Dialer) dial(ctx context.Context) (*tls.Conn, *Verifier, []*x509.Certificate, error) {
 	v, err := d.verifier(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	timeout := d.ConnectTimeout
 	if timeout <= 0 {
@@ -187,7 +195,7 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 
 	raw, err := d.startTLS(ctx)
 	if err != nil {
-		return nil, err
+		return nil, v, nil, err
 	}
 	cfg := d.TLSConfig(v)
 	var verified []*x509.Certificate
@@ -200,11 +208,11 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 	conn := tls.Client(rawsock.Wrap(raw), cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, d.handshakeError(err)
+		return nil, v, nil, d.handshakeError(err)
 	}
 	if err := d.checkALPN(conn.ConnectionState()); err != nil {
 		raw.Close()
-		return nil, err
+		return nil, v, nil, err
 	}
 	_ = raw.SetDeadline(time.Time{})
 	// Only now has the server proved it holds the key of the certificate
@@ -215,7 +223,7 @@ func (d *Dialer) Dial(ctx context.Context) (*tls.Conn, error) {
 	if d.OnVerified != nil && len(verified) > 0 {
 		d.OnVerified(verified)
 	}
-	return conn, nil
+	return conn, v, verified, nil
 }
 
 // StartTLS opens the TCP connection and performs the SSLRequest exchange
@@ -316,7 +324,7 @@ func (d *Dialer) handshakeError(err error) error {
 			Err: fmt.Errorf("the server offers no TLS version the proxy accepts (TLS 1.2 or later required): %w", err)}
 	}
 	if isAlert && ClientCertAlert(alert) {
-		return &DialError{Addr: d.Addr(), Step: StepHandshake, Hint: ClientCertHint,
+		return &DialError{Addr: d.Addr(), Step: StepHandshake, Alert: alert,
 			Err: fmt.Errorf("the server rejected the TLS handshake (alert %q) after the proxy verified it", alert)}
 	}
 	return &DialError{Addr: d.Addr(), Step: StepHandshake, Err: fmt.Errorf("TLS handshake failed: %w", err)}
@@ -335,6 +343,19 @@ func TLSAlert(err error) (string, bool) {
 		return "", false
 	}
 	return msg[i+len(prefix):], true
+}
+
+// AlertAfterHandshake returns the failure of a verified connection to addr
+// whose server ended the TLS session with an alert (err, from a read or a
+// write after the handshake), or nil when err is no TLS alert. With TLS 1.3
+// a server refuses the client certificate, or its absence, only then.
+func AlertAfterHandshake(addr string, err error) *DialError {
+	alert, ok := TLSAlert(err)
+	if !ok {
+		return nil
+	}
+	return &DialError{Addr: addr, Step: StepAfterHandshake, Alert: alert,
+		Err: fmt.Errorf("the server ended the TLS session with the alert %q", alert)}
 }
 
 // ClientCertAlert reports alerts by which a server refuses the client's
@@ -362,6 +383,9 @@ const (
 	StepVerify Step = "verifying the server certificate"
 	// StepTrust is finding what to trust (the pin) before connecting.
 	StepTrust Step = "deciding what to trust"
+	// StepAfterHandshake is the verified connection right after its
+	// handshake, where a TLS 1.3 server refuses the client certificate.
+	StepAfterHandshake Step = "after the TLS handshake"
 )
 
 // DialError is a failed upstream connection.
@@ -374,6 +398,9 @@ type DialError struct {
 	Refused bool
 	// Injected is set when plaintext arrived where TLS should start.
 	Injected bool
+	// Alert is the TLS alert the server ended the handshake or the
+	// session with, when that is what happened.
+	Alert string
 	// Err is the cause.
 	Err error
 	// Hint, when set, is what the user should do about it.

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -74,11 +76,21 @@ func (t *PinTrust) Verifier(ctx context.Context) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
+	return p.Verifier(path, t.AIA, t.System, t.Repin), nil
+}
+
+// Verifier returns the verify-full check of connections under this pin,
+// kept in file: a chain must lead to one of its anchors (its intermediates
+// and aia only build the path), and one that leads elsewhere is reported
+// as a changed identity, naming system's root when it reaches one and the
+// repin command.
+func (p *Pin) Verifier(file string, aia *Completer, system *x509.CertPool, repin string) *Verifier {
 	return &Verifier{
-		Roots: p.Pool(), Intermediates: p.Intermediates, AIA: t.AIA,
-		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path,
-		Upstream: t.Dialer.Addr(), System: t.System, Repin: t.Repin,
-	}, nil
+		Roots: p.Pool(), Intermediates: p.Intermediates, AIA: aia,
+		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: file,
+		Upstream: net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), System: system, Repin: repin,
+		ServerName: p.VerifyName(),
+	}
 }
 
 // Current returns the pin, reloading it when its file changed and fetching

@@ -46,10 +46,10 @@ func (o *attackObserver) SessionEnded(route string, r proxy.SessionResult) {
 	o.ended[route] = append(o.ended[route], r)
 }
 
-func (o *attackObserver) Refused(route, cause string) {
+func (o *attackObserver) Refused(route string, cause chain.Reason) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.refusals[route] = append(o.refusals[route], cause)
+	o.refusals[route] = append(o.refusals[route], cause.String())
 }
 
 func (o *attackObserver) snapshot(route string) (refusals []string, ended []proxy.SessionResult) {

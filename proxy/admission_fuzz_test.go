@@ -19,6 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // This file holds the fuzz target of client admission and the helpers the
@@ -103,13 +105,13 @@ var fzDiscard = slog.New(slog.DiscardHandler)
 // that names the proxy, and a FATAL ErrorResponse that encodes and decodes.
 func checkClientError(t *testing.T, ce *ClientError) {
 	t.Helper()
-	if len(ce.Code) != 5 {
-		t.Fatalf("ClientError without a SQLSTATE: %q (%s)", ce.Code, ce.Message)
+	if len(ce.Code()) != 5 {
+		t.Fatalf("ClientError without a SQLSTATE: %q (%s)", ce.Code(), ce.Message)
 	}
 	if !strings.HasPrefix(ce.Message, "pgverifyproxy: ") {
 		t.Fatalf("ClientError message does not name the proxy: %q", ce.Message)
 	}
-	if ce.Reason == "" {
+	if ce.Reason == chain.ReasonNone {
 		t.Fatalf("ClientError without a Reason: %q", ce.Message)
 	}
 	b, err := ce.response()
@@ -120,8 +122,8 @@ func checkClientError(t *testing.T, ce *ClientError) {
 	if strings.IndexByte(er.Message+er.Detail+er.Hint, 0) >= 0 || !utf8.ValidString(er.Message+er.Detail+er.Hint) {
 		t.Fatalf("ErrorResponse text holds a NUL or invalid UTF-8: %q", b)
 	}
-	if er.Code != ce.Code || er.Message != clientText(ce.Message) || er.Detail != clientText(ce.Detail) || er.Hint != clientText(ce.Hint) {
-		t.Fatalf("ErrorResponse %q %q does not round-trip %q %q", er.Code, er.Message, ce.Code, ce.Message)
+	if er.Code != ce.Code() || er.Message != clientText(ce.Message) || er.Detail != clientText(ce.Detail) || er.Hint != clientText(ce.Hint) {
+		t.Fatalf("ErrorResponse %q %q does not round-trip %q %q", er.Code, er.Message, ce.Code(), ce.Message)
 	}
 }
 
@@ -393,8 +395,8 @@ func FuzzAdmission(f *testing.F) {
 		}
 		switch {
 		case admitCE != nil:
-			if errResp == nil || errResp.Code != admitCE.Code {
-				t.Fatalf("refusal %q (%s) did not reach the client as a FATAL ErrorResponse (got %v)", admitCE.Code, admitCE.Message, errResp)
+			if errResp == nil || errResp.Code != admitCE.Code() {
+				t.Fatalf("refusal %q (%s) did not reach the client as a FATAL ErrorResponse (got %v)", admitCE.Code(), admitCE.Message, errResp)
 			}
 		case pkt != nil && paramsErr != nil:
 			if errResp == nil || errResp.Code != codeProtocolViolation {

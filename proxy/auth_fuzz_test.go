@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // fzSecret is the password of the auth-phase fuzz seeds. It holds a control
@@ -297,7 +299,7 @@ func fuzzExchange(t *testing.T, flags byte, upstream, client []byte) {
 		t.Fatalf("authentication failed with an error of no known kind (%T): %v", err, err)
 	}
 	text := errorTexts(err)
-	if ce != nil && ce.Reason == "channel_binding" && strings.Contains(ce.Message, "the client chose ") {
+	if ce != nil && ce.Reason == chain.ReasonChannelBinding && strings.Contains(ce.Message, "the client chose ") {
 		return // echoes the mechanism name the client chose
 	}
 	checkNoPassword(t, "an error", text, passwords(client), upstream)

@@ -167,18 +167,13 @@ func (r *Route) validate() error {
 		r.TLSConfig = r.TLSConfig.Clone()
 		r.TLSConfig.NextProtos = []string{alpnPostgres}
 	}
-	if r.MaxConnections < 0 {
-		return fmt.Errorf("route %s: max_connections must be 0 (no limit) or more, not %d", r.Name, r.MaxConnections)
+	if err := CheckLimits(r.MaxConnections, r.Prewarm); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
 	}
-	if r.Prewarm < 0 || r.Prewarm > 1000 {
-		return fmt.Errorf("route %s: prewarm must be between 0 and 1000, not %d", r.Name, r.Prewarm)
-	}
-	if r.PrewarmMaxAge < 0 {
-		return fmt.Errorf("route %s: prewarm_max_age must be positive", r.Name)
-	}
-	if r.PrewarmMaxAge > MaxPrewarmMaxAge {
-		return fmt.Errorf("route %s: prewarm_max_age must be at most %s, below PostgreSQL's authentication_timeout (60s by default), after which the server has closed a connection that has not logged in; not %s",
-			r.Name, MaxPrewarmMaxAge, r.PrewarmMaxAge)
+	if r.PrewarmMaxAge != 0 {
+		if err := CheckPrewarmMaxAge(r.PrewarmMaxAge); err != nil {
+			return fmt.Errorf("route %s: %w", r.Name, err)
+		}
 	}
 	if r.StartupTimeout <= 0 {
 		r.StartupTimeout = DefaultStartupTimeout
@@ -200,6 +195,33 @@ func (r *Route) validate() error {
 	// auth auto with a stored password: the local-trust rule of relay
 	// mode. Without one, auto decides per connection (noAsk).
 	return r.checkRelayListeners()
+}
+
+// CheckLimits checks a route's max_connections and prewarm (Route's
+// MaxConnections and Prewarm).
+func CheckLimits(maxConnections, prewarm int) error {
+	if maxConnections < 0 {
+		return fmt.Errorf("max_connections must be 0 (no limit) or more, not %d", maxConnections)
+	}
+	if prewarm < 0 || prewarm > 1000 {
+		return fmt.Errorf("prewarm must be between 0 (off) and 1000, not %d", prewarm)
+	}
+	return nil
+}
+
+// CheckPrewarmMaxAge checks prewarm_max_age (Route.PrewarmMaxAge, where
+// zero means DefaultPrewarmMaxAge): 1s to MaxPrewarmMaxAge.
+func CheckPrewarmMaxAge(d time.Duration) error {
+	switch {
+	case d <= 0:
+		return fmt.Errorf("prewarm_max_age must be positive (1s to %s), not %s", MaxPrewarmMaxAge, d)
+	case d < time.Second:
+		return fmt.Errorf("prewarm_max_age must be at least 1s (and below the server's authentication_timeout), not %s", d)
+	case d > MaxPrewarmMaxAge:
+		return fmt.Errorf("prewarm_max_age must be at most %s, below PostgreSQL's authentication_timeout (60s by default), after which the server has closed a connection that has not logged in; not %s",
+			MaxPrewarmMaxAge, d)
+	}
+	return nil
 }
 
 // noAsk says why auth auto may not ask the client of a connection (its

@@ -18,13 +18,40 @@ const (
 	codeConnectionFailure    = "08006" // connection_failure (verification)
 	codeInvalidAuthorization = "28000" // invalid_authorization_specification
 	codeFeatureNotSupported  = "0A000" // feature_not_supported
+	codeAdminShutdown        = "57P01" // admin_shutdown
 )
+
+// sqlstate is the SQLSTATE of the FATAL error a client gets for a reason:
+// one code per reason, as docs/operating.md lists them. It is "" for
+// ReasonNone.
+func sqlstate(r chain.Reason) string {
+	switch r {
+	case chain.ReasonUpstreamUnreachable, chain.ReasonStartupTimeout:
+		return codeUnableToConnect
+	case chain.ReasonUpstreamRefusedTLS, chain.ReasonUpstreamInjection, chain.ReasonUpstreamTLS,
+		chain.ReasonClientCertificate, chain.ReasonUntrusted, chain.ReasonVerification,
+		chain.ReasonUpstreamTLSAlert, chain.ReasonUpstreamClosed:
+		return codeConnectionFailure
+	case chain.ReasonUpstreamProtocol, chain.ReasonClientProtocol:
+		return codeProtocolViolation
+	case chain.ReasonUnsupportedAuth, chain.ReasonChannelBinding, chain.ReasonUnsupportedProtocol:
+		return codeFeatureNotSupported
+	case chain.ReasonLogin, chain.ReasonStoredPassword, chain.ReasonClientTLSRequired:
+		return codeInvalidAuthorization
+	case chain.ReasonLimit:
+		return codeTooManyConnections
+	case chain.ReasonShutdown:
+		return codeAdminShutdown
+	}
+	return ""
+}
 
 // ClientError is an error the proxy reports to the client as a FATAL
 // ErrorResponse before closing. Its fields are what the client sees.
 type ClientError struct {
-	// Code is the SQLSTATE.
-	Code string
+	// Reason is why, in one word: the SQLSTATE (Code), the log's reason
+	// and the refusal's metrics label all come from it.
+	Reason chain.Reason
 	// Message is the primary message; it starts with "pgverifyproxy: ".
 	Message string
 	// Detail adds facts, optional.
@@ -33,9 +60,10 @@ type ClientError struct {
 	Hint string
 	// Cause is the underlying error (logged, not sent).
 	Cause error
-	// Reason is a short machine word for logs and metrics.
-	Reason string
 }
+
+// Code is the SQLSTATE the client gets, that of the Reason.
+func (e *ClientError) Code() string { return sqlstate(e.Reason) }
 
 func (e *ClientError) Error() string {
 	s := e.Message
@@ -53,7 +81,7 @@ func (e *ClientError) response() ([]byte, error) {
 	msg := &pgproto3.ErrorResponse{
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",
-		Code:                e.Code,
+		Code:                e.Code(),
 		Message:             clientText(e.Message),
 		Detail:              clientText(e.Detail),
 		Hint:                clientText(e.Hint),
@@ -88,53 +116,29 @@ func writeClientError(w io.Writer, e *ClientError) {
 // protocolError is a client protocol violation.
 func protocolError(format string, args ...any) *ClientError {
 	return &ClientError{
-		Code:    codeProtocolViolation,
+		Reason:  chain.ReasonClientProtocol,
 		Message: "pgverifyproxy: " + fmt.Sprintf(format, args...),
-		Reason:  "client_protocol",
 	}
 }
 
+// hints is what the advice about the route's upstream names.
+func (r *Route) hints() chain.HintContext {
+	return chain.HintContext{Trust: r.Trust, Repin: r.RepinCommand}
+}
+
 // upstreamError turns a failed upstream dial into what the client sees: the
-// upstream, what failed, and what to do.
+// upstream, what failed (chain.Explain's reason), and what to do.
 func upstreamError(r *Route, err error) *ClientError {
+	reason, hint := chain.Explain(err, r.hints())
+	ce := &ClientError{Reason: reason, Hint: hint, Cause: err}
 	var de *chain.DialError
 	if !errors.As(err, &de) {
-		return &ClientError{
-			Code:    codeUnableToConnect,
-			Message: fmt.Sprintf("pgverifyproxy: cannot connect to upstream %s: %v", r.UpstreamAddr, err),
-			Hint:    "check the upstream address and that the server is up",
-			Cause:   err,
-			Reason:  "upstream_unreachable",
-		}
+		ce.Message = fmt.Sprintf("pgverifyproxy: cannot connect to upstream %s: %v", r.UpstreamAddr, err)
+		return ce
 	}
-	ce := &ClientError{Message: "pgverifyproxy: " + de.Error(), Cause: err}
-	switch {
-	case de.Step == chain.StepConnect:
-		ce.Code, ce.Reason = codeUnableToConnect, "upstream_unreachable"
-		ce.Hint = "check the upstream host and port and that the server accepts connections from this machine"
-	case de.Refused:
-		ce.Code, ce.Reason = codeConnectionFailure, "upstream_refused_tls"
-		ce.Hint = "pgverifyproxy only talks to the upstream over verified TLS: enable ssl on the server; if the server has TLS on, something on the network path is stripping it"
-	case de.Injected:
-		ce.Code, ce.Reason = codeConnectionFailure, "upstream_injection"
-		ce.Hint = "nothing was sent to the server; this is what a man-in-the-middle does: check the network path between this machine and the server"
-	case de.Step == chain.StepTrust:
-		ce.Code, ce.Reason = codeConnectionFailure, "untrusted"
-		ce.Hint = "the proxy relays nothing to an upstream it cannot trust; fix what the message says, or pin explicitly with: pgverifyproxy chain fetch --upstream " + r.UpstreamAddr
-		var te *chain.TrustError
-		if errors.As(err, &te) && te.Hint != "" {
-			ce.Hint = te.Hint
-		}
-	case de.Step == chain.StepVerify:
-		ce.Code, ce.Reason = codeConnectionFailure, "verification"
-		ce.Hint = chain.VerifyHint(de.Err, chain.HintContext{Trust: r.Trust, Repin: r.RepinCommand})
+	ce.Message = "pgverifyproxy: " + de.Error()
+	if reason == chain.ReasonVerification {
 		ce.Detail = "the proxy stopped at the TLS handshake: no startup message, user name or password was sent to the server"
-	default:
-		ce.Code, ce.Reason = codeConnectionFailure, "upstream_tls"
-		ce.Hint = "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"
-	}
-	if de.Hint != "" {
-		ce.Hint = de.Hint
 	}
 	return ce
 }
@@ -144,16 +148,12 @@ func upstreamError(r *Route, err error) *ClientError {
 // a server that refuses the proxy's client certificate says so only here,
 // on the first read after the handshake.
 func upstreamLost(r *Route, err error) *ClientError {
-	ce := &ClientError{Code: codeConnectionFailure, Cause: err, Reason: "upstream_closed",
+	if de := chain.AlertAfterHandshake(r.UpstreamAddr, err); de != nil {
+		reason, hint := chain.Explain(de, r.hints())
+		return &ClientError{Reason: reason, Hint: hint, Cause: err,
+			Message: fmt.Sprintf("pgverifyproxy: upstream %s ended the TLS session during authentication with the alert %q", r.UpstreamAddr, de.Alert)}
+	}
+	return &ClientError{Reason: chain.ReasonUpstreamClosed, Cause: err,
 		Message: fmt.Sprintf("pgverifyproxy: upstream %s closed the connection during authentication: %v", r.UpstreamAddr, err),
 		Hint:    "see the server's log for why it closed the session"}
-	if alert, ok := chain.TLSAlert(err); ok {
-		ce.Reason = "upstream_tls_alert"
-		ce.Message = fmt.Sprintf("pgverifyproxy: upstream %s ended the TLS session during authentication with the alert %q", r.UpstreamAddr, alert)
-		if chain.ClientCertAlert(alert) {
-			ce.Reason = "client_certificate"
-			ce.Hint = chain.ClientCertHint
-		}
-	}
-	return ce
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // AuthMode says who authenticates to the upstream.
@@ -98,14 +100,14 @@ func zero(b []byte) {
 }
 
 // loginError is a ClientError about the proxy's own login.
-func loginError(code, msg, hint string) *ClientError {
-	return &ClientError{Code: code, Message: "pgverifyproxy: " + msg, Hint: hint, Reason: CauseLogin}
+func loginError(reason chain.Reason, msg, hint string) *ClientError {
+	return &ClientError{Reason: reason, Message: "pgverifyproxy: " + msg, Hint: hint}
 }
 
 // errBindingRequired refuses a login that cannot be bound to the verified
 // TLS link while the route requires channel binding.
 func errBindingRequired(what string) *ClientError {
-	return loginError(codeInvalidAuthorization,
+	return loginError(chain.ReasonLogin,
 		"this route has channel_binding: require, and "+what,
 		"store the user's password as SCRAM on the server (password_encryption = scram-sha-256, then set the password again), or set channel_binding: prefer for this route")
 }
@@ -113,7 +115,7 @@ func errBindingRequired(what string) *ClientError {
 // storedPasswordError is what the client sees when the route's stored
 // password cannot be had.
 func storedPasswordError(err error) *ClientError {
-	return &ClientError{Code: codeInvalidAuthorization, Reason: CauseStoredPassword, Cause: err,
+	return &ClientError{Reason: chain.ReasonStoredPassword, Cause: err,
 		Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
 		Hint:    "fix the route's password_file (mode 0600), password_env or password_command; the proxy's log has the details"}
 }
@@ -179,7 +181,7 @@ func md5Password(pw []byte, user string, salt []byte) string {
 // forwarded to the client byte for byte (errUpstreamRejected).
 func (a *authExchange) loginSCRAM(mechs []string) error {
 	if !slices.Contains(mechs, scramSHA256) && !slices.Contains(mechs, scramSHA256Plus) {
-		return loginError(codeFeatureNotSupported,
+		return loginError(chain.ReasonUnsupportedAuth,
 			fmt.Sprintf("the server offers the SASL mechanisms %s, and the proxy's login speaks only SCRAM-SHA-256(-PLUS)", strings.Join(mechs, ", ")),
 			"use auth: passthrough for this route, so that the client logs in itself")
 	}
@@ -189,7 +191,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 	if plus {
 		b, err := scram.NewTLSServerEndpointBinding(a.upstreamTLS)
 		if err != nil {
-			return loginError(codeConnectionFailure, "computing the channel binding to the server's certificate: "+err.Error(),
+			return loginError(chain.ReasonChannelBinding, "computing the channel binding to the server's certificate: "+err.Error(),
 				"set channel_binding: disable for this route if the server's certificate uses a signature algorithm without a hash (such as Ed25519)")
 		}
 		mech, binding = scramSHA256Plus, b
@@ -208,7 +210,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 	}
 	zero(pw)
 	if err != nil {
-		return loginError(codeInvalidAuthorization, "preparing the SCRAM login: "+err.Error(), "")
+		return loginError(chain.ReasonLogin, "preparing the SCRAM login: "+err.Error(), "")
 	}
 	// The iteration count is the server's choice (PostgreSQL 16's
 	// scram_iterations can lower it); the link is verified, as libpq
@@ -229,7 +231,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 
 	first, err := conv.Step("")
 	if err != nil {
-		return loginError(codeInvalidAuthorization, "starting the SCRAM login: "+err.Error(), "")
+		return loginError(chain.ReasonLogin, "starting the SCRAM login: "+err.Error(), "")
 	}
 	if err := a.sendUpstream(&pgproto3.SASLInitialResponse{AuthMechanism: mech, Data: []byte(first)}, "SASLInitialResponse"); err != nil {
 		return err
@@ -240,7 +242,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 	}
 	final, err := conv.Step(string(serverFirst))
 	if err != nil {
-		return loginError(codeProtocolViolation, "the server's SCRAM challenge: "+err.Error(), "")
+		return loginError(chain.ReasonUpstreamProtocol, "the server's SCRAM challenge: "+err.Error(), "")
 	}
 	if err := a.sendUpstream(&pgproto3.SASLResponse{Data: []byte(final)}, "SASLResponse"); err != nil {
 		return err
@@ -250,7 +252,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 		return err
 	}
 	if _, err := conv.Step(string(serverFinal)); err != nil || !conv.Valid() {
-		return &ClientError{Code: codeInvalidAuthorization, Reason: CauseLogin,
+		return &ClientError{Reason: chain.ReasonLogin,
 			Message: "pgverifyproxy: the server did not prove that it knows the password (its SCRAM signature is wrong): " + stepError(err),
 			Hint:    "the proxy did not go on with this login: something other than the real server may be answering; see the server's log"}
 	}
@@ -305,7 +307,7 @@ func (a *authExchange) saslAnswer(want uint32) ([]byte, error) {
 			case code == want:
 				return body[4:], nil
 			case code == authOK:
-				return nil, &ClientError{Code: codeInvalidAuthorization, Reason: CauseLogin,
+				return nil, &ClientError{Reason: chain.ReasonLogin,
 					Message: "pgverifyproxy: the server sent AuthenticationOk before completing SCRAM: it did not prove that it knows the password",
 					Hint:    "the proxy refuses such a server, as libpq does: something other than the real server may be answering; see the server's log"}
 			default:
@@ -318,7 +320,7 @@ func (a *authExchange) saslAnswer(want uint32) ([]byte, error) {
 
 // upstreamProtocol is a protocol violation by the upstream.
 func upstreamProtocol(msg string) *ClientError {
-	return &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: " + msg, Reason: CauseUpstreamProtocol}
+	return &ClientError{Reason: chain.ReasonUpstreamProtocol, Message: "pgverifyproxy: " + msg}
 }
 
 // upstreamTLSState returns the verified TLS state of an upstream

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 func TestRelayListenerRules(t *testing.T) {
@@ -176,7 +178,7 @@ func TestChannelBindingHintNamesTheRouteFixFirst(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ce := tc.ax.channelBindingError("the client asked for SCRAM channel binding (GS2 flag y)")
-			if !strings.HasPrefix(ce.Hint, tc.first) || !strings.Contains(ce.Hint, "channel_binding=disable") || ce.Reason != CauseChannelBinding {
+			if !strings.HasPrefix(ce.Hint, tc.first) || !strings.Contains(ce.Hint, "channel_binding=disable") || ce.Reason != chain.ReasonChannelBinding {
 				t.Fatalf("hint %q, reason %q; want it to start with %q", ce.Hint, ce.Reason, tc.first)
 			}
 		})

@@ -1,6 +1,10 @@
 package proxy
 
-import "time"
+import (
+	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+)
 
 // SessionResult is how a client connection ended, for metrics.
 type SessionResult string
@@ -18,31 +22,9 @@ const (
 	ResultClientLeft SessionResult = "client_left"
 	// ResultCancel is a CancelRequest, forwarded or not.
 	ResultCancel SessionResult = "cancel"
-)
-
-// Refusal causes passed to Observer.Refused: the Reason of the ClientError
-// the client received, or one of these for refusals it could not be told.
-const (
-	// CauseLimit is a route at its max_connections.
-	CauseLimit = "limit"
-	// CauseStartupTimeout is a client that did not finish its startup in time.
-	CauseStartupTimeout = "startup_timeout"
-	// CauseClientProtocol is a client that broke the protocol.
-	CauseClientProtocol = "client_protocol"
-	// CauseUpstreamProtocol is a server that broke the protocol during
-	// authentication.
-	CauseUpstreamProtocol = "upstream_protocol"
-	// CauseChannelBinding is a client that asked for SCRAM channel binding
-	// where the proxy relays its own exchange (which cannot be bound).
-	CauseChannelBinding = "channel_binding"
-	// CauseLogin is a login the proxy made for the client (auth relay, or
-	// auth auto where it steps in) that failed on the proxy's side: the
-	// server's own refusals are forwarded and counted as auth_failed
-	// sessions instead. The value keeps its first name for dashboards.
-	CauseLogin = "relay_login"
-	// CauseStoredPassword is a stored password (file, environment
-	// variable or command) that could not be read.
-	CauseStoredPassword = "stored_password"
+	// ResultShutdown is a connection still in its startup phase when the
+	// proxy shut down (chain.ReasonShutdown): not a refusal.
+	ResultShutdown SessionResult = "shutdown"
 )
 
 // Observer receives the proxy's events, for metrics and health. Calls come
@@ -56,10 +38,11 @@ type Observer interface {
 	SessionStarted(route string)
 	// SessionEnded is called once per accepted connection, when it closes.
 	SessionEnded(route string, result SessionResult)
-	// Refused is called for each refused connection with its cause: a
-	// ClientError Reason such as "verification", "untrusted",
-	// "upstream_unreachable", "client_protocol" or "limit".
-	Refused(route, cause string)
+	// Refused is called for each refused connection with its cause (one
+	// for which Reason.Refusal holds): the Reason of the ClientError the
+	// client received, and the reason field of the log's "connection
+	// refused" line.
+	Refused(route string, cause chain.Reason)
 	// UpstreamDialed is called after each upstream dial (TCP connect,
 	// SSLRequest, TLS handshake and verification) with its duration and
 	// error, nil when the server passed verify-full.
@@ -84,5 +67,5 @@ type nopObserver struct{}
 func (nopObserver) RoutesChanged([]string)                      {}
 func (nopObserver) SessionStarted(string)                       {}
 func (nopObserver) SessionEnded(string, SessionResult)          {}
-func (nopObserver) Refused(string, string)                      {}
+func (nopObserver) Refused(string, chain.Reason)                {}
 func (nopObserver) UpstreamDialed(string, time.Duration, error) {}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // recObserver records the Observer events.
@@ -42,7 +44,11 @@ func (o *recObserver) SessionEnded(r string, res SessionResult) {
 	o.ended[r+"/"+string(res)]++
 	o.mu.Unlock()
 }
-func (o *recObserver) Refused(r, cause string) { o.mu.Lock(); o.refused[r+"/"+cause]++; o.mu.Unlock() }
+func (o *recObserver) Refused(r string, cause chain.Reason) {
+	o.mu.Lock()
+	o.refused[r+"/"+cause.String()]++
+	o.mu.Unlock()
+}
 func (o *recObserver) UpstreamDialed(r string, _ time.Duration, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -444,5 +450,37 @@ func TestCloseEndsSessionsWaitingForUpstreamAuth(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client connection: %v, want it closed", err)
+	}
+}
+
+// TestShutdownIsNoRefusal: a client still waiting for its upstream when the
+// proxy closes gets FATAL 57P01 (or, as Close closes it at once, only the
+// close), and its session ends as a shutdown, not as a refusal.
+func TestShutdownIsNoRefusal(t *testing.T) {
+	obs := newRecObserver()
+	addr := freeAddr(t)
+	dialing := make(chan struct{}, 1)
+	slow := func(ctx context.Context) (net.Conn, error) {
+		dialing <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	srv := startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: slow, ClientTLS: ClientTLSDisable, StartupTimeout: time.Minute})
+	c := dialProxy(t, addr)
+	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
+	select {
+	case <-dialing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy did not dial")
+	}
+	go srv.Close()
+	if msg, err := pgproto3.NewFrontend(c, c).Receive(); err == nil {
+		if er, ok := msg.(*pgproto3.ErrorResponse); !ok || er.Code != "57P01" {
+			t.Errorf("got %#v, want FATAL 57P01 or the close", msg)
+		}
+	}
+	eventually(t, "the session ends as a shutdown", func() bool { return obs.get(obs.ended, "r/shutdown") == 1 })
+	if n := obs.get(obs.refused, "r/shutdown"); n != 0 || obs.get(obs.ended, "r/refused") != 0 {
+		t.Errorf("a shutdown counted as a refusal: %v %v", obs.refused, obs.ended)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // Limits on single messages during the authentication phase.
@@ -237,7 +239,7 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 		return false, a.forwardClient(false)
 	case authGSS, authGSSContinue, authSSPI, authSASLContinue:
 		if a.loggingIn() || a.mechanism != "" {
-			return false, loginError(codeFeatureNotSupported,
+			return false, loginError(chain.ReasonUnsupportedAuth,
 				fmt.Sprintf("the server asked for authentication method %d, which the proxy's own login does not speak", code),
 				"use auth: passthrough for this route, so that the client logs in itself")
 		}
@@ -255,9 +257,8 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 		return false, nil
 	default:
 		return false, &ClientError{
-			Code:    codeFeatureNotSupported,
+			Reason:  chain.ReasonUnsupportedAuth,
 			Message: fmt.Sprintf("pgverifyproxy: upstream asked for authentication method %d, which the proxy does not relay", code),
-			Reason:  CauseUpstreamProtocol,
 		}
 	}
 }
@@ -273,10 +274,9 @@ func withoutChannelBinding(sasl *pgproto3.AuthenticationSASL) ([]byte, error) {
 	}
 	if len(kept) == 0 {
 		return nil, &ClientError{
-			Code:    codeFeatureNotSupported,
+			Reason:  chain.ReasonChannelBinding,
 			Message: "pgverifyproxy: upstream offers only SASL mechanisms with channel binding, which cannot cross a proxy that terminates the client's TLS",
 			Hint:    "allow SCRAM-SHA-256 without channel binding on the server",
-			Reason:  CauseChannelBinding,
 		}
 	}
 	sasl.AuthMechanisms = kept
@@ -312,7 +312,7 @@ func readClientAuth(client io.Reader, what, expected string) (*message, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errClientLeft
 		}
-		return nil, &ClientError{Code: codeProtocolViolation, Message: "pgverifyproxy: reading the client's " + what + ": " + err.Error(), Reason: "client_protocol", Cause: err}
+		return nil, &ClientError{Reason: chain.ReasonClientProtocol, Message: "pgverifyproxy: reading the client's " + what + ": " + err.Error(), Cause: err}
 	}
 	switch m.typ {
 	case 'p':
@@ -348,11 +348,10 @@ func (a *authExchange) channelBindingError(what string) *ClientError {
 		leg = "its connection to the proxy is not the proxy's TLS link to the server"
 	}
 	return &ClientError{
-		Code:    codeFeatureNotSupported,
+		Reason:  chain.ReasonChannelBinding,
 		Message: "pgverifyproxy: SCRAM channel binding cannot pass through this proxy: " + what + ", but " + leg,
 		Detail:  "The server's TLS channel is verified by the proxy (verify-full); channel binding would bind to a different TLS session.",
 		Hint:    a.channelBindingHint(),
-		Reason:  CauseChannelBinding,
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // fakeUpstream is a scripted server reached through net.Pipe: Dial hands
@@ -542,7 +544,7 @@ func TestAuthRequestAuthenticationOkLength(t *testing.T) {
 				return
 			}
 			var ce *ClientError
-			if !errors.As(err, &ce) || ce.Code != codeProtocolViolation || !strings.Contains(ce.Message, tc.wantErr) {
+			if !errors.As(err, &ce) || ce.Code() != codeProtocolViolation || !strings.Contains(ce.Message, tc.wantErr) {
 				t.Fatalf("err = %v, want a 08P01 ClientError containing %q", err, tc.wantErr)
 			}
 			if client.Len() != 0 {
@@ -567,7 +569,7 @@ func TestClientErrorTextIsOneField(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ce := &ClientError{Code: "08006", Message: "pgverifyproxy: " + tc.in, Detail: tc.in, Hint: tc.in}
+			ce := &ClientError{Reason: chain.ReasonVerification, Message: "pgverifyproxy: " + tc.in, Detail: tc.in, Hint: tc.in}
 			b, err := ce.response()
 			if err != nil {
 				t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // alpnPostgres is PostgreSQL's ALPN protocol name.
@@ -67,7 +69,7 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 	}
 	ss.log = ss.log.With("user", params["user"], "database", params["database"], "client_tls", ss.tls)
 	if !st.admit(r.MaxConnections) {
-		ss.refuse(&ClientError{Code: codeTooManyConnections, Reason: CauseLimit,
+		ss.refuse(&ClientError{Reason: chain.ReasonLimit,
 			Message: fmt.Sprintf("pgverifyproxy: sorry, too many clients already: route %s allows %d connections (max_connections)", r.Name, r.MaxConnections),
 			Hint:    "close idle connections (or use a pool with fewer connections), or raise max_connections for this route"})
 		return
@@ -240,18 +242,16 @@ func (ss *session) admit() (*startupPacket, error) {
 		case pkt.isStartupMessage():
 			if mode == ClientTLSRequire && !ss.tls {
 				return nil, &ClientError{
-					Code:    codeInvalidAuthorization,
+					Reason:  chain.ReasonClientTLSRequired,
 					Message: "pgverifyproxy: this listener requires TLS (client_tls=require), and the client connected without it",
 					Hint:    "connect with sslmode=require",
-					Reason:  "client_tls_required",
 				}
 			}
 			return pkt, nil
 		default:
 			return nil, &ClientError{
-				Code:    codeFeatureNotSupported,
+				Reason:  chain.ReasonUnsupportedProtocol,
 				Message: "pgverifyproxy: unsupported frontend protocol (" + describeFirstPacket(pkt.code) + "): the proxy supports protocol 3",
-				Reason:  "client_protocol",
 			}
 		}
 	}
@@ -296,18 +296,19 @@ func lingerClose(c net.Conn) {
 func (ss *session) dialFailed(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return &ClientError{Code: codeUnableToConnect, Reason: CauseStartupTimeout, Cause: err,
+		return &ClientError{Reason: chain.ReasonStartupTimeout, Cause: err,
 			Message: fmt.Sprintf("pgverifyproxy: startup_timeout (%s) ran out while connecting to upstream %s: %v", ss.route.StartupTimeout, ss.route.UpstreamAddr, err),
 			Hint:    "send the startup message sooner, or raise startup_timeout if the upstream is slow to answer"}
 	case ctx.Err() != nil:
-		return &ClientError{Code: "57P01", Reason: "shutdown", Cause: err,
+		return &ClientError{Reason: chain.ReasonShutdown, Cause: err,
 			Message: "pgverifyproxy: the proxy is shutting down", Hint: "connect again in a moment"}
 	}
 	return upstreamError(ss.route, err)
 }
 
 // refuse reports err to the client when it can be reported, logs it, and
-// counts it.
+// counts it: as a refusal with its reason, or, for a reason that is no
+// refusal (the proxy shutting down), as a session of that result.
 func (ss *session) refuse(err error) {
 	var ce *ClientError
 	if errors.As(err, &ce) {
@@ -315,11 +316,16 @@ func (ss *session) refuse(err error) {
 		// itself a moment to go out.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 		writeClientError(ss.client, ce)
-		ss.refused(ce.Reason)
-		attrs := []any{"reason", ce.Reason, "error", ce.Message}
+		attrs := []any{"reason", ce.Reason.String(), "error", ce.Message}
 		if ce.Hint != "" {
 			attrs = append(attrs, "hint", ce.Hint)
 		}
+		if !ce.Reason.Refusal() {
+			ss.result = ResultShutdown
+			ss.log.Info("connection closed before its relay started", attrs...)
+			return
+		}
+		ss.refused(ce.Reason)
 		ss.log.Warn("connection refused", attrs...)
 		return
 	}
@@ -328,16 +334,16 @@ func (ss *session) refuse(err error) {
 		return
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		ss.refused(CauseStartupTimeout)
-		ss.log.Warn("connection refused", "reason", CauseStartupTimeout, "error", "client did not complete startup within "+ss.route.StartupTimeout.String())
+		ss.refused(chain.ReasonStartupTimeout)
+		ss.log.Warn("connection refused", "reason", chain.ReasonStartupTimeout.String(), "error", "client did not complete startup within "+ss.route.StartupTimeout.String())
 		return
 	}
-	ss.refused(CauseClientProtocol)
-	ss.log.Warn("connection refused", "reason", CauseClientProtocol, "error", err.Error())
+	ss.refused(chain.ReasonClientProtocol)
+	ss.log.Warn("connection refused", "reason", chain.ReasonClientProtocol.String(), "error", err.Error())
 }
 
 // refused records a refusal with its cause.
-func (ss *session) refused(cause string) {
+func (ss *session) refused(cause chain.Reason) {
 	ss.result = ResultRefused
 	ss.s.obs.Refused(ss.route.Name, cause)
 }
@@ -349,7 +355,7 @@ func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
 	defer cancel()
 	up, _, err := ss.s.upstreamConn(ctx, ss.route)
 	if err != nil {
-		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason, "error", err.Error())
+		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason.String(), "error", err.Error())
 		return
 	}
 	defer up.Close()

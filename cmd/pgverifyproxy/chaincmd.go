@@ -69,29 +69,25 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ut, err := buildTrust(tc, nil)
+	rt, err := buildTrust(tc, nil, nil)
 	if err != nil {
 		return usageError{err}
 	}
-	if ut.live != nil {
+	if rt.Live != nil {
 		return usageError{errors.New("trust: live pins nothing (every connection is verified against the system trust store), so there is nothing to fetch: `pgverifyproxy check` shows what a connection verifies; use --trust system or tofu to pin")}
 	}
-	var store *chain.PinStore
-	if tc.CAFile == "" {
-		store = ut.store
-	} else {
-		dir := tc.PinDir
-		if dir == "" {
-			if dir, err = chain.DefaultPinDir(); err != nil {
-				return usageError{err}
-			}
-		}
-		store = &chain.PinStore{Dir: dir}
-		if ut.system, err = chain.SystemRoots(); err != nil {
+	// A --ca-file route is pinned too: in its pin directory, and the
+	// system trust store names a public root a changed chain leads to.
+	store, err := rt.PinStore()
+	if err != nil {
+		return usageError{err}
+	}
+	if rt.System == nil {
+		if rt.System, err = chain.SystemRoots(); err != nil {
 			return err
 		}
 	}
-	d := ut.dialer
+	d := rt.Dialer
 	existing, err := store.Load(d.Host, d.Port, d.ServerName)
 	if err != nil && !errors.Is(err, chain.ErrNoPin) {
 		return err // a damaged pin is reported, never silently replaced
@@ -99,18 +95,27 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 
 	if existing != nil && !repin {
 		fmt.Fprintf(w, "Checking %s (certificate name %s) against its pin...\n", d.Addr(), d.VerifyName())
-		f, err := chain.Fetch(ctx, d)
-		if err != nil {
+		path := store.Path(d.Host, d.Port, d.ServerName)
+		in, err := chain.Inspect(ctx, rt.ReadOnly(existing, path), chain.InspectOptions{Capture: true})
+		if in == nil {
 			return err
 		}
-		fmt.Fprintf(w, "Handshake: %s\n", f)
-		printCerts(w, "presented by the server", f.Presented, existing.Fingerprints())
-		return checkAgainstPin(w, store, existing, f, d, ut, out)
+		fmt.Fprintf(w, "Handshake: %s\n", in.Handshake)
+		printCerts(w, "presented by the server", in.Handshake.Presented, existing.Fingerprints())
+		var de *chain.DialError
+		if in.Captured && errors.As(err, &de) {
+			return fmt.Errorf("%s\nthe pin in %s was kept; if the provider confirms the change: %s", escapeControls(de.Err.Error()), path, rt.Repin)
+		}
+		// An alert after the handshake is about the client certificate:
+		// the chain matched.
+		fmt.Fprintf(w, "The upstream still matches its pin %s (anchor SPKI SHA-256 %s, first seen %s).\n", path, strings.Join(existing.Fingerprints(), ", "), existing.FirstSeen.UTC().Format(time.RFC3339))
+		return writeOut(w, out, existing)
 	}
 	deadline := time.Now().Add(wait)
 	for attempt := 1; ; attempt++ {
 		fmt.Fprintf(w, "Fetching the chain of %s (certificate name %s)...\n", d.Addr(), d.VerifyName())
-		f, extra, dec, err := chain.FetchAndDecide(ctx, d, ut.aia, ut.policy, ut.system, ut.caRoots)
+		// d.Roots: the --ca-file roots, the only acceptable anchors then.
+		f, extra, dec, err := chain.FetchAndDecide(ctx, d, rt.AIA, rt.Policy, rt.System, d.Roots)
 		if f != nil {
 			fmt.Fprintf(w, "Handshake: %s\n", f)
 			printCerts(w, "presented by the server", f.Presented, nil)
@@ -125,7 +130,8 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 		retry := wait > 0 && time.Now().Add(waitRetryInterval).Before(deadline)
 		if !retry {
 			if errors.As(err, &te) {
-				return fmt.Errorf("not pinned: %s\nwhat to do: %s", escapeControls(err.Error()), te.Hint)
+				_, hint := chain.Explain(te, rt.HintContext())
+				return fmt.Errorf("not pinned: %s\nwhat to do: %s", escapeControls(err.Error()), hint)
 			}
 			return fmt.Errorf("not pinned: %w", escapedError{err})
 		}
@@ -136,18 +142,6 @@ func chainFetch(ctx context.Context, w io.Writer, tc trustConfig, out string, re
 		case <-time.After(waitRetryInterval):
 		}
 	}
-}
-
-// checkAgainstPin verifies a fetched chain against the existing pin.
-func checkAgainstPin(w io.Writer, store *chain.PinStore, p *chain.Pin, f *chain.Fetched, d *chain.Dialer, ut *upstreamTrust, out string) error {
-	path := store.Path(d.Host, d.Port, d.ServerName)
-	v := &chain.Verifier{Roots: p.Pool(), Intermediates: p.Intermediates, AIA: ut.aia, Pinned: p.Anchors,
-		PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system, ServerName: d.VerifyName(), Repin: ut.repin}
-	if _, err := v.Verify(f.Presented); err != nil {
-		return fmt.Errorf("%s\nthe pin in %s was kept; if the provider confirms the change: %s", escapeControls(err.Error()), path, ut.repin)
-	}
-	fmt.Fprintf(w, "The upstream still matches its pin %s (anchor SPKI SHA-256 %s, first seen %s).\n", path, strings.Join(p.Fingerprints(), ", "), p.FirstSeen.UTC().Format(time.RFC3339))
-	return writeOut(w, out, p)
 }
 
 func savePin(w io.Writer, store *chain.PinStore, existing *chain.Pin, dec *chain.Decision, d *chain.Dialer, out string) error {
@@ -267,54 +261,56 @@ func showUpstream(ctx context.Context, w io.Writer, tc trustConfig) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ut, err := buildTrust(tc, nil)
+	rt, err := buildTrust(tc, nil, nil)
 	if err != nil {
 		return usageError{err}
 	}
-	d := ut.dialer
+	d := rt.Dialer
 	var pinned []string
 	var pin *chain.Pin
-	if ut.store != nil {
-		if p, err := ut.store.Load(d.Host, d.Port, d.ServerName); err == nil {
+	path := ""
+	if rt.Store != nil {
+		path = rt.Store.Path(d.Host, d.Port, d.ServerName)
+		if p, err := rt.Store.Load(d.Host, d.Port, d.ServerName); err == nil {
 			pin = p
 			pinned = p.Fingerprints()
-			fmt.Fprintf(w, "Pin: %s (policy %s, first seen %s)\n", ut.store.Path(d.Host, d.Port, d.ServerName), chain.Printable(p.Policy), p.FirstSeen.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "Pin: %s (policy %s, first seen %s)\n", path, chain.Printable(p.Policy), p.FirstSeen.UTC().Format(time.RFC3339))
 		} else if errors.Is(err, chain.ErrNoPin) {
-			fmt.Fprintf(w, "Pin: none yet in %s\n", ut.store.Dir)
+			fmt.Fprintf(w, "Pin: none yet in %s\n", rt.Store.Dir)
 		} else {
 			fmt.Fprintf(w, "Pin: %s\n", escapeControls(err.Error()))
 		}
 	}
-	f, err := chain.Fetch(ctx, d)
-	if err != nil {
+	// The path verify-full builds, up to the anchor it ends at; the
+	// presented chain is shown even when it fails.
+	in, err := chain.Inspect(ctx, rt.ReadOnly(pin, path), chain.InspectOptions{Capture: true})
+	if in == nil {
 		return err
 	}
-	roots := ut.system
-	if ut.caRoots != nil {
-		roots = ut.caRoots
+	roots := rt.System
+	if rt.CAFile != "" {
+		roots = d.Roots
 	}
-	extra, _ := ut.aia.Complete(ctx, f.Presented, roots)
-	fmt.Fprintf(w, "Handshake with %s: %s\n", d.Addr(), f)
-	printCerts(w, "presented by the server", f.Presented, pinned)
+	presented := in.Handshake.Presented
+	extra, _ := rt.AIA.Complete(ctx, presented, roots)
+	fmt.Fprintf(w, "Handshake with %s: %s\n", d.Addr(), in.Handshake)
+	printCerts(w, "presented by the server", presented, pinned)
 	if len(extra) > 0 {
 		printCerts(w, "fetched through AIA", extra, pinned)
 	}
-	// The path verify-full builds, up to the anchor it ends at.
-	v := &chain.Verifier{Roots: roots, AIA: ut.aia, ServerName: d.VerifyName(), System: ut.system}
 	against := "the system trust store"
-	if ut.caRoots != nil {
+	switch {
+	case pin != nil:
+		against = "the pin"
+	case rt.CAFile != "":
 		against = "--ca-file"
 	}
-	if pin != nil {
-		v.Roots, v.Intermediates, v.Pinned, v.PinnedSince = pin.Pool(), pin.Intermediates, pin.Anchors, pin.FirstSeen
-		against = "the pin"
-	}
-	path, err := v.Verify(f.Presented)
-	if err != nil {
-		fmt.Fprintf(w, "verify-full against %s: FAILS: %s\n", against, escapeControls(err.Error()))
+	var de *chain.DialError
+	if in.Captured && errors.As(err, &de) {
+		fmt.Fprintf(w, "verify-full against %s: FAILS: %s\n", against, escapeControls(de.Err.Error()))
 		return nil
 	}
-	printCerts(w, "of the verified path against "+against+" (leaf to anchor; verify-full passes)", path, pinned)
+	printCerts(w, "of the verified path against "+against+" (leaf to anchor; verify-full passes)", in.Path, pinned)
 	return nil
 }
 

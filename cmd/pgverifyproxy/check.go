@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,12 +15,6 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
-
-// alertWait is how long check listens after the handshake for a TLS alert:
-// with TLS 1.3 a server refuses the client certificate (or its absence)
-// only after the client has finished the handshake. A PostgreSQL server
-// waiting for a startup message sends nothing.
-const alertWait = 500 * time.Millisecond
 
 // checkOptions are the settings of `check`: those of `chain show` and the
 // expiry warning threshold.
@@ -87,32 +80,13 @@ type checkTarget struct {
 // loadCheckTargets reads the routes to check from flags, environment and
 // the config file, as run reads them, and the expiry warning threshold.
 func loadCheckTargets(fs *pflag.FlagSet, configFile, route string) ([]checkTarget, time.Duration, error) {
-	if route != "" && configFile == "" {
-		return nil, 0, errors.New("--route needs --config: routes are defined in the config file")
-	}
-	rc, err := loadRunConfig(fs, configFile)
-	if err != nil {
-		return nil, 0, err
-	}
-	routes, err := rc.routes()
+	rc, routes, err := loadRouteTrusts(fs, configFile, route)
 	if err != nil {
 		return nil, 0, err
 	}
 	var out []checkTarget
-	var names []string
 	for _, r := range routes {
-		names = append(names, r.Name)
-		if route != "" && r.Name != route {
-			continue
-		}
-		out = append(out, checkTarget{name: r.Name, named: len(rc.Routes) > 0, tc: trustConfig{
-			Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir, Trust: r.Trust,
-			ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation,
-			AIAAllowPrivate: rc.AIAAllowPrivate,
-		}})
-	}
-	if len(out) == 0 {
-		return nil, 0, fmt.Errorf("no route named %q in %s (routes: %s)", route, configFile, strings.Join(names, ", "))
+		out = append(out, checkTarget{name: r.name, named: len(rc.Routes) > 0, tc: r.tc})
 	}
 	return out, rc.ExpiryWarning, nil
 }
@@ -127,7 +101,7 @@ func runCheck(ctx context.Context, w io.Writer, targets []checkTarget, warn time
 	var failed []string
 	badSettings := false
 	for i, t := range targets {
-		ut, err := buildTrust(t.tc, nil)
+		rt, err := buildTrust(t.tc, nil, nil)
 		if err != nil && !t.named {
 			// The single upstream of the command line: a plain usage error.
 			return usageError{err}
@@ -137,17 +111,19 @@ func runCheck(ctx context.Context, w io.Writer, targets []checkTarget, warn time
 		}
 		label := "route " + t.name
 		if !t.named {
-			label = "upstream " + ut.spec.addr()
+			label = "upstream " + rt.Addr()
 		}
 		fmt.Fprintf(w, "== %s ==\n", label)
 		var fail *checkFailure
 		warnings, firstPin := 0, false
 		if err != nil {
 			badSettings = true
+			// The route's settings, not its upstream: this is the config
+			// file's to fix, which chain knows nothing of.
 			fail = &checkFailure{what: "the route's settings: " + err.Error(),
 				hint: "fix this route's settings in the config file (run refuses to start with them too)"}
 		} else {
-			rep := &routeReport{w: w, ut: ut, tc: t.tc, warn: warn}
+			rep := &routeReport{w: w, rt: rt, tc: t.tc, warn: warn}
 			fail = rep.check(ctx)
 			warnings, firstPin = rep.warnings, rep.firstPin
 		}
@@ -188,19 +164,23 @@ type checkFailure struct {
 	hint string
 }
 
-// routeReport checks one upstream and writes what it finds.
+// routeReport checks one upstream and writes what it finds: it renders
+// what chain finds (the route's trust, chain.Inspect, chain.Explain).
 type routeReport struct {
 	w    io.Writer
-	ut   *upstreamTrust
+	rt   *chain.RouteTrust
 	tc   trustConfig
 	warn time.Duration
 	// warnings counts the WARNING lines written.
 	warnings int
-	// describe names the trust anchors in hints; source says where the
-	// anchor of a verified path comes from.
-	describe, source string
-	// pin is the pin in use (on disk, or the one run would write).
-	pin *chain.Pin
+	// hints is what the advice names; source says where the anchor of a
+	// verified path comes from.
+	hints  chain.HintContext
+	source string
+	// pin is the pin in use (on disk, or the one run would write), kept
+	// in pinFile.
+	pin     *chain.Pin
+	pinFile string
 	// printed is set once the presented chain has been shown.
 	printed bool
 	// firstPin is set when there is no pin yet and the check used the one
@@ -222,80 +202,59 @@ func (r *routeReport) warnf(format string, a ...any) {
 	fmt.Fprintf(r.w, "WARNING: %s\n", fmt.Sprintf(format, a...))
 }
 
-// fixedTrust answers every connection with the same verifier: the pin as it
-// is on disk, or the one run would write. Unlike chain.PinTrust it never
-// fetches or writes a pin.
-type fixedTrust struct{ v chain.Verifier }
-
-// Verifier implements chain.TrustSource.
-func (f *fixedTrust) Verifier(context.Context) (*chain.Verifier, error) {
-	v := f.v
-	return &v, nil
+// failure is what failed, in words, and what chain says to do about err.
+func (r *routeReport) failure(what string, err error) *checkFailure {
+	_, hint := chain.Explain(err, r.hints)
+	return &checkFailure{what: what, hint: hint}
 }
 
 // check runs the whole check of one upstream; nil means it passes.
 func (r *routeReport) check(ctx context.Context) *checkFailure {
-	ut := r.ut
-	d := *ut.dialer // a copy: its trust is replaced for pinned routes
-	d.OnCommonName = nil
-	r.header(&d)
-
+	rt := r.rt
+	d := rt.Dialer
+	r.header(d)
+	r.hints = rt.HintContext()
 	switch {
-	case ut.caRoots != nil:
-		_, anchors, err := chain.LoadCAFile(r.tc.CAFile)
-		if err != nil {
-			return &checkFailure{what: "reading the CA file: " + err.Error(), hint: "give a readable PEM file with the root CA(s) of the upstream as --ca-file"}
-		}
+	case rt.CAFile != "":
 		var subjects []string
-		for _, a := range anchors {
+		for _, a := range rt.CAAnchors {
 			subjects = append(subjects, chain.Quote(a.Subject.String()))
 		}
-		r.line("Trust", "the roots in --ca-file %s (%d certificate(s)): %s", r.tc.CAFile, len(anchors), strings.Join(subjects, ", "))
-		r.describe, r.source = ut.describe, "from --ca-file "+r.tc.CAFile
-	case ut.live != nil:
+		r.line("Trust", "the roots in --ca-file %s (%d certificate(s)): %s", rt.CAFile, len(rt.CAAnchors), strings.Join(subjects, ", "))
+		r.source = "from --ca-file " + rt.CAFile
+	case rt.Live != nil:
 		r.line("Trust", "live: the system trust store at every connection, like libpq's sslrootcert=system (no pin: a change of CA is logged and counted, never refused)")
-		r.describe, r.source = ut.describe, "from the system trust store (trust: live)"
+		r.source = "from the system trust store (trust: live)"
 	default:
-		if fail := r.pinTrust(ctx, &d); fail != nil {
+		if fail := r.pinTrust(ctx); fail != nil {
 			return fail
 		}
 	}
 
-	var path []*x509.Certificate
-	d.OnVerified = func(p []*x509.Certificate) { path = p }
-	start := time.Now()
-	conn, err := d.Dial(ctx)
-	if err != nil {
-		var de *chain.DialError
-		if errors.As(err, &de) && de.Step == chain.StepVerify && !r.printed {
+	in, err := chain.Inspect(ctx, rt.ReadOnly(r.pin, r.pinFile), chain.InspectOptions{Capture: !r.printed})
+	if in == nil || in.Captured {
+		if in != nil {
 			// Show what the server presented, so the failure can be
 			// checked by eye.
-			if f, ferr := chain.Fetch(ctx, &d); ferr == nil {
-				r.line("Connect + TLS", "%s (capture only, to show the chain)", fetchedWords(f))
-				printCerts(r.w, "presented by the server", f.Presented, r.pinned())
-				r.hostname(f.Presented[0], d.VerifyName())
-			}
+			r.line("Connect + TLS", "%s (capture only, to show the chain)", fetchedWords(in.Handshake))
+			printCerts(r.w, "presented by the server", in.Handshake.Presented, r.pinned())
+			r.hostname(in.Handshake.Presented[0], d.VerifyName())
 		}
-		return &checkFailure{what: describeCheckError(err), hint: r.hint(err)}
+		return r.failure(describeCheckError(err), err)
 	}
-	defer conn.Close()
-	rtt := time.Since(start)
-
-	// Listen for a TLS alert: a refused client certificate shows only now.
-	_ = conn.SetReadDeadline(time.Now().Add(alertWait))
-	_, readErr := conn.Read(make([]byte, 1))
-	cs := conn.ConnectionState()
-	tlsLine := fmt.Sprintf("%s, cipher %s", tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
-	if cs.NegotiatedProtocol != "" {
-		tlsLine += ", ALPN " + cs.NegotiatedProtocol
+	h := in.Handshake
+	tlsLine := fmt.Sprintf("%s, cipher %s", tls.VersionName(h.TLSVersion), tls.CipherSuiteName(h.CipherSuite))
+	if in.ALPN != "" {
+		tlsLine += ", ALPN " + in.ALPN
 	}
-	r.line("Connect + TLS", "%s, %s (TCP connect, %s and verification)", tlsLine, rtt.Round(time.Millisecond), handshakeWords(d.Negotiation))
+	r.line("Connect + TLS", "%s, %s (TCP connect, %s and verification)", tlsLine, h.RTT.Round(time.Millisecond), handshakeWords(d.Negotiation))
 	if !r.printed {
-		printCerts(r.w, "presented by the server", cs.PeerCertificates, r.pinned())
+		printCerts(r.w, "presented by the server", h.Presented, r.pinned())
 	}
-	if fetched := r.fetchedThroughAIA(path, cs.PeerCertificates); len(fetched) > 0 {
-		printCerts(r.w, "fetched through AIA (used to build the path, never trusted by themselves)", fetched, r.pinned())
+	if len(in.ThroughAIA) > 0 {
+		printCerts(r.w, "fetched through AIA (used to build the path, never trusted by themselves)", in.ThroughAIA, r.pinned())
 	}
+	path := in.Path
 	if len(path) > 0 {
 		anchor := path[len(path)-1]
 		var subjects []string
@@ -305,21 +264,18 @@ func (r *routeReport) check(ctx context.Context) *checkFailure {
 		r.line("Verified path", "%s", strings.Join(subjects, "  ->  "))
 		r.line("Anchor", "%s (SPKI SHA-256 %s), %s", chain.Quote(anchor.Subject.String()), chain.SPKIHash(anchor), r.source)
 	}
-	leaf := cs.PeerCertificates[0]
+	leaf := h.Presented[0]
 	if !r.printed {
 		r.hostname(leaf, d.VerifyName())
 	}
 	r.expiry(leaf, path)
-	if alert, ok := chain.TLSAlert(readErr); ok {
-		r.clientCert(&d, false)
-		fail := &checkFailure{what: fmt.Sprintf("after the TLS handshake: the server ended the TLS session with the alert %q", alert),
-			hint: "see the server's log for why it ended the session"}
-		if chain.ClientCertAlert(alert) {
-			fail.hint = chain.ClientCertHint
-		}
-		return fail
+	if err != nil {
+		// The server ended the session right after the handshake: a
+		// refused client certificate shows only then.
+		r.clientCert(d, false)
+		return r.failure(describeCheckError(err), err)
 	}
-	r.clientCert(&d, true)
+	r.clientCert(d, true)
 	return nil
 }
 
@@ -327,7 +283,7 @@ func (r *routeReport) check(ctx context.Context) *checkFailure {
 func (r *routeReport) header(d *chain.Dialer) {
 	r.line("Upstream", "%s", d.Addr())
 	how := "server_name"
-	if r.tc.ServerName == "" {
+	if d.ServerName == "" {
 		how = "the upstream host"
 	}
 	r.line("Certificate name", "%s (%s)", d.VerifyName(), how)
@@ -352,13 +308,13 @@ func handshakeWords(n chain.Negotiation) string {
 	return "SSLRequest, TLS handshake"
 }
 
-// pinTrust reports the pin of a route without --ca-file and points the
-// dialer at it. Without a pin it decides, as run would on first start, what
+// pinTrust reports the pin of a route without --ca-file, to be checked
+// against. Without a pin it decides, as run would on first start, what
 // would be pinned, and writes nothing.
-func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailure {
-	ut := r.ut
-	path := ut.store.Path(d.Host, d.Port, d.ServerName)
-	p, err := ut.store.Load(d.Host, d.Port, d.ServerName)
+func (r *routeReport) pinTrust(ctx context.Context) *checkFailure {
+	rt := r.rt
+	d := rt.Dialer
+	p, path, err := rt.LoadPin()
 	switch {
 	case err == nil:
 		r.line("Trust", "the pin file %s", path)
@@ -370,14 +326,13 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 			}
 			r.line("", "%d anchors (cross-signed CAs; a switch between them is not a change of identity): %s", len(p.Anchors), strings.Join(subjects, ", "))
 		}
-		if p.Policy != string(ut.policy) {
-			r.line("", "(made under trust policy %s; this route's %s applies only to a first pin)", chain.Printable(p.Policy), ut.policy)
+		if p.Policy != string(rt.Policy) {
+			r.line("", "(made under trust policy %s; this route's %s applies only to a first pin)", chain.Printable(p.Policy), rt.Policy)
 		}
-		r.describe = ut.describe
 		r.source = fmt.Sprintf("pinned in %s (policy %s, first seen %s)", path, chain.Printable(p.Policy), p.FirstSeen.UTC().Format("2006-01-02"))
 	case errors.Is(err, chain.ErrNoPin):
-		r.line("Trust", "no pin yet: run would fetch the chain and pin it in %s on first start, under trust policy %s (check writes nothing)", path, ut.policy)
-		f, extra, dec, err := chain.FetchAndDecide(ctx, d, ut.aia, ut.policy, ut.system, nil)
+		r.line("Trust", "no pin yet: run would fetch the chain and pin it in %s on first start, under trust policy %s (check writes nothing)", path, rt.Policy)
+		f, extra, dec, err := chain.FetchAndDecide(ctx, d, rt.AIA, rt.Policy, rt.System, nil)
 		if f != nil {
 			r.line("Fetched chain", "%s (capture only: nothing sent but the handshake)", fetchedWords(f))
 			printCerts(r.w, "presented by the server", f.Presented, nil)
@@ -393,8 +348,8 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 			if errors.As(err, &te) {
 				what = "no pin yet, and run would refuse to pin on first start: " + err.Error()
 			}
-			r.describe = "the system trust store"
-			return &checkFailure{what: what, hint: r.hint(err)}
+			r.hints.Trust = "the system trust store"
+			return r.failure(what, err)
 		}
 		r.line("First start", "run would pin %s (SPKI SHA-256 %s, policy %s): %s", chain.Quote(dec.Anchor.Subject.String()), chain.SPKIHash(dec.Anchor), dec.Policy, describeDecision(dec))
 		for _, a := range dec.Anchors[1:] {
@@ -405,16 +360,12 @@ func (r *routeReport) pinTrust(ctx context.Context, d *chain.Dialer) *checkFailu
 		}
 		p = chain.PinFromDecision(d, dec, time.Now())
 		r.firstPin = true
-		r.describe = "the anchor run would pin"
+		r.hints.Trust = "the anchor run would pin"
 		r.source = fmt.Sprintf("the anchor run would pin on first start (policy %s)", dec.Policy)
 	default:
-		return &checkFailure{what: "reading the pin: " + err.Error(),
-			hint: "inspect the pin file; if it is damaged, remove it and pin again with: " + strings.TrimSuffix(ut.repin, " --repin")}
+		return r.failure("reading the pin: "+errors.Unwrap(err).Error(), err)
 	}
-	r.pin = p
-	d.Roots = nil
-	d.Trust = &fixedTrust{v: chain.Verifier{Roots: p.Pool(), Intermediates: p.Intermediates, AIA: ut.aia,
-		Pinned: p.Anchors, PinnedSince: p.FirstSeen, PinFile: path, Upstream: d.Addr(), System: ut.system, Repin: ut.repin}}
+	r.pin, r.pinFile = p, path
 	return nil
 }
 
@@ -424,35 +375,6 @@ func (r *routeReport) pinned() []string {
 		return nil
 	}
 	return r.pin.Fingerprints()
-}
-
-// fetchedThroughAIA returns the certificates of the verified path that the
-// server did not present and that are neither the anchor nor kept in the
-// pin: those came through AIA.
-func (r *routeReport) fetchedThroughAIA(path, presented []*x509.Certificate) []*x509.Certificate {
-	if len(path) < 3 {
-		return nil
-	}
-	known := append([]*x509.Certificate{}, presented...)
-	if r.pin != nil {
-		known = append(known, r.pin.Intermediates...)
-	}
-	var out []*x509.Certificate
-	for _, c := range path[1 : len(path)-1] {
-		if !containsCert(known, c) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
-	for _, x := range list {
-		if bytes.Equal(x.Raw, c.Raw) {
-			return true
-		}
-	}
-	return false
 }
 
 // hostname reports how the leaf matches the name checked.
@@ -548,42 +470,4 @@ func describeCheckError(err error) string {
 		return string(chain.StepVerify) + ": " + err.Error()
 	}
 	return err.Error()
-}
-
-// hint says what to do about a failed check, as the proxy tells its
-// clients.
-func (r *routeReport) hint(err error) string {
-	var te *chain.TrustError
-	if errors.As(err, &te) && te.Hint != "" {
-		return te.Hint
-	}
-	var de *chain.DialError
-	if errors.As(err, &de) {
-		if de.Hint != "" {
-			return de.Hint
-		}
-		switch {
-		case de.Step == chain.StepConnect:
-			return "check the upstream host and port, and that the server is up and accepts connections from this machine (firewall, listen_addresses)"
-		case de.Refused:
-			return "pgverifyproxy only talks to the upstream over verified TLS: enable ssl on the server; if the server has TLS on, something on the network path is stripping it"
-		case de.Injected:
-			return "nothing was sent to the server; this is what a man-in-the-middle does: check the network path between this machine and the server"
-		case de.Step == chain.StepTrust:
-			return "fix what the message says, or pin explicitly with: " + strings.TrimSuffix(r.ut.repin, " --repin")
-		case de.Step == chain.StepVerify:
-			return r.verifyHint(de.Err)
-		}
-		return "the server must offer TLS 1.2 or later; check its ssl_min_protocol_version and certificate configuration"
-	}
-	var ve *chain.VerifyError
-	if errors.As(err, &ve) {
-		return r.verifyHint(ve)
-	}
-	return "check the upstream address and that the server is up"
-}
-
-// verifyHint says what to do about a failed verify-full check.
-func (r *routeReport) verifyHint(err error) string {
-	return chain.VerifyHint(err, chain.HintContext{Trust: r.describe, Repin: r.ut.repinCommand()})
 }

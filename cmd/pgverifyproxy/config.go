@@ -116,7 +116,7 @@ var runOptions = []option{
 	{"upstream", "upstream", "", "upstream PostgreSQL server: HOST:PORT, or a libpq URI (postgres://user@host:port/db?sslmode=require; only host and port are used)"},
 	{"server_name", "server-name", "", "name to verify in the server certificate and send as SNI (default: the upstream host)"},
 	{"ca_file", "ca-file", "", "PEM file with the root CA(s) to trust for the upstream, and nothing else (default: the upstream's pin, fetched on first start)"},
-	{"pin_dir", "pin-dir", "", "directory of the pin files (default: $XDG_STATE_HOME/pgverifyproxy or ~/.local/state/pgverifyproxy)"},
+	{"pin_dir", "pin-dir", "", "directory of the pin files (default: $XDG_STATE_HOME/pgverifyproxy, else ~/.local/state/pgverifyproxy; on macOS ~/Library/Application Support/pgverifyproxy unless XDG_STATE_HOME is set; on Windows %LocalAppData%\\pgverifyproxy)"},
 	{"trust", "trust", "system", "what the upstream is verified against when ca_file is empty: system (pin the root the chain leads to in the system trust store), tofu (pin what the server presents first, after you checked its fingerprint) or live (no pin: the system trust store at every connection, like libpq's sslrootcert=system)"},
 	{"aia_allow_private", "aia-allow-private", false, "let the completion of a server's chain (AIA caIssuers URLs, from a certificate not verified yet) fetch from loopback, link-local and private addresses: only for a CA whose AIA server is on an internal network"},
 	{"expiry_warning", "expiry-warning", 30 * 24 * time.Hour, "warn in the log when the pinned anchor or the server's certificate expires within this time"},
@@ -455,11 +455,8 @@ func (r *routeConfig) validate() error {
 	if stored > 1 {
 		return errors.New("--password-file, --password-env and --password-command: give one of them")
 	}
-	if r.MaxConnections < 0 {
-		return fmt.Errorf("max_connections must be 0 (no limit) or more, not %d", r.MaxConnections)
-	}
-	if r.Prewarm < 0 || r.Prewarm > 1000 {
-		return fmt.Errorf("prewarm must be between 0 (off) and 1000, not %d", r.Prewarm)
+	if err := proxy.CheckLimits(r.MaxConnections, r.Prewarm); err != nil {
+		return err
 	}
 	if stored > 0 && auth == proxy.AuthPassthrough {
 		return errors.New("a stored password (--password-file, --password-env, --password-command) needs --auth auto or relay: in passthrough mode the client logs in itself")
@@ -494,12 +491,8 @@ func (rc *runConfig) validate() error {
 	default:
 		return fmt.Errorf("log format must be text or json, not %q", rc.LogFormat)
 	}
-	if rc.PrewarmMaxAge < time.Second {
-		return fmt.Errorf("prewarm_max_age must be at least 1s (and below the server's authentication_timeout), not %s", rc.PrewarmMaxAge)
-	}
-	if rc.PrewarmMaxAge > proxy.MaxPrewarmMaxAge {
-		return fmt.Errorf("prewarm_max_age must be at most %s: PostgreSQL's authentication_timeout (60s by default) closes a connection that has not logged in by then; not %s",
-			proxy.MaxPrewarmMaxAge, rc.PrewarmMaxAge)
+	if err := proxy.CheckPrewarmMaxAge(rc.PrewarmMaxAge); err != nil {
+		return err
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

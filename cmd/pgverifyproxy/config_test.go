@@ -426,7 +426,7 @@ func TestOperationsSettingsValidation(t *testing.T) {
 		{"too much prewarm", []string{"--prewarm", "5000"}, "prewarm must be between 0 (off) and 1000"},
 		{"tiny prewarm age", []string{"--prewarm-max-age", "10ms"}, "prewarm_max_age must be at least 1s"},
 		{"longest prewarm age", []string{"--prewarm-max-age", "50s"}, ""},
-		{"prewarm age past authentication_timeout", []string{"--prewarm-max-age", "51s"}, "prewarm_max_age must be at most 50s: PostgreSQL's authentication_timeout"},
+		{"prewarm age past authentication_timeout", []string{"--prewarm-max-age", "51s"}, "prewarm_max_age must be at most 50s, below PostgreSQL's authentication_timeout"},
 		{"admin without a port", []string{"--admin", "localhost"}, `admin address "localhost" must be PORT, :PORT or HOST:PORT`},
 	}
 	for _, tc := range tests {

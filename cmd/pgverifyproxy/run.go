@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -66,7 +67,7 @@ func keepAlive(d time.Duration) *net.KeepAliveConfig {
 // builtRoute is a route ready for the proxy, with its upstream trust.
 type builtRoute struct {
 	route proxy.Route
-	trust *upstreamTrust
+	trust *chain.RouteTrust
 	conf  routeConfig
 }
 
@@ -75,34 +76,31 @@ type builtRoute struct {
 // path (for the expiry gauges) and a live-trust route's changes of root.
 func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin) (builtRoute, error) {
 	log = log.With("route", r.Name)
-	ut, err := buildTrust(trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile,
-		PinDir: rc.PinDir, Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, AIAAllowPrivate: rc.AIAAllowPrivate,
-		UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey, Negotiation: r.Negotiation}, log)
-	if err != nil {
-		return builtRoute{}, err
-	}
-	ka := keepAlive(rc.TCPKeepalive)
-	if ka.Enable {
-		ut.dialer.Net = &net.Dialer{KeepAliveConfig: *ka}
-	} else {
-		ut.dialer.Net = &net.Dialer{KeepAlive: -1} // off
-	}
-	if adm != nil {
+	rt, err := buildTrust(rc.trustConfig(r), log, func(c *chain.RouteConfig) {
+		if ka := keepAlive(rc.TCPKeepalive); ka.Enable {
+			c.Net = &net.Dialer{KeepAliveConfig: *ka}
+		} else {
+			c.Net = &net.Dialer{KeepAlive: -1} // off
+		}
+		if adm == nil {
+			return
+		}
 		name := r.Name
-		ut.dialer.OnVerified = func(path []*x509.Certificate) {
+		c.OnVerified = func(path []*x509.Certificate) {
 			adm.SetExpiry(name, path[0].NotAfter, path[len(path)-1].NotAfter)
 		}
-		if ut.live != nil {
-			logged := ut.live.OnRootChange
-			ut.live.OnRootChange = func(from, to *x509.Certificate) {
-				if logged != nil {
-					logged(from, to)
-				}
-				if from != nil {
-					adm.RootChanged(name, describeRoot(from), describeRoot(to))
-				}
+		logged := c.OnRootChange
+		c.OnRootChange = func(from, to *x509.Certificate) {
+			if logged != nil {
+				logged(from, to)
+			}
+			if from != nil {
+				adm.RootChanged(name, describeRoot(from), describeRoot(to))
 			}
 		}
+	})
+	if err != nil {
+		return builtRoute{}, err
 	}
 	mode, _ := proxy.ParseClientTLSMode(r.ClientTLS)
 	var serverTLS *tls.Config
@@ -122,20 +120,13 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 	if err != nil {
 		return builtRoute{}, err
 	}
-	d := ut.dialer
 	route := proxy.Route{
-		Name:         r.Name,
-		Listen:       r.Listen,
-		UpstreamAddr: ut.spec.addr(),
-		Trust:        ut.describe,
-		RepinCommand: ut.repinCommand(),
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			c, err := d.Dial(ctx)
-			if err != nil {
-				return nil, err
-			}
-			return c, nil
-		},
+		Name:               r.Name,
+		Listen:             r.Listen,
+		UpstreamAddr:       rt.Addr(),
+		Trust:              rt.Describe,
+		RepinCommand:       rt.HintContext().Repin,
+		Dial:               rt.Dial,
 		ClientTLS:          mode,
 		TLSConfig:          serverTLS,
 		ClientTLSGenerated: mode != proxy.ClientTLSDisable && r.ClientTLSCert == "",
@@ -144,17 +135,17 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		ChannelBinding:     r.ChannelBinding,
 		StoredPassword:     stored,
 		MaxConnections:     r.MaxConnections,
-		KeepAlive:          ka,
+		KeepAlive:          keepAlive(rc.TCPKeepalive),
 		Prewarm:            r.Prewarm,
 		PrewarmMaxAge:      rc.PrewarmMaxAge,
 	}
-	if ut.pins != nil {
+	if rt.Pins != nil {
 		// Pre-dialled connections verified under a pin since replaced or
 		// removed are dropped (a --ca-file route's trust is fixed until a
 		// reload builds new routes).
-		route.TrustGeneration = ut.pins.Generation
+		route.TrustGeneration = rt.Pins.Generation
 	}
-	return builtRoute{route: route, trust: ut, conf: r}, nil
+	return builtRoute{route: route, trust: rt, conf: r}, nil
 }
 
 // loadRoutes reads and checks the whole configuration and builds every
@@ -310,12 +301,12 @@ func (r *runner) startChecks(routes []builtRoute) {
 	for _, b := range routes {
 		// Each route is checked on its own: one upstream that cannot be
 		// trusted does not stop the others.
-		go func(ut *upstreamTrust, name string, log *slog.Logger) {
-			prepareTrust(ctx, ut, log, warn)
+		go func(rt *chain.RouteTrust, name string, log *slog.Logger) {
+			prepareTrust(ctx, rt, log, warn)
 			if ctx.Err() != nil {
 				return
 			}
-			checkUpstream(ctx, ut.dialer, log, warn)
+			checkUpstream(ctx, rt, log, warn)
 			logTick := time.NewTicker(12 * time.Hour)
 			defer logTick.Stop()
 			var probe <-chan time.Time
@@ -330,7 +321,7 @@ func (r *runner) startChecks(routes []builtRoute) {
 				case <-ctx.Done():
 					return
 				case <-logTick.C:
-					checkUpstream(ctx, ut.dialer, log, warn)
+					checkUpstream(ctx, rt, log, warn)
 				case <-probe:
 					if ctx.Err() != nil {
 						return
@@ -424,42 +415,34 @@ func (r *runner) drain(sig os.Signal, sigs <-chan os.Signal, serveErr <-chan err
 	return nil
 }
 
-// checkUpstream dials the upstream once at start-up so that a wrong address
-// or an untrusted certificate shows in the log before the first client.
-func checkUpstream(ctx context.Context, d *chain.Dialer, log *slog.Logger, warn time.Duration) {
-	start := time.Now()
-	c, err := d.Dial(ctx)
+// checkUpstream inspects the upstream once at start-up (and every 12
+// hours) so that a wrong address or an untrusted certificate shows in the
+// log before the first client.
+func checkUpstream(ctx context.Context, rt *chain.RouteTrust, log *slog.Logger, warn time.Duration) {
+	d := rt.Dialer
+	in, err := chain.Inspect(ctx, d, chain.InspectOptions{})
 	if err != nil {
 		if ctx.Err() != nil {
 			return // replaced by a reload, or shutting down
 		}
+		var de *chain.DialError
+		if errors.As(err, &de) && de.Step == chain.StepAfterHandshake {
+			_, hint := chain.Explain(err, rt.HintContext())
+			log.Error("upstream check failed: the server ended the TLS session right after the handshake; clients will get this error until it is fixed",
+				"upstream", d.Addr(), "alert", de.Alert, "hint", hint)
+			return
+		}
 		log.Error("upstream check failed; clients will get this error until it is fixed", "error", err.Error())
 		return
 	}
-	defer c.Close()
-	rtt := time.Since(start)
-	// With TLS 1.3 a server that refuses the client certificate (or its
-	// absence) says so only after the handshake: listen for a moment. A
-	// PostgreSQL server waiting for a startup message sends nothing.
-	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Read(make([]byte, 1)); err != nil {
-		if alert, ok := chain.TLSAlert(err); ok {
-			attrs := []any{"upstream", d.Addr(), "alert", alert}
-			if chain.ClientCertAlert(alert) {
-				attrs = append(attrs, "hint", chain.ClientCertHint)
-			}
-			log.Error("upstream check failed: the server ended the TLS session right after the handshake; clients will get this error until it is fixed", attrs...)
-			return
-		}
-	}
-	cs := c.ConnectionState()
-	leaf := cs.PeerCertificates[0]
+	h := in.Handshake
+	leaf := h.Presented[0]
 	attrs := []any{"upstream", d.Addr(), "server_name", d.VerifyName(),
-		"tls", tls.VersionName(cs.Version), "leaf", leaf.Subject.String(),
+		"tls", tls.VersionName(h.TLSVersion), "leaf", leaf.Subject.String(),
 		"leaf_expires", leaf.NotAfter.UTC().Format(time.RFC3339),
-		"handshake", rtt.Round(time.Millisecond).String()}
+		"handshake", h.RTT.Round(time.Millisecond).String()}
 	if d.Negotiation == chain.NegotiateDirect {
-		attrs = append(attrs, "negotiation", "direct", "alpn", cs.NegotiatedProtocol)
+		attrs = append(attrs, "negotiation", "direct", "alpn", in.ALPN)
 	}
 	if d.ClientCert != nil && d.ClientCert.Leaf != nil {
 		attrs = append(attrs, "client_cert", d.ClientCert.Leaf.Subject.String())

@@ -51,60 +51,66 @@ func loadTrustConfig(fs *pflag.FlagSet, configFile, route string) (trustConfig, 
 		}
 		return tc, nil
 	}
-	if configFile == "" {
-		return trustConfig{}, errors.New("--route needs --config: routes are defined in the config file")
-	}
-	var rc runConfig
-	v, err := loadConfig(fs, configFile, runOptions, &rc)
+	_, routes, err := loadRouteTrusts(fs, configFile, route)
 	if err != nil {
 		return trustConfig{}, err
 	}
-	rc.setBy = sources(v, fs)
-	markRouteKeys(v, rc.Routes)
+	return routes[0].tc, nil
+}
+
+// routeTrust is one route's upstream settings.
+type routeTrust struct {
+	name string
+	tc   trustConfig
+}
+
+// loadRouteTrusts reads each route's upstream settings from flags,
+// environment and the config file, as run reads them: every route, or, with
+// route, only that one.
+func loadRouteTrusts(fs *pflag.FlagSet, configFile, route string) (runConfig, []routeTrust, error) {
+	if route != "" && configFile == "" {
+		return runConfig{}, nil, errors.New("--route needs --config: routes are defined in the config file")
+	}
+	rc, err := loadRunConfig(fs, configFile)
+	if err != nil {
+		return runConfig{}, nil, err
+	}
 	routes, err := rc.routes()
 	if err != nil {
-		return trustConfig{}, err
+		return runConfig{}, nil, err
 	}
+	var out []routeTrust
 	var names []string
 	for _, r := range routes {
-		if r.Name == route {
-			return trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir,
-				Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey,
-				Negotiation: r.Negotiation, AIAAllowPrivate: rc.AIAAllowPrivate}, nil
-		}
 		names = append(names, r.Name)
+		if route == "" || r.Name == route {
+			out = append(out, routeTrust{name: r.Name, tc: rc.trustConfig(r)})
+		}
 	}
-	return trustConfig{}, fmt.Errorf("no route named %q in %s (routes: %s)", route, configFile, strings.Join(names, ", "))
+	if len(out) == 0 {
+		return runConfig{}, nil, fmt.Errorf("no route named %q in %s (routes: %s)", route, configFile, strings.Join(names, ", "))
+	}
+	return rc, out, nil
 }
 
-// upstreamTrust is a dialer and what it trusts.
-type upstreamTrust struct {
-	spec    upstreamSpec
-	dialer  *chain.Dialer
-	caRoots *x509.CertPool   // set with --ca-file
-	pins    *chain.PinTrust  // set without --ca-file, with a pinning policy
-	live    *chain.LiveTrust // set with trust: live (no pin)
-	store   *chain.PinStore
-	system  *x509.CertPool
-	aia     *chain.Completer
-	policy  chain.Policy
-	// describe names the trust anchors in hints.
-	describe string
-	// repin is the command that replaces the pin.
-	repin string
+// trustConfig is what one route needs to reach and trust its upstream: its
+// own settings and the top-level ones that every route shares.
+func (rc *runConfig) trustConfig(r routeConfig) trustConfig {
+	return trustConfig{Upstream: r.Upstream, ServerName: r.ServerName, CAFile: r.CAFile, PinDir: rc.PinDir,
+		Trust: r.Trust, ConnectTimeout: rc.ConnectTimeout, UpstreamCert: r.UpstreamCert, UpstreamKey: r.UpstreamKey,
+		Negotiation: r.Negotiation, AIAAllowPrivate: rc.AIAAllowPrivate}
 }
 
-func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
+// buildTrust builds the upstream trust of tc (chain.NewRouteTrust). log,
+// when set, gets its events (pins, changes of root, CN-only matches, AIA
+// fetches); adjust, when set, changes the chain settings first.
+func buildTrust(tc trustConfig, log *slog.Logger, adjust func(*chain.RouteConfig)) (*chain.RouteTrust, error) {
 	if tc.Upstream == "" {
 		return nil, fmt.Errorf("no upstream: pass --upstream HOST:PORT (or set upstream in the config file, or PGVERIFYPROXY_UPSTREAM)")
 	}
 	spec, err := parseUpstream(tc.Upstream)
 	if err != nil {
 		return nil, err
-	}
-	if len(spec.Ignored) > 0 && log != nil {
-		log.Info("upstream URI: using only its host and port; each client sends its own user, database and password",
-			"host", spec.Host, "port", spec.Port, "ignored", strings.Join(spec.Ignored, ","))
 	}
 	policy, err := chain.ParsePolicy(tc.Trust)
 	if err != nil {
@@ -114,98 +120,73 @@ func buildTrust(tc trustConfig, log *slog.Logger) (*upstreamTrust, error) {
 	if err != nil {
 		return nil, err
 	}
-	ut := &upstreamTrust{spec: spec, policy: policy}
-	ut.dialer = &chain.Dialer{Host: spec.Host, Port: spec.Port, ServerName: tc.ServerName, ConnectTimeout: tc.ConnectTimeout,
-		Negotiation: negotiation}
-	if tc.UpstreamCert != "" || tc.UpstreamKey != "" {
-		if ut.dialer.ClientCert, err = chain.LoadClientCertificate(tc.UpstreamCert, tc.UpstreamKey); err != nil {
-			return nil, err
-		}
-	}
+	c := chain.RouteConfig{Host: spec.Host, Port: spec.Port, ServerName: tc.ServerName, CAFile: tc.CAFile, PinDir: tc.PinDir,
+		Policy: policy, Negotiation: negotiation, ConnectTimeout: tc.ConnectTimeout,
+		ClientCertFile: tc.UpstreamCert, ClientKeyFile: tc.UpstreamKey, AIAAllowPrivate: tc.AIAAllowPrivate,
+		Repin: repinCommand(spec, tc, negotiation)}
 	if log != nil {
-		ut.dialer.OnCommonName = func(c *x509.Certificate) {
-			log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
-				"cn", c.Subject.CommonName)
+		if len(spec.Ignored) > 0 {
+			log.Info("upstream URI: using only its host and port; each client sends its own user, database and password",
+				"host", spec.Host, "port", spec.Port, "ignored", strings.Join(spec.Ignored, ","))
 		}
-		ut.aia = &chain.Completer{AllowPrivate: tc.AIAAllowPrivate, Logf: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }}
-	} else {
-		ut.aia = &chain.Completer{AllowPrivate: tc.AIAAllowPrivate}
+		logEvents(&c, spec.addr(), log)
 	}
-	ut.repin = "pgverifyproxy chain fetch --upstream " + spec.addr()
-	if tc.ServerName != "" {
-		ut.repin += " --server-name " + tc.ServerName
+	if adjust != nil {
+		adjust(&c)
 	}
-	if tc.PinDir != "" {
-		ut.repin += " --pin-dir " + tc.PinDir
-	}
-	if negotiation == chain.NegotiateDirect {
-		ut.repin += " --negotiation direct"
-	}
-	ut.repin += " --repin"
-	if tc.CAFile != "" {
-		roots, anchors, err := chain.LoadCAFile(tc.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		ut.caRoots = roots
-		ut.dialer.Roots = roots
-		ut.describe = "the roots in --ca-file " + tc.CAFile
-		for _, a := range anchors {
-			if log != nil {
-				log.Debug("trust anchor", "subject", a.Subject.String(), "spki_sha256", chain.SPKIHash(a), "not_after", a.NotAfter.UTC().Format(time.RFC3339))
-			}
-		}
-		return ut, nil
-	}
-	if ut.system, err = chain.SystemRoots(); err != nil {
+	rt, err := chain.NewRouteTrust(c)
+	if err != nil {
 		return nil, err
 	}
-	if policy == chain.PolicyLive {
-		ut.live = &chain.LiveTrust{System: ut.system, AIA: ut.aia}
-		if log != nil {
-			ut.live.OnRootChange = func(from, to *x509.Certificate) {
-				if from == nil {
-					log.Info("trust live: the upstream's chain leads to this root of the system trust store",
-						"upstream", spec.addr(), "root", to.Subject.String(), "spki_sha256", chain.SPKIHash(to))
-					return
-				}
-				log.Warn("the upstream's root CA changed (trust: live: accepted, the new chain leads to the system trust store)",
-					"upstream", spec.addr(), "from", from.Subject.String(), "from_spki_sha256", chain.SPKIHash(from),
-					"to", to.Subject.String(), "to_spki_sha256", chain.SPKIHash(to))
-			}
-		}
-		ut.dialer.Trust = ut.live
-		ut.describe = "the system trust store (trust: live)"
-		return ut, nil
-	}
-	dir := tc.PinDir
-	if dir == "" {
-		if dir, err = chain.DefaultPinDir(); err != nil {
-			return nil, err
-		}
-	}
-	ut.store = &chain.PinStore{Dir: dir}
-	ut.pins = &chain.PinTrust{Store: ut.store, Dialer: ut.dialer, Policy: policy, System: ut.system, AIA: ut.aia, Repin: ut.repin}
 	if log != nil {
-		// Set here, before any session can use the route: a client that
-		// arrives before the start-up check may be the one that pins.
-		ut.pins.OnPinned = func(p *chain.Pin, path string) {
-			log.Info("upstream pinned", "upstream", spec.addr(), "policy", p.Policy, "anchor", p.Anchors[0].Subject.String(),
-				"spki_sha256", strings.Join(p.Fingerprints(), ","), "pin_file", path)
+		for _, a := range rt.CAAnchors {
+			log.Debug("trust anchor", "subject", a.Subject.String(), "spki_sha256", chain.SPKIHash(a), "not_after", a.NotAfter.UTC().Format(time.RFC3339))
 		}
 	}
-	ut.dialer.Trust = ut.pins
-	ut.describe = "the pinned anchor in " + ut.store.Path(spec.Host, spec.Port, tc.ServerName)
-	return ut, nil
+	return rt, nil
 }
 
-// repinCommand is the command that replaces the upstream's pin, or "" when
-// the upstream is trusted through a CA file.
-func (ut *upstreamTrust) repinCommand() string {
-	if ut.pins == nil {
-		return ""
+// repinCommand is the command that replaces the upstream's pin, in the
+// flags of this program's `chain fetch`. It is spelled here, next to the
+// flags it names, and handed to chain, which names it in messages and
+// hints.
+func repinCommand(spec upstreamSpec, tc trustConfig, negotiation chain.Negotiation) string {
+	repin := "pgverifyproxy chain fetch --upstream " + spec.addr()
+	if tc.ServerName != "" {
+		repin += " --server-name " + tc.ServerName
 	}
-	return ut.repin
+	if tc.PinDir != "" {
+		repin += " --pin-dir " + tc.PinDir
+	}
+	if negotiation == chain.NegotiateDirect {
+		repin += " --negotiation direct"
+	}
+	return repin + " --repin"
+}
+
+// logEvents logs what happens to the upstream's trust.
+func logEvents(c *chain.RouteConfig, upstream string, log *slog.Logger) {
+	c.OnCommonName = func(cert *x509.Certificate) {
+		log.Warn("upstream certificate matched by its common name only (it has no subjectAltName of the host's type); libpq accepts this too, but ask the server's operator for a certificate with a SAN",
+			"cn", cert.Subject.CommonName)
+	}
+	c.AIALogf = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }
+	c.OnRootChange = func(from, to *x509.Certificate) {
+		if from == nil {
+			log.Info("trust live: the upstream's chain leads to this root of the system trust store",
+				"upstream", upstream, "root", to.Subject.String(), "spki_sha256", chain.SPKIHash(to))
+			return
+		}
+		log.Warn("the upstream's root CA changed (trust: live: accepted, the new chain leads to the system trust store)",
+			"upstream", upstream, "from", from.Subject.String(), "from_spki_sha256", chain.SPKIHash(from),
+			"to", to.Subject.String(), "to_spki_sha256", chain.SPKIHash(to))
+	}
+	// Set before any session can use the route: a client that arrives
+	// before the start-up check may be the one that pins.
+	c.OnPinned = func(p *chain.Pin, path string) {
+		log.Info("upstream pinned", "upstream", upstream, "policy", p.Policy, "anchor", p.Anchors[0].Subject.String(),
+			"spki_sha256", strings.Join(p.Fingerprints(), ","), "pin_file", path)
+	}
 }
 
 // warnExpiry logs certificates that expire within warn.
@@ -220,22 +201,22 @@ func warnExpiry(log *slog.Logger, what string, c *x509.Certificate, warn time.Du
 // prepareTrust makes sure a pinned route has its pin at start-up, fetching
 // it the first time, and logs the outcome. A route that cannot be trusted
 // keeps refusing clients with the reason; it is retried on later connections.
-func prepareTrust(ctx context.Context, ut *upstreamTrust, log *slog.Logger, warn time.Duration) {
-	if ut.pins == nil {
+func prepareTrust(ctx context.Context, rt *chain.RouteTrust, log *slog.Logger, warn time.Duration) {
+	if rt.Pins == nil {
 		return
 	}
-	p, path, err := ut.pins.Current(ctx)
+	p, path, err := rt.Pins.Current(ctx)
 	if err != nil {
 		log.Error("refusing to relay to this upstream until it can be trusted (clients get this reason; retried on later connections)",
-			"upstream", ut.spec.addr(), "error", err.Error())
+			"upstream", rt.Addr(), "error", err.Error())
 		return
 	}
-	log.Info("using pin", "upstream", ut.spec.addr(), "pin_file", path, "policy", p.Policy, "spki_sha256", strings.Join(p.Fingerprints(), ","),
+	log.Info("using pin", "upstream", rt.Addr(), "pin_file", path, "policy", p.Policy, "spki_sha256", strings.Join(p.Fingerprints(), ","),
 		"first_seen", p.FirstSeen.UTC().Format(time.RFC3339))
-	if p.Policy != string(ut.policy) {
+	if p.Policy != string(rt.Policy) {
 		// Routes to the same upstream share its pin, whatever their trust.
 		log.Warn("the pin in use was made under another trust policy; this route's policy applies only to a first pin (re-pin with chain fetch --repin to apply it)",
-			"upstream", ut.spec.addr(), "pin_policy", p.Policy, "route_policy", string(ut.policy), "pin_file", path)
+			"upstream", rt.Addr(), "pin_policy", p.Policy, "route_policy", string(rt.Policy), "pin_file", path)
 	}
 	for _, a := range p.Anchors {
 		warnExpiry(log, "pinned anchor", a, warn)
