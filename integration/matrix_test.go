@@ -6,8 +6,8 @@ package integration
 // through the proxy against the PostgreSQL 15 of TestMain, with the SCRAM
 // user and the md5 user, in each client's plaintext mode and its
 // TLS-required mode, through a proxy with the default settings (auth auto)
-// and through one in auth relay mode. The README's table is rendered from
-// what the cells observed, and the test fails when the README no longer
+// and through one in auth relay mode. The table of docs/clients.md is rendered from
+// what the cells observed, and the test fails when docs/clients.md no longer
 // matches.
 
 import (
@@ -187,9 +187,9 @@ var matrixRows = []*matrixRow{
 
 // TestClientMatrix runs every cell of the matrix through two proxies, one
 // with the default settings and one in auth relay mode, checks each
-// against its expected kind of outcome, renders the README table from what
+// against its expected kind of outcome, renders the docs/clients.md table from what
 // the cells observed (and from the proxies' logs, which say how they
-// logged in upstream themselves) and compares it with README.md (or
+// logged in upstream themselves) and compares it with docs/clients.md (or
 // rewrites it when PGVP_UPDATE_MATRIX=1).
 func TestClientMatrix(t *testing.T) {
 	logs := map[proxy.AuthMode]*matrixLog{matrixDefault: {}, matrixRelay: {}}
@@ -250,23 +250,23 @@ func TestClientMatrix(t *testing.T) {
 			err = read()
 		}
 		if err != nil {
-			t.Errorf("%v (README.md not compared)", err)
+			t.Errorf("%v (docs/clients.md not compared)", err)
 			return
 		}
 		update := os.Getenv("PGVP_UPDATE_MATRIX") == "1"
 		switch {
 		case len(failed) > 0:
 			if update {
-				t.Errorf("README.md not updated: cells failed: %s", strings.Join(failed, ", "))
+				t.Errorf("docs/clients.md not updated: cells failed: %s", strings.Join(failed, ", "))
 			} else {
-				t.Logf("README.md not compared: %d cells failed", len(failed))
+				t.Logf("docs/clients.md not compared: %d cells failed", len(failed))
 			}
 			return
 		case len(outcome) < cellCount:
 			if update {
-				t.Errorf("README.md not updated: only %d of %d cells ran (run without -run filters below TestClientMatrix)", len(outcome), cellCount)
+				t.Errorf("docs/clients.md not updated: only %d of %d cells ran (run without -run filters below TestClientMatrix)", len(outcome), cellCount)
 			} else {
-				t.Logf("README.md not compared: only %d of %d cells ran", len(outcome), cellCount)
+				t.Logf("docs/clients.md not compared: only %d of %d cells ran", len(outcome), cellCount)
 			}
 			return
 		}
@@ -280,7 +280,7 @@ func TestClientMatrix(t *testing.T) {
 				}
 			}
 		}
-		matrixSyncReadme(t, filepath.Join("..", "README.md"), matrixRender(outcome, logins), update)
+		matrixSyncReadme(t, filepath.Join("..", "docs", "clients.md"), matrixRender(outcome, logins), update)
 	})
 
 	// One launch per batched client and proxy, shared by its cells.
@@ -511,7 +511,7 @@ func matrixJudge(t *testing.T, cell matrixCell, o matrixObs) string {
 // channel_binding option; matrixRender explains it under the table.
 const matrixNoOptionMark = "¹"
 
-// matrixRender renders the README table from the cells' outcomes, with
+// matrixRender renders the docs/clients.md table from the cells' outcomes, with
 // notes under it for the kinds of outcome that occur and, from each proxy's
 // log, how it logged in upstream itself as each user (logins).
 func matrixRender(outcome map[string]string, logins map[proxy.AuthMode]map[string][]string) string {
@@ -586,7 +586,7 @@ func matrixRender(outcome map[string]string, logins map[proxy.AuthMode]map[strin
 	return b.String()
 }
 
-// matrixWrap wraps text at 100 columns, like the README's prose, and ends
+// matrixWrap wraps text at 100 columns, like the docs' prose, and ends
 // it with a newline.
 func matrixWrap(text string) string {
 	var b strings.Builder
@@ -605,7 +605,7 @@ func matrixWrap(text string) string {
 	return b.String() + "\n"
 }
 
-// matrixBegin and matrixEnd delimit the generated table in README.md.
+// matrixBegin and matrixEnd delimit the generated table in docs/clients.md.
 const (
 	matrixBegin = "<!-- matrix:begin -->"
 	matrixEnd   = "<!-- matrix:end -->"
@@ -637,7 +637,7 @@ func matrixSyncReadme(t *testing.T, readme, rendered string, update bool) {
 		t.Logf("updated the client matrix in %s", readme)
 		return
 	}
-	t.Errorf("the client matrix in %s does not match what the clients did (- README, + observed):\n%s\n"+
+	t.Errorf("the client matrix in %s does not match what the clients did (- docs, + observed):\n%s\n"+
 		"if the change is intended, run: PGVP_UPDATE_MATRIX=1 go test ./integration -run TestClientMatrix",
 		readme, matrixDiff(current, rendered))
 }
