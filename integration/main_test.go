@@ -6,6 +6,7 @@ package integration
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,7 +34,15 @@ var (
 	binPath  string // the pgverifyproxy binary built for CLI tests
 )
 
+// TestMain starts what every test shares. Under -short (the unit tests
+// only: go test -short ./...) it runs nothing, so that no PostgreSQL, psql
+// or client of the matrix is needed; without -short a missing one fails.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("integration: skipped under -short: every test here needs PostgreSQL, psql and the clients of the matrix")
+		os.Exit(0)
+	}
 	os.Exit(run(m))
 }
 
@@ -58,7 +67,7 @@ func run(m *testing.M) int {
 	for _, tool := range []string{"psql"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			// A missing client is a failure, never a silent skip.
-			fmt.Fprintf(os.Stderr, "integration: %s not found on PATH: install postgresql-client (.ci/run does)\n", tool)
+			fmt.Fprintf(os.Stderr, "integration: %s not found on PATH: install postgresql-client (scripts/setup does)\n", tool)
 			return 1
 		}
 	}

@@ -447,7 +447,7 @@ func TestOpsSIGHUPReload(t *testing.T) {
 // off with tcp_keepalive 0.
 func TestOpsTCPKeepalive(t *testing.T) {
 	if _, err := exec.LookPath("ss"); err != nil {
-		t.Fatal("ss (iproute2) not found: install iproute2 (.ci/run does)")
+		t.Fatal("ss (iproute2) not found: install iproute2 (scripts/setup does)")
 	}
 	for _, tc := range []struct {
 		setting string

@@ -458,7 +458,7 @@ func TestPackagingComposeExample(t *testing.T) {
 	dc, err := exec.LookPath("docker-compose")
 	if err != nil {
 		// A missing validator is a failure, never a silent skip.
-		t.Fatalf("docker-compose not found on PATH: install it (apt-get install --no-install-recommends docker-compose; .ci/run does): %v", err)
+		t.Fatalf("docker-compose not found on PATH: install it (apt-get install --no-install-recommends docker-compose; scripts/setup does): %v", err)
 	}
 	var base []string
 	for _, kv := range os.Environ() {
@@ -576,7 +576,7 @@ func unitSettings(text string) map[string]string {
 func TestPackagingSystemdUnit(t *testing.T) {
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Fatalf("systemd-analyze not found on PATH: install systemd (.ci/run does): %v", err)
+		t.Fatalf("systemd-analyze not found on PATH: install systemd (scripts/setup does): %v", err)
 	}
 	bin := staticBinary(t)
 	b, err := os.ReadFile(unitFile(t))

@@ -25,7 +25,7 @@ import (
 //
 // What Wine does not stand for: the Windows service control manager (the
 // service handler is tested by the cmd package's own tests, run under
-// Wine by .ci/run), and the platform certificate verifier (Wine's crypt32
+// Wine in this same test), and the platform certificate verifier (Wine's crypt32
 // is not Windows'): the routes here trust a CA file or a pin, which Go
 // verifies itself on every platform.
 func TestWindowsBinaryUnderWine(t *testing.T) {

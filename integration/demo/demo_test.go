@@ -11,6 +11,9 @@ import (
 // TestREADMEDemoCommand runs the README's demo command exactly as a
 // newcomer would, from the repository root, and checks what it shows.
 func TestREADMEDemoCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the demo starts PostgreSQL and runs psql")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "run", "./integration/demo")

@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// This file holds what the commands built on the harness (go run ./bench,
-// go run ./integration/soak) share besides the cluster.
+// This file holds what the long runs built on the harness (go run ./bench,
+// the soak of integration/soakrun) share besides the cluster.
 
 // Sleep sleeps for d or until ctx is done, and returns ctx's error then.
 func Sleep(ctx context.Context, d time.Duration) error {

@@ -74,6 +74,9 @@ func TestPKIChains(t *testing.T) {
 }
 
 func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: starts PostgreSQL")
+	}
 	p, err := NewPKI()
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +200,9 @@ func TestStartClusterErrors(t *testing.T) {
 	ctx := context.Background()
 	if _, err := StartCluster(ctx, ClusterOptions{}); err == nil {
 		t.Error("StartCluster without a certificate succeeded")
+	}
+	if testing.Short() {
+		t.Skip("-short: the rest starts PostgreSQL (with a setting it must refuse)")
 	}
 	p, err := NewPKI()
 	if err != nil {

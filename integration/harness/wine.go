@@ -42,7 +42,7 @@ const shimC = "int __stdcall DllMain(void *h, unsigned reason, void *p) { return
 func PrepareWine(ctx context.Context, dir string) (*Wine, error) {
 	for tool, pkg := range map[string]string{"wine": "wine wine64", "wineboot": "wine wine64", "x86_64-w64-mingw32-gcc": "gcc-mingw-w64-x86-64"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("wine: %s not found on PATH: apt-get install %s (.ci/run does)", tool, pkg)
+			return nil, fmt.Errorf("wine: %s not found on PATH: apt-get install %s (scripts/setup does)", tool, pkg)
 		}
 	}
 	w := &Wine{Prefix: filepath.Join(dir, "prefix")}
