@@ -3,11 +3,12 @@
 // Command bench compares, side by side, four ways to reach a PostgreSQL
 // server over TLS verified like libpq's sslmode=verify-full: connecting
 // directly, and through pgverifyproxy, PgBouncer and stunnel. It starts its
-// own PKI and PostgreSQL 15 (with the integration harness), installs
-// PgBouncer, stunnel and strace with apt when they are missing, measures
+// own PKI and PostgreSQL 15 (with the integration harness), measures
 // every path in rounds whose order rotates (so drift of a shared machine
 // hits all paths alike) and prints one table of medians with their ratios
-// to the direct path of the same round.
+// to the direct path of the same round. It installs nothing: when
+// PgBouncer, stunnel or strace is missing it prints the apt-get command
+// that installs them and exits with status 1.
 //
 //	go run ./bench            # full run (about 20 minutes)
 //	go run ./bench -quick     # smoke test (about a minute)

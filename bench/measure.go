@@ -178,20 +178,31 @@ func (b *bench) cpuSeconds(pid int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	ticks, err := parseStatTicks(raw)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return ticks / b.clkTck, nil
+}
+
+// parseStatTicks reads utime+stime, in clock ticks, from the contents of
+// /proc/PID/stat. The command name, in parentheses, may hold spaces and
+// parentheses itself: the fields are counted from the last ')'.
+func parseStatTicks(raw []byte) (float64, error) {
 	i := bytes.LastIndexByte(raw, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, errors.New("unexpected format")
 	}
 	f := strings.Fields(string(raw[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		return 0, errors.New("too few fields")
 	}
 	utime, err1 := strconv.ParseFloat(f[11], 64)
 	stime, err2 := strconv.ParseFloat(f[12], 64)
 	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime %q %q", pid, f[11], f[12])
+		return 0, fmt.Errorf("bad utime/stime %q %q", f[11], f[12])
 	}
-	return (utime + stime) / b.clkTck, nil
+	return utime + stime, nil
 }
 
 // rssKiB is VmRSS of process pid in KiB.
@@ -200,12 +211,21 @@ func rssKiB(pid int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	v, err := parseVmRSS(raw)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/status: %w", pid, err)
+	}
+	return v, nil
+}
+
+// parseVmRSS reads VmRSS, in KiB, from the contents of /proc/PID/status.
+func parseVmRSS(raw []byte) (float64, error) {
 	for _, line := range strings.Split(string(raw), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			return strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	return 0, errors.New("no VmRSS")
 }
 
 // fdCount is the number of open file descriptors of process pid.

@@ -94,8 +94,9 @@ func clearPGEnv() {
 	}
 }
 
-// setupTools finds pgbench, PgBouncer, stunnel and strace, installing the
-// missing Debian packages with apt, and reads CLK_TCK.
+// setupTools finds pgbench, PgBouncer, stunnel and strace, and reads
+// CLK_TCK. The bench installs nothing: when a program is missing it stops
+// with the apt-get command that installs it.
 func (b *bench) setupTools(ctx context.Context) error {
 	binDir, err := harness.FindBinDir()
 	if err != nil {
@@ -105,7 +106,8 @@ func (b *bench) setupTools(ctx context.Context) error {
 	if _, err := os.Stat(b.tools.pgbench); err != nil {
 		return fmt.Errorf("pgbench not found next to the server binaries (%w): install postgresql-client", err)
 	}
-	wanted := []struct {
+	var missing []string
+	for _, w := range []struct {
 		dst  *string
 		name string
 		pkg  string
@@ -113,22 +115,13 @@ func (b *bench) setupTools(ctx context.Context) error {
 		{&b.tools.pgbouncer, "pgbouncer", "pgbouncer"},
 		{&b.tools.stunnel, "stunnel4", "stunnel4"},
 		{&b.tools.strace, "strace", "strace"},
-	}
-	var missing []string
-	for _, w := range wanted {
+	} {
 		if *w.dst = findProgram(w.name); *w.dst == "" {
 			missing = append(missing, w.pkg)
 		}
 	}
 	if len(missing) > 0 {
-		if err := aptInstall(ctx, missing); err != nil {
-			return err
-		}
-		for _, w := range wanted {
-			if *w.dst = findProgram(w.name); *w.dst == "" {
-				return fmt.Errorf("%s still not found after installing package %s", w.name, w.pkg)
-			}
-		}
+		return fmt.Errorf("missing %s; install with:\n\n    %s", strings.Join(missing, ", "), installCommand(missing, os.Geteuid() == 0))
 	}
 	out, err := exec.CommandContext(ctx, "getconf", "CLK_TCK").Output()
 	if err != nil {
@@ -138,6 +131,18 @@ func (b *bench) setupTools(ctx context.Context) error {
 		return fmt.Errorf("getconf CLK_TCK: unexpected %q", out)
 	}
 	return nil
+}
+
+// installCommand is the Debian command that installs pkgs, prefixed with
+// sudo when not run as root. The bench runs PgBouncer and stunnel from
+// configurations of its own, on free ports; a service the package starts
+// is not used.
+func installCommand(pkgs []string, root bool) string {
+	cmd := "apt-get install -y --no-install-recommends " + strings.Join(pkgs, " ")
+	if !root {
+		cmd = "sudo " + cmd
+	}
+	return cmd
 }
 
 // findProgram looks name up on PATH and in the sbin directories, which are
@@ -153,39 +158,6 @@ func findProgram(name string) string {
 		}
 	}
 	return ""
-}
-
-// aptInstall installs Debian packages (as root), printing what it
-// installs; it keeps services the packages ship from starting.
-func aptInstall(ctx context.Context, pkgs []string) error {
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("missing %s: install with: sudo apt-get install %s", strings.Join(pkgs, ", "), strings.Join(pkgs, " "))
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return fmt.Errorf("missing %s and no apt-get to install them", strings.Join(pkgs, ", "))
-	}
-	logf("installing with apt-get: %s", strings.Join(pkgs, " "))
-	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "RUNLEVEL=1")
-	for _, args := range [][]string{
-		{"update"},
-		append([]string{"install", "-y", "--no-install-recommends"}, pkgs...),
-	} {
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = env
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, tail(out.String(), 30))
-		}
-		if args[0] == "install" {
-			for _, line := range strings.Split(out.String(), "\n") {
-				if strings.HasPrefix(line, "Setting up ") {
-					logf("apt-get: %s", line)
-				}
-			}
-		}
-	}
-	return nil
 }
 
 // setupWorkDir creates the work directory, readable by the unprivileged
