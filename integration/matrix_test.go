@@ -557,7 +557,7 @@ func matrixRender(outcome map[string]string, logins map[proxy.AuthMode]map[strin
 	}
 	if refused {
 		notes += " \"refused\": the client shows the proxy's FATAL \"SCRAM " + channelBindingHint +
-			"\" and its HINT, which names the route's fix first (see [SCRAM channel binding](#scram-channel-binding))."
+			"\" and its HINT, which names the route's fix first (see [SCRAM channel binding](trust-model.md#scram-channel-binding))."
 	}
 	b.WriteString("\n" + matrixWrap(notes))
 	notes = "**auto (default)**: the proxy with no setting changed. It relays each client's own login, except where " +
@@ -567,7 +567,7 @@ func matrixRender(outcome map[string]string, logins map[proxy.AuthMode]map[strin
 	if relay {
 		notes += " **relay**: the proxy runs with `auth: relay`: it asks every client for its password in clear " +
 			"(inside the client's TLS leg when it has one) and logs in to the server itself " +
-			"(see [Auth relay mode](#auth-relay-mode-the-proxy-logs-in-itself)); " + seenAs(matrixRelay)
+			"(see [Auth relay mode](trust-model.md#auth-relay-mode-the-proxy-logs-in-itself)); " + seenAs(matrixRelay)
 	}
 	if clientRefused {
 		notes += " \"refused by the client\": the client requires channel binding, which cannot cross a proxy that " +

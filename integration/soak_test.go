@@ -4,47 +4,110 @@ package integration
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"os"
-	"strconv"
+	"os/signal"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/soakrun"
 )
 
-// TestSoak runs the soak of integration/soak for a short time: 200 clients
-// for 20s through the binary TestMain built, in front of a cluster of its
-// own (max_connections raised for the clients). Any unexpected client
-// error, proxy warning or exit, or a proxy that is not back at its
-// goroutine and fd baseline 15s after the last client left fails it.
-// PGVP_SOAK_DURATION (a Go duration) and PGVP_SOAK_CLIENTS override the
-// size for a longer local run.
+// The soak's size. The defaults are what go test ./... runs (in CI too); a
+// long run passes flags after the package:
+//
+//	go test ./integration -run TestSoak -v -timeout 30m -soak.duration 10m -soak.clients 200
+var (
+	soakDuration = flag.Duration("soak.duration", 20*time.Second, "TestSoak: how long the clients run")
+	soakClients  = flag.Int("soak.clients", 200, "TestSoak: concurrent clients (1 to 2000)")
+	soakSeed     = flag.Int64("soak.seed", 0, "TestSoak: seed of the clients' random choices (0: from the clock; the summary shows it)")
+	soakSettle   = flag.Duration("soak.settle", soakrun.DefaultSettleTimeout, "TestSoak: how long the proxy may take to return to its baseline after the last client")
+	soakKeep     = flag.Bool("soak.keep", false, "TestSoak: keep the work directory (the proxy's log, the PKI root)")
+	soakVerbose  = flag.Bool("soak.verbose", false, "TestSoak: log every unexpected error as it happens and the proxy's figures every 5s (shown as they happen with -v)")
+)
+
+// soakMargin is what a soak needs besides -soak.duration: its own cluster,
+// the warm-up, the settling and the cleanup.
+const soakMargin = 3 * time.Minute
+
+// TestSoak runs pgverifyproxy under a long, mixed load and fails on any
+// unexpected error or leak; it is the one entry point of the soak
+// (integration/soakrun). By default 200 clients for 20s; -soak.duration,
+// -soak.clients and the other -soak.* flags above change that.
+//
+// It starts a PKI and a PostgreSQL of its own (max_connections
+// 2×clients+20, so reconnects never hit it) and the binary TestMain built
+// in front, with --admin on a free loopback port, --max-connections
+// 2×clients+10 and two routes: one with the default settings, one in auth
+// relay. After a warm-up (every operation once on every leg as every
+// user) it records the proxy's baseline: go_goroutines and
+// process_open_fds from /metrics, and the entries of /proc/PID/fd, each the
+// minimum of eight readings while no session is open.
+//
+// Then the clients run, half on each route, each connecting on a random
+// leg (plaintext, sslmode=require, or sslmode=require with
+// sslnegotiation=direct) as the md5 or the SCRAM test user and looping
+// over a random mix of: "select 1"; a prepared select with parameters
+// whose result is checked; a transaction inserting into the client's own
+// table then committed or rolled back, with the row count checked; COPY
+// FROM STDIN of 80–500 KB then COPY TO STDOUT, compared by length and
+// SHA-256; a CancelRequest through the proxy ending pg_sleep (SQLSTATE
+// 57014, and the session still works); an idle pause; a reconnect
+// (Terminate); and an abrupt close of the socket, idle or mid-query.
+//
+// It fails on any unexpected client error, any warning, error or panic in
+// the proxy's log, a proxy exit, or a proxy that is not back at its
+// baseline within -soak.settle of the last client leaving: no session
+// active, goroutines at most baseline+2 (the Go runtime's finalizer and
+// cleanup goroutines count while they run), open fds at most baseline+0.
+// A leaking proxy is sent SIGQUIT and its goroutines are summarized by
+// function. The logged summary lists operations by kind, connections by
+// leg and user, bytes, errors with the first messages, and goroutines,
+// fds, sessions, threads and RSS before/peak/after.
+//
+// Ctrl-C (SIGINT) or SIGTERM stops the clients, the proxy and the soak's
+// PostgreSQL, and removes the work directory before the test fails.
 func TestSoak(t *testing.T) {
 	o := soakrun.Options{
-		Duration: 20 * time.Second,
-		Clients:  200,
-		Bin:      binPath,
-		Logf:     t.Logf,
+		Duration:      *soakDuration,
+		Clients:       *soakClients,
+		Seed:          *soakSeed,
+		SettleTimeout: *soakSettle,
+		Keep:          *soakKeep,
+		Verbose:       *soakVerbose,
+		Bin:           binPath,
+		Logf: func(format string, args ...any) {
+			t.Logf("%s %s", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+		},
 	}
-	if v := os.Getenv("PGVP_SOAK_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("PGVP_SOAK_DURATION: %v", err)
-		}
-		o.Duration = d
+	if o.Duration < time.Second || o.Clients < 1 || o.Clients > 2000 {
+		t.Fatalf("-soak.duration must be at least 1s and -soak.clients between 1 and 2000 (got %v, %d)", o.Duration, o.Clients)
 	}
-	if v := os.Getenv("PGVP_SOAK_CLIENTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("PGVP_SOAK_CLIENTS: %v", err)
-		}
-		o.Clients = n
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), o.Duration+3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), o.Duration+soakMargin)
 	defer cancel()
+	if deadline, ok := t.Deadline(); ok {
+		// go test's -timeout (10m unless given) ends the whole binary with
+		// a panic and no cleanup: refuse a soak that cannot fit, and end
+		// one that overruns early enough to clean up.
+		if left := time.Until(deadline); left < o.Duration+soakMargin {
+			t.Fatalf("a %v soak needs about %v, and go test's -timeout leaves %v: pass -timeout %dm (or more)",
+				o.Duration, o.Duration+soakMargin, left.Round(time.Second), int((o.Duration+soakMargin+5*time.Minute)/time.Minute))
+		}
+		var cancelD context.CancelFunc
+		ctx, cancelD = context.WithDeadline(ctx, deadline.Add(-30*time.Second))
+		defer cancelD()
+	}
+	ctx, stopSignals := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+
 	r := soakrun.New(o)
 	t.Cleanup(r.Cleanup)
 	res, err := r.Run(ctx)
+	if err != nil && ctx.Err() != nil {
+		t.Fatalf("soak: stopped (everything it started is cleaned up): %v", context.Cause(ctx))
+	}
 	if err != nil {
 		t.Fatalf("soak: %v", err)
 	}

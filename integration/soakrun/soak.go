@@ -118,6 +118,13 @@ func (r *Runner) soak(ctx context.Context) (*Result, error) {
 	st := &stats{}
 	start := time.Now()
 	until := start.Add(o.Duration)
+	probe := &serverProbe{addr: r.cluster.Addr()}
+	pctx, stopProbe := context.WithCancel(ctx)
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		probe.run(pctx, start)
+	}()
 	var wg sync.WaitGroup
 	for i := 0; i < o.Clients; i++ {
 		w := newWorker(i, r.proxy.routePort(i), o.Seed, st, o.Verbose, o.Logf)
@@ -150,6 +157,7 @@ loop:
 			break loop
 		case <-ctx.Done():
 			tick.Stop()
+			stopProbe()
 			<-clientsDone
 			return nil, ctx.Err()
 		case <-tick.C:
@@ -169,8 +177,14 @@ loop:
 		}
 	}
 	tick.Stop()
+	stopProbe()
+	<-probeDone
 	res.Elapsed = time.Since(start)
 	res.collect(st)
+	if n, failed, slowest, at := probe.summary(); n > 0 {
+		o.Logf("server probe (SSLRequest straight to PostgreSQL, twice a second): %d probes, %d failed, slowest answer %v at t=%.0fs",
+			n, failed, slowest.Round(time.Millisecond), at.Seconds())
+	}
 	o.Logf("clients done after %v: %d operations, %d errors; waiting up to %v for the proxy to settle",
 		res.Elapsed.Round(time.Millisecond), res.TotalOps(), res.TotalErrors(), o.SettleTimeout)
 

@@ -12,8 +12,9 @@
 // Any unexpected client error, proxy warning, proxy exit or leak is a
 // failure of the run (Result.Failures).
 //
-// The command integration/soak and the test TestSoak in package
-// integration are thin wrappers around Runner.
+// TestSoak in package integration (go test ./integration -run TestSoak
+// -soak.duration 10m) is its one entry point: a thin wrapper around Runner
+// that gives it the binary TestMain built and its flags.
 package soakrun
 
 import (
@@ -56,9 +57,7 @@ type Options struct {
 	Duration time.Duration
 	// Clients is the number of concurrent clients.
 	Clients int
-	// Bin is the pgverifyproxy binary; empty: build ./cmd/pgverifyproxy
-	// of the module the process runs in (go build) into the work
-	// directory.
+	// Bin is the pgverifyproxy binary to run. Required.
 	Bin string
 	// Keep leaves the work directory (proxy log, PKI) in place.
 	Keep bool
@@ -83,6 +82,8 @@ func (o *Options) validate() error {
 		return errors.New("options: clients must be at least 1")
 	case o.Clients > 2000:
 		return errors.New("options: clients must be at most 2000")
+	case o.Bin == "":
+		return errors.New("options: no pgverifyproxy binary")
 	}
 	if o.SettleTimeout <= 0 {
 		o.SettleTimeout = DefaultSettleTimeout
@@ -198,19 +199,13 @@ func (r *Runner) setupPKI(context.Context) error {
 	return harness.WritePEMFile(r.rootFile, r.pki.Root.CertPEM)
 }
 
-// setupBinary uses Options.Bin or builds ./cmd/pgverifyproxy.
-func (r *Runner) setupBinary(ctx context.Context) error {
-	if r.o.Bin != "" {
-		r.bin = r.o.Bin
-		return nil
+// setupBinary checks that Options.Bin is there.
+func (r *Runner) setupBinary(context.Context) error {
+	if _, err := os.Stat(r.o.Bin); err != nil {
+		return err
 	}
-	root, err := harness.ModuleRoot(ctx)
-	if err != nil {
-		return fmt.Errorf("%w: run from the repository or pass a binary", err)
-	}
-	r.bin = filepath.Join(r.work, "pgverifyproxy")
-	r.o.Logf("building pgverifyproxy from %s", root)
-	return harness.BuildProxy(ctx, root, r.bin)
+	r.bin = r.o.Bin
+	return nil
 }
 
 // pgMaxConnections is the cluster's max_connections for n clients: every
