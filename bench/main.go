@@ -3,11 +3,11 @@
 // Command bench compares, side by side, four ways to reach a PostgreSQL
 // server over TLS verified like libpq's sslmode=verify-full: connecting
 // directly, and through pgverifyproxy, PgBouncer and stunnel. It starts its
-// own PKI and PostgreSQL 15 (with the integration harness), measures
-// every path in rounds whose order rotates (so drift of a shared machine
-// hits all paths alike) and prints one table of medians with their ratios
-// to the direct path of the same round. It installs nothing: when
-// PgBouncer, stunnel or strace is missing it prints the apt-get command
+// own PKI and PostgreSQL 15 (with internal/testpki and the integration
+// harness), measures every path in rounds whose order rotates (so drift of a
+// shared machine hits all paths alike) and prints one table of medians with
+// their ratios to the direct path of the same round. It installs nothing:
+// when PgBouncer, stunnel or strace is missing it prints the apt-get command
 // that installs them and exits with status 1.
 //
 //	go run ./bench            # full run (about 20 minutes)
@@ -44,6 +44,7 @@ type options struct {
 	out          string
 	bin          string
 	paths        string
+	focus        string
 	quick        bool
 	keep         bool
 	verbose      bool
@@ -66,14 +67,37 @@ func parseFlags() options {
 	flag.StringVar(&o.out, "out", "bench/results.md", "write the results as Markdown here (with -quick: bench/results-quick.md unless given)")
 	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
 	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,scram,prewarm,pgbouncer,stunnel")
+	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); 5 rounds of 10s`)
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 2s runs, 16 MB COPY, 50 idle, 1 round")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")
 	flag.BoolVar(&o.verbose, "v", false, "print every command the bench runs")
 	flag.Parse()
+	if o.focus == "select" {
+		applyFocus(&o)
+	}
 	if o.quick {
 		applyQuick(&o)
 	}
 	return o
+}
+
+// applyFocus sets -focus select's defaults on every flag not set on the
+// command line: 5 rounds of 10 s fit in about 15 minutes on 2 cores.
+func applyFocus(o *options) {
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["rounds"] {
+		o.rounds = 5
+	}
+	if !set["duration"] {
+		o.duration = 10 * time.Second
+	}
+	if !set["strace-t"] {
+		o.straceTx = 1000
+	}
+	if !set["out"] {
+		o.out = "bench/results-select.md"
+	}
 }
 
 // applyQuick shrinks every size that was not set on the command line.
@@ -106,8 +130,10 @@ func (o options) validate() error {
 	switch {
 	case o.rounds < 1:
 		return errors.New("-rounds must be at least 1")
-	case o.duration < time.Second:
-		return errors.New("-duration must be at least 1s")
+	case o.duration < 2*time.Second:
+		return errors.New("-duration must be at least 2s (the hop is sampled from 1s into a run to 0.5s before its end)")
+	case o.focus != "" && o.focus != "select":
+		return fmt.Errorf("-focus %q: the only focus is select", o.focus)
 	case o.copyMB < 1:
 		return errors.New("-copy-mb must be at least 1")
 	case o.idle < 1 || o.idle > 1100:
@@ -135,6 +161,9 @@ func (o options) validate() error {
 		case "prewarm":
 			if o.prewarm == 0 {
 				return errors.New("-paths prewarm needs -prewarm N")
+			}
+			if o.focus == "select" {
+				return errors.New("-paths prewarm: --prewarm has no select figures (-focus select)")
 			}
 		default:
 			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, scram, prewarm, pgbouncer, stunnel)", k)

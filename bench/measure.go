@@ -40,10 +40,30 @@ var (
 	reTPS    = regexp.MustCompile(`tps = ([0-9.]+)`)
 )
 
+// hopWindow asks pgbench to sample a hop's counters while every client is
+// connected: at pgbench's first progress report (-P 1: one second into the
+// benchmark phase, after the clients' connections) and length later,
+// which ends half a second before pgbench does. The per-transaction logs
+// then give the transactions completed in between.
+type hopWindow struct {
+	pid    int
+	length time.Duration
+	delta  hopDelta
+	tx     int64         // transactions completed inside the window
+	span   time.Duration // the window's wall time
+}
+
+// newHopWindow is the window for a pgbench -T d run through the hop of
+// process pid: from 1 s into the run to 0.5 s before its end.
+func newHopWindow(pid int, d time.Duration) *hopWindow {
+	return &hopWindow{pid: pid, length: d.Round(time.Second) - 1500*time.Millisecond}
+}
+
 // pgbench runs pgbench against ep with args; with perTxLog it also writes
 // per-transaction logs (-l) and computes the latency average and p99 from
-// them.
-func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, args ...string) (pgbenchRun, error) {
+// them. With w (which needs perTxLog and -T) it samples the hop in w's
+// window and counts the transactions completed inside it.
+func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, w *hopWindow, args ...string) (pgbenchRun, error) {
 	var run pgbenchRun
 	full := append([]string(nil), args...)
 	var logDir string
@@ -55,18 +75,53 @@ func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, args ..
 		defer os.RemoveAll(logDir)
 		full = append(full, "-l", "--log-prefix="+filepath.Join(logDir, "tx"))
 	}
+	if w != nil {
+		full = append(full, "-P", "1")
+	}
 	cmd := exec.CommandContext(ctx, b.tools.pgbench, full...)
 	cmd.Env = b.libpqEnv(ep)
 	cmd.Dir = b.work
 	if b.o.verbose {
 		logf("    pgbench %s", strings.Join(full, " "))
 	}
-	out, err := cmd.CombinedOutput()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return run, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 15))
+		return run, err
 	}
-	if run, err = parsePgbench(string(out)); err != nil {
-		return run, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 15))
+	if err := cmd.Start(); err != nil {
+		return run, fmt.Errorf("starting pgbench: %w", err)
+	}
+	// stderr: progress reports (the first one opens the window) and
+	// messages, kept for errors.
+	var msgs strings.Builder
+	progress, scanned := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(scanned)
+		var once sync.Once
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "progress: ") {
+				once.Do(func() { close(progress) })
+				continue
+			}
+			msgs.WriteString(sc.Text() + "\n")
+		}
+	}()
+	var winErr error
+	var from, to time.Time
+	if w != nil {
+		from, to, winErr = b.sampleWindow(ctx, w, progress, scanned)
+	}
+	<-scanned
+	err = cmd.Wait()
+	out := stdout.String() + msgs.String()
+	if err != nil {
+		return run, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, tail(out, 15))
+	}
+	if run, err = parsePgbench(out); err != nil {
+		return run, fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, tail(out, 15))
 	}
 	if perTxLog {
 		n, avg, p99, err := latencyStats(logDir)
@@ -78,7 +133,45 @@ func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, args ..
 		}
 		run.latAvg, run.latP99 = avg, p99
 	}
+	if w != nil {
+		if winErr != nil {
+			return run, winErr
+		}
+		if w.tx, err = windowTx(logDir, from.UnixMicro(), to.UnixMicro()); err != nil {
+			return run, fmt.Errorf("hop sample window: %w", err)
+		}
+		w.span = to.Sub(from)
+	}
 	return run, nil
+}
+
+// sampleWindow samples w's hop at the first progress report and w.length
+// later; it fails when pgbench ends first.
+func (b *bench) sampleWindow(ctx context.Context, w *hopWindow, progress, ended <-chan struct{}) (from, to time.Time, err error) {
+	select {
+	case <-progress:
+	case <-ended:
+		return from, to, errors.New("hop sample window: pgbench printed no progress report")
+	case <-ctx.Done():
+		return from, to, ctx.Err()
+	}
+	s0, err := sampleHop(w.pid)
+	if err != nil {
+		return from, to, fmt.Errorf("hop sample window: %w", err)
+	}
+	select {
+	case <-time.After(w.length):
+	case <-ended:
+		return from, to, fmt.Errorf("hop sample window: pgbench ended within %v of its first progress report", w.length)
+	case <-ctx.Done():
+		return from, to, ctx.Err()
+	}
+	s1, err := sampleHop(w.pid)
+	if err != nil {
+		return from, to, fmt.Errorf("hop sample window: %w", err)
+	}
+	w.delta = diffSamples(s0, s1)
+	return s0.at, s1.at, nil
 }
 
 // parsePgbench reads the transaction count and TPS from pgbench's output,
@@ -149,6 +242,65 @@ func appendLatencies(lat []float64, file string) ([]float64, error) {
 	return lat, sc.Err()
 }
 
+// windowTx counts the transactions in pgbench's per-transaction logs in
+// dir that completed between from and to (Unix µs; fields 5 and 6 of a
+// line are the completion time in seconds and µs). Every client must also
+// have completed one before from and one after to: all the connections
+// were open through the window.
+func windowTx(dir string, from, to int64) (int64, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "tx.*"))
+	if err != nil || len(files) == 0 {
+		return 0, fmt.Errorf("no pgbench transaction logs in %s", dir)
+	}
+	type span struct{ first, last int64 }
+	clients := map[string]span{}
+	var n int64
+	for _, file := range files {
+		f, err := os.Open(file)
+		if err != nil {
+			return 0, err
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 6 {
+				continue
+			}
+			sec, err1 := strconv.ParseInt(fields[4], 10, 64)
+			usec, err2 := strconv.ParseInt(fields[5], 10, 64)
+			if err1 != nil || err2 != nil {
+				f.Close()
+				return 0, fmt.Errorf("%s: bad time stamp %q %q", file, fields[4], fields[5])
+			}
+			t := sec*1e6 + usec
+			if t >= from && t <= to {
+				n++
+			}
+			s, ok := clients[fields[0]]
+			if !ok {
+				s = span{t, t}
+			}
+			s.first, s.last = min(s.first, t), max(s.last, t)
+			clients[fields[0]] = s
+		}
+		err = sc.Err()
+		f.Close()
+		if err != nil {
+			return 0, err
+		}
+	}
+	for c, s := range clients {
+		if s.first > from || s.last < to {
+			return 0, fmt.Errorf("client %s completed transactions only from %+.3fs to %+.3fs of the window's start (window: %.3fs)",
+				c, float64(s.first-from)/1e6, float64(s.last-from)/1e6, float64(to-from)/1e6)
+		}
+	}
+	if n == 0 {
+		return 0, errors.New("no transaction completed inside the window")
+	}
+	return n, nil
+}
+
 // percentile returns the nearest-rank p-quantile of v (sorting v).
 func percentile(v []float64, p float64) float64 {
 	sort.Float64s(v)
@@ -172,37 +324,23 @@ func seconds(d time.Duration) string {
 	return strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second)))
 }
 
-// cpuSeconds is the user+system CPU time of process pid, all its threads.
-func (b *bench) cpuSeconds(pid int) (float64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	ticks, err := parseStatTicks(raw)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return ticks / b.clkTck, nil
-}
-
-// parseStatTicks reads utime+stime, in clock ticks, from the contents of
-// /proc/PID/stat. The command name, in parentheses, may hold spaces and
-// parentheses itself: the fields are counted from the last ')'.
-func parseStatTicks(raw []byte) (float64, error) {
+// parseStatPPid reads the parent PID from the contents of /proc/PID/stat.
+// The command name, in parentheses, may hold spaces and parentheses
+// itself: the fields are counted from the last ')'.
+func parseStatPPid(raw []byte) (int, error) {
 	i := bytes.LastIndexByte(raw, ')')
 	if i < 0 {
 		return 0, errors.New("unexpected format")
 	}
 	f := strings.Fields(string(raw[i+1:]))
-	if len(f) < 13 {
+	if len(f) < 2 {
 		return 0, errors.New("too few fields")
 	}
-	utime, err1 := strconv.ParseFloat(f[11], 64)
-	stime, err2 := strconv.ParseFloat(f[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("bad utime/stime %q %q", f[11], f[12])
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return 0, fmt.Errorf("bad parent PID %q", f[1])
 	}
-	return utime + stime, nil
+	return ppid, nil
 }
 
 // rssKiB is VmRSS of process pid in KiB.
@@ -234,52 +372,70 @@ func fdCount(pid int) (int, error) {
 	return len(ents), err
 }
 
-// measureSelect runs pgbench -S for -duration at 8 clients (measuring the
-// hop's CPU time per transaction) and at 64 clients.
+// selectClients are the client counts of the select-only runs.
+var selectClients = []int{1, 8, 64}
+
+// selectMetrics are the figures of one select-only run.
+type selectMetrics struct {
+	tps, lat, p99         string
+	cpu, ctxVol, ctxInvol string // hop side
+}
+
+// selectMetricIDs names the figures of the run at each client count.
+var selectMetricIDs = map[int]selectMetrics{
+	1:  {mTPS1, mLat1, mP99x1, mCPUTx1, mCtxVol1, mCtxInvol1},
+	8:  {mTPS8, mLat8, mP99x8, mCPUTx8, mCtxVol8, mCtxInvol8},
+	64: {mTPS64, mLat64, mP99x64, mCPUTx64, mCtxVol64, mCtxInvol64},
+}
+
+// measureSelect runs pgbench -S for -duration at 1, 8 and 64 clients,
+// and, through a hop, measures the hop's CPU time and context switches
+// per transaction while every client is connected (see hopWindow).
 func (b *bench) measureSelect(ctx context.Context, h *hop, rec recorder) error {
 	secs := seconds(b.o.duration)
-	var cpu0 float64
-	var err error
-	if h.proc != nil {
-		if cpu0, err = b.cpuSeconds(h.proc.Pid()); err != nil {
-			return err
+	for _, c := range selectClients {
+		m := selectMetricIDs[c]
+		var w *hopWindow
+		if h.proc != nil {
+			w = newHopWindow(h.proc.Pid(), b.o.duration)
 		}
-	}
-	r8, err := b.pgbench(ctx, h.ep, true, "-S", "-n", "-c", "8", "-j", "2", "-T", secs)
-	if err != nil {
-		return err
-	}
-	rec.set(mTPS8, r8.tps)
-	rec.set(mLat8, r8.latAvg)
-	rec.set(mP99x8, r8.latP99)
-	cpuNote := ""
-	if h.proc != nil {
-		cpu1, err := b.cpuSeconds(h.proc.Pid())
+		// -P 1 on every path, so that all run alike; only hops use it.
+		args := []string{"-S", "-n", "-c", strconv.Itoa(c), "-j", strconv.Itoa(min(c, 2)), "-T", secs}
+		if w == nil {
+			args = append(args, "-P", "1")
+		}
+		r, err := b.pgbench(ctx, h.ep, true, w, args...)
 		if err != nil {
-			return err
+			return fmt.Errorf("%d clients: %w", c, err)
 		}
-		if cpu1 <= cpu0 {
-			return fmt.Errorf("hop CPU time did not grow during the 8-client run (%.2fs → %.2fs)", cpu0, cpu1)
+		rec.set(m.tps, r.tps)
+		rec.set(m.lat, r.latAvg)
+		rec.set(m.p99, r.latP99)
+		note := ""
+		if w != nil {
+			d := w.delta
+			perTx := func(v int64) float64 { return float64(v) / float64(w.tx) }
+			cpu := float64(d.cpu().Nanoseconds()) / 1e3 / float64(w.tx)
+			rec.set(m.cpu, cpu)
+			if err := d.ctxComplete(); err != nil {
+				rec.failMetric(m.ctxVol, err)
+				rec.failMetric(m.ctxInvol, err)
+			} else {
+				rec.set(m.ctxVol, perTx(d.vol))
+				rec.set(m.ctxInvol, perTx(d.invol))
+			}
+			note = fmt.Sprintf("; hop %.1f µs/tx, %.2f + %.2f ctx switches/tx over %d tx in %.1fs (%s)",
+				cpu, perTx(d.vol), perTx(d.invol), w.tx, w.span.Seconds(), d)
 		}
-		rec.set(mCPUTx, (cpu1-cpu0)*1e6/float64(r8.tx))
-		cpuNote = fmt.Sprintf(", hop %.1f µs/tx", (cpu1-cpu0)*1e6/float64(r8.tx))
+		logf("    select %2d client(s): %.0f tps, avg %.3f ms, p99 %.3f ms%s", c, r.tps, r.latAvg, r.latP99, note)
 	}
-	logf("    select  8 clients: %.0f tps, avg %.3f ms, p99 %.3f ms%s", r8.tps, r8.latAvg, r8.latP99, cpuNote)
-	r64, err := b.pgbench(ctx, h.ep, true, "-S", "-n", "-c", "64", "-j", "2", "-T", secs)
-	if err != nil {
-		return err
-	}
-	rec.set(mTPS64, r64.tps)
-	rec.set(mLat64, r64.latAvg)
-	rec.set(mP99x64, r64.latP99)
-	logf("    select 64 clients: %.0f tps, avg %.3f ms, p99 %.3f ms", r64.tps, r64.latAvg, r64.latP99)
 	return nil
 }
 
 // measureConnRate runs pgbench -S -C (a new connection per transaction)
 // at 8 clients for -duration.
 func (b *bench) measureConnRate(ctx context.Context, h *hop, rec recorder) error {
-	r, err := b.pgbench(ctx, h.ep, false, "-S", "-n", "-C", "-c", "8", "-j", "2", "-T", seconds(b.o.duration))
+	r, err := b.pgbench(ctx, h.ep, false, nil, "-S", "-n", "-C", "-c", "8", "-j", "2", "-T", seconds(b.o.duration))
 	if err != nil {
 		return err
 	}
@@ -334,7 +490,7 @@ func (b *bench) measureStrace(ctx context.Context, h *hop, rec recorder) error {
 		return fmt.Errorf("strace did not attach to pid %d within 10s", h.proc.Pid())
 	}
 	_ = harness.Sleep(ctx, 300*time.Millisecond)
-	r, err := b.pgbench(ctx, h.ep, false, "-S", "-n", "-c", "8", "-j", "2", "-t", strconv.Itoa(b.o.straceTx))
+	r, err := b.pgbench(ctx, h.ep, false, nil, "-S", "-n", "-c", "8", "-j", "2", "-t", strconv.Itoa(b.o.straceTx))
 	// strace's exit status after SIGINT says little; its summary is checked.
 	_ = stopStrace()
 	if err != nil {
@@ -533,13 +689,13 @@ func (b *bench) measureCopy(ctx context.Context, h *hop, rec recorder) error {
 	return b.cluster.Exec(ctx, "TRUNCATE copy_in")
 }
 
-// timed runs fn and returns its wall time and the hop's CPU seconds
-// during it (0 without a hop process).
-func (b *bench) timed(_ context.Context, h *hop, fn func() error) (time.Duration, float64, error) {
-	var cpu0, cpu1 float64
+// timed runs fn and returns its wall time and the hop's CPU time during
+// it (0 without a hop process), counted as in hopWindow.
+func (b *bench) timed(_ context.Context, h *hop, fn func() error) (time.Duration, time.Duration, error) {
+	var s0 hopSample
 	var err error
 	if h.proc != nil {
-		if cpu0, err = b.cpuSeconds(h.proc.Pid()); err != nil {
+		if s0, err = sampleHop(h.proc.Pid()); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -548,24 +704,30 @@ func (b *bench) timed(_ context.Context, h *hop, fn func() error) (time.Duration
 		return 0, 0, err
 	}
 	el := time.Since(start)
+	var cpu time.Duration
 	if h.proc != nil {
-		if cpu1, err = b.cpuSeconds(h.proc.Pid()); err != nil {
+		s1, err := sampleHop(h.proc.Pid())
+		if err != nil {
 			return 0, 0, err
 		}
-		if cpu1 <= cpu0 {
-			return 0, 0, fmt.Errorf("hop CPU time did not grow (%.2fs → %.2fs)", cpu0, cpu1)
+		d := diffSamples(s0, s1)
+		if cpu = d.cpu(); cpu <= 0 {
+			return 0, 0, fmt.Errorf("hop CPU time did not grow (%s)", d)
+		}
+		if b.o.verbose {
+			logf("    hop: %s", d)
 		}
 	}
-	return el, cpu1 - cpu0, nil
+	return el, cpu, nil
 }
 
 // recordCopy records one COPY direction's throughput and hop CPU per GB.
-func (b *bench) recordCopy(rec recorder, h *hop, what, rateMetric, cpuMetric string, n int64, el time.Duration, cpu float64) {
+func (b *bench) recordCopy(rec recorder, h *hop, what, rateMetric, cpuMetric string, n int64, el, cpu time.Duration) {
 	rate := float64(n) / 1e6 / el.Seconds()
 	rec.set(rateMetric, rate)
 	note := ""
 	if h.proc != nil {
-		perGB := cpu / (float64(n) / 1e9)
+		perGB := cpu.Seconds() / (float64(n) / 1e9)
 		rec.set(cpuMetric, perGB)
 		note = fmt.Sprintf(", hop %.2f CPU s/GB", perGB)
 	}

@@ -331,34 +331,33 @@ func TestPercentileMedian(t *testing.T) {
 	}
 }
 
-// statPostgres is /proc/PID/stat of a PostgreSQL 15 postmaster (utime 11,
-// stime 28 ticks).
+// statPostgres is /proc/PID/stat of a PostgreSQL 15 postmaster (parent
+// 1).
 const statPostgres = `32360 (postgres) S 1 32360 32360 0 -1 4194304 5304 86602 0 2 11 28 501 413 20 0 1 0 826757 222330880 7288 18446744073709551615 94775949414400 94775954827689 140729710953408 0 0 0 0 24129536 84487 1 0 0 17 1 0 0 0 0 0 94775957293232 94775957510538 94776073351168 140729710954688 140729710954801 140729710954801 140729710956500 0
 `
 
-// statOddName is /proc/PID/stat of a copy of yes(1) named "pg) (x y",
-// after 0.7 s of writing to /dev/null (utime 25, stime 38): counting from
-// the first ')' would read minflt's neighbours instead.
+// statOddName is /proc/PID/stat of a copy of yes(1) named "pg) (x y"
+// (parent 1993): counting from the first ')' would read the wrong fields.
 const statOddName = `1994 (pg) (x y) R 1993 1989 25661 0 -1 4194304 140 0 0 0 25 38 0 0 20 0 1 0 836263 2990080 402 18446744073709551615 94511430660096 94511430677065 140721314826528 0 0 0 0 6 0 0 0 0 17 1 0 0 0 0 0 94511430692112 94511430693344 94512249987072 140721314834902 140721314834931 140721314834931 140721314836443 0
 `
 
-func TestParseStatTicks(t *testing.T) {
+func TestParseStatPPid(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		in      string
-		ticks   float64
+		ppid    int
 		wantErr bool
 	}{
-		{"postgres", statPostgres, 39, false},
-		{"a name with parentheses and spaces", statOddName, 63, false},
+		{"postgres", statPostgres, 1, false},
+		{"a name with parentheses and spaces", statOddName, 1993, false},
 		{"no parenthesis", "garbage", 0, true},
-		{"cut short", "1994 (yes) R 1993 1989 25661 0 -1 4194304 140", 0, true},
-		{"not numbers", "1 (x) R 1 1 1 0 -1 4194304 140 0 0 0 a b 0 0", 0, true},
+		{"cut short", "1994 (yes) R", 0, true},
+		{"not a number", "1 (x) R x 1 1 0", 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseStatTicks([]byte(tc.in))
-			if (err != nil) != tc.wantErr || got != tc.ticks {
-				t.Errorf("parseStatTicks = %v, %v; want %v (error: %v)", got, err, tc.ticks, tc.wantErr)
+			got, err := parseStatPPid([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.ppid {
+				t.Errorf("parseStatPPid = %v, %v; want %v (error: %v)", got, err, tc.ppid, tc.wantErr)
 			}
 		})
 	}

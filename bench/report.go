@@ -13,13 +13,24 @@ import (
 
 // Metric identifiers.
 const (
+	mTPS1       = "tps1"
+	mLat1       = "lat1"
+	mP99x1      = "p99x1"
 	mTPS8       = "tps8"
 	mLat8       = "lat8"
 	mP99x8      = "p99x8"
 	mTPS64      = "tps64"
 	mLat64      = "lat64"
 	mP99x64     = "p99x64"
-	mCPUTx      = "cputx"
+	mCPUTx1     = "cputx1"
+	mCPUTx8     = "cputx8"
+	mCPUTx64    = "cputx64"
+	mCtxVol1    = "ctxvol1"
+	mCtxVol8    = "ctxvol8"
+	mCtxVol64   = "ctxvol64"
+	mCtxInvol1  = "ctxinvol1"
+	mCtxInvol8  = "ctxinvol8"
+	mCtxInvol64 = "ctxinvol64"
 	mSysTx      = "systx"
 	mSysTop     = "systop"
 	mConnRate   = "connrate"
@@ -50,13 +61,24 @@ type metricDef struct {
 
 // metricDefs are the report's rows, in order.
 var metricDefs = []metricDef{
+	{id: mTPS1, label: "select TPS, 1 client ↑", stage: stSelect},
+	{id: mLat1, label: "latency avg ms, 1 client ↓", stage: stSelect, digits: 3},
+	{id: mP99x1, label: "latency p99 ms, 1 client ↓", stage: stSelect, digits: 3},
 	{id: mTPS8, label: "select TPS, 8 clients ↑", stage: stSelect},
 	{id: mLat8, label: "latency avg ms, 8 clients ↓", stage: stSelect, digits: 3},
 	{id: mP99x8, label: "latency p99 ms, 8 clients ↓", stage: stSelect, digits: 3},
 	{id: mTPS64, label: "select TPS, 64 clients ↑", stage: stSelect},
 	{id: mLat64, label: "latency avg ms, 64 clients ↓", stage: stSelect, digits: 3},
 	{id: mP99x64, label: "latency p99 ms, 64 clients ↓", stage: stSelect, digits: 3},
-	{id: mCPUTx, label: "hop CPU µs/tx, 8 clients ↓", stage: stSelect, digits: 1, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCPUTx1, label: "hop CPU µs/tx (schedstat), 1 client ↓", stage: stSelect, digits: 1, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCPUTx8, label: "hop CPU µs/tx (schedstat), 8 clients ↓", stage: stSelect, digits: 1, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCPUTx64, label: "hop CPU µs/tx (schedstat), 64 clients ↓", stage: stSelect, digits: 1, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxVol1, label: "hop voluntary ctx switches/tx, 1 client ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxVol8, label: "hop voluntary ctx switches/tx, 8 clients ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxVol64, label: "hop voluntary ctx switches/tx, 64 clients ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxInvol1, label: "hop involuntary ctx switches/tx, 1 client ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxInvol8, label: "hop involuntary ctx switches/tx, 8 clients ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCtxInvol64, label: "hop involuntary ctx switches/tx, 64 clients ↓", stage: stSelect, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
 	{id: mSysTx, label: "hop syscalls/tx (strace -c -f) ↓", stage: stStrace, digits: 1, hopSide: true, directNA: "n/a (no hop)"},
 	{id: mSysTop, label: "hop top 3 syscalls (calls/tx)", stage: stStrace, hopSide: true, directNA: "n/a (no hop)", text: true},
 	{id: mConnRate, label: "new connections/s (pgbench -C, 8 clients) ↑", stage: stConnRate},
@@ -65,9 +87,9 @@ var metricDefs = []metricDef{
 	{id: mTTFQD, label: "time to first query, %s RTT, median ms ↓", short: "time to first query (delayed)", stage: stTTFQDelayed, digits: 1},
 	{id: mTTFQDp99, label: "time to first query, %s RTT, p99 ms ↓", stage: stTTFQDelayed, digits: 1},
 	{id: mCopyOut, label: "COPY TO STDOUT MB/s ↑", stage: stCopy},
-	{id: mCopyOutCPU, label: "COPY TO hop CPU s/GB ↓", stage: stCopy, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCopyOutCPU, label: "COPY TO hop CPU s/GB (schedstat) ↓", stage: stCopy, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
 	{id: mCopyIn, label: "COPY FROM STDIN MB/s ↑", stage: stCopy},
-	{id: mCopyInCPU, label: "COPY FROM hop CPU s/GB ↓", stage: stCopy, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
+	{id: mCopyInCPU, label: "COPY FROM hop CPU s/GB (schedstat) ↓", stage: stCopy, digits: 2, hopSide: true, directNA: "n/a (no hop)"},
 	{id: mIdle, label: "hop RSS KiB per idle connection ↓", stage: stIdle, digits: 1, hopSide: true, directNA: "n/a (server side)"},
 }
 
@@ -110,6 +132,16 @@ func (res *results) fail(r int, path string, st stage, err error) {
 	res.errs = append(res.errs, fmt.Sprintf("round %d, %s, %s: %v", r+1, path, stageNames[st], err))
 }
 
+// failMetric marks one figure of path as failed in round r (the other
+// figures of its stage stand).
+func (res *results) failMetric(r int, path, metric string, err error) {
+	if res.failed[path] == nil {
+		res.failed[path] = map[string]bool{}
+	}
+	res.failed[path][metric] = true
+	res.errs = append(res.errs, fmt.Sprintf("round %d, %s, %s: %v", r+1, path, metricByID[metric].label, err))
+}
+
 // errorCount is the number of failed measurements.
 func (res *results) errorCount() int { return len(res.errs) }
 
@@ -133,6 +165,11 @@ func (r recorder) set(metric string, v float64) {
 		r.res.vals[r.path][metric] = map[int]float64{}
 	}
 	r.res.vals[r.path][metric][r.round] = v
+}
+
+// failMetric marks one figure as failed.
+func (r recorder) failMetric(metric string, err error) {
+	r.res.failMetric(r.round, r.path, metric, err)
 }
 
 // setText records a text figure (the last round's wins).

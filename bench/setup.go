@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/bench/delayproxy"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // extraConf is appended to the cluster's postgresql.conf: room for the
@@ -37,16 +38,15 @@ type bench struct {
 	cl         *harness.Cleanups
 	work       string // work directory (mode 0755: PgBouncer runs as postgres)
 	rootFile   string // the test root CA, the only trust anchor of every path
-	pki        *harness.PKI
+	pki        *testpki.PKI
 	cluster    *harness.Cluster
 	bin        string // pgverifyproxy binary
 	hasPrewarm bool   // the binary knows --prewarm
 	tools      tools
 	postgres   *syscall.Credential // the unprivileged user PgBouncer runs as
-	clkTck     float64
-	delay      *delayproxy.Proxy // the cluster behind a simulated RTT
-	machine    []string          // report header lines
-	seq        int               // numbers log files and directories
+	delay      *delayproxy.Proxy   // the cluster behind a simulated RTT
+	machine    []string            // report header lines
+	seq        int                 // numbers log files and directories
 }
 
 // tools are the external programs the bench runs.
@@ -94,10 +94,10 @@ func clearPGEnv() {
 	}
 }
 
-// setupTools finds pgbench, PgBouncer, stunnel and strace, and reads
-// CLK_TCK. The bench installs nothing: when a program is missing it stops
-// with the apt-get command that installs it.
-func (b *bench) setupTools(ctx context.Context) error {
+// setupTools finds pgbench, PgBouncer, stunnel and strace. The bench
+// installs nothing: when a program is missing it stops with the apt-get
+// command that installs it.
+func (b *bench) setupTools(context.Context) error {
 	binDir, err := harness.FindBinDir()
 	if err != nil {
 		return err
@@ -122,13 +122,6 @@ func (b *bench) setupTools(ctx context.Context) error {
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("missing %s; install with:\n\n    %s", strings.Join(missing, ", "), installCommand(missing, os.Geteuid() == 0))
-	}
-	out, err := exec.CommandContext(ctx, "getconf", "CLK_TCK").Output()
-	if err != nil {
-		return fmt.Errorf("getconf CLK_TCK: %w", err)
-	}
-	if b.clkTck, err = strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err != nil || b.clkTck <= 0 {
-		return fmt.Errorf("getconf CLK_TCK: unexpected %q", out)
 	}
 	return nil
 }
@@ -191,11 +184,11 @@ func (b *bench) setupWorkDir(context.Context) error {
 // setupPKI generates the test PKI and writes the root to root.crt.
 func (b *bench) setupPKI(context.Context) error {
 	var err error
-	if b.pki, err = harness.NewPKI(); err != nil {
+	if b.pki, err = testpki.NewPKI(); err != nil {
 		return err
 	}
 	b.rootFile = filepath.Join(b.work, "root.crt")
-	return harness.WritePEMFile(b.rootFile, b.pki.Root.CertPEM)
+	return testpki.WritePEMFile(b.rootFile, b.pki.Root.CertPEM)
 }
 
 // setupBinary builds pgverifyproxy with -trimpath (unless -bin names one)
@@ -259,6 +252,10 @@ func (b *bench) setupData(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgbench -i: %w\n%s", err, tail(string(out), 20))
 	}
+	if b.o.focus == "select" {
+		// No COPY: only the pgbench tables, readable by the test users.
+		return b.cluster.Exec(ctx, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+harness.MD5User+", "+harness.ScramUser)
+	}
 	rows := (int64(b.o.copyMB)*1e6 + copyRowMin - 1) / copyRowMin
 	logf("creating copy_src: %d rows (>= %d MB of COPY text)", rows, b.o.copyMB)
 	conn, err := pgx.Connect(ctx, b.cluster.AdminConnString())
@@ -290,6 +287,9 @@ func (b *bench) setupData(ctx context.Context) error {
 // setupDelay starts the delay proxy in front of the cluster: half the RTT
 // each way, plus one RTT for each new connection's simulated handshake.
 func (b *bench) setupDelay(context.Context) error {
+	if b.o.focus == "select" {
+		return nil // no delayed figures
+	}
 	p, err := delayproxy.Start("127.0.0.1:0", b.cluster.Addr(), b.o.rtt/2, true)
 	if err != nil {
 		return err

@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// AIA completion limits (DESIGN.md, "Trust model of the chain").
+// AIA completion limits (docs/trust-model.md, "What the AIA fetcher contacts").
 const (
 	// AIATimeout bounds one caIssuers fetch.
 	AIATimeout = 10 * time.Second

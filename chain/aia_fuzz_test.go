@@ -3,31 +3,11 @@ package chain_test
 import (
 	"bytes"
 	"encoding/pem"
-	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
-
-// writeFuzzSeeds writes one-argument ([]byte) corpus files of a fuzz target
-// when PGVP_FUZZ_WRITE_SEEDS is set (seeds are generated certificates).
-func writeFuzzSeeds(f *testing.F, seeds map[string][]byte) {
-	if os.Getenv("PGVP_FUZZ_WRITE_SEEDS") == "" {
-		return
-	}
-	dir := filepath.Join("testdata", "fuzz", f.Name())
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		f.Fatal(err)
-	}
-	for name, b := range seeds {
-		if err := os.WriteFile(filepath.Join(dir, "seed_"+name), fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", b), 0o644); err != nil {
-			f.Fatal(err)
-		}
-	}
-}
 
 // FuzzParseCertificates fuzzes the parser of AIA caIssuers answers (DER,
 // PEM, PKCS#7 certs-only in DER or PEM). It checks that it never panics;
@@ -37,11 +17,11 @@ func writeFuzzSeeds(f *testing.F, seeds map[string][]byte) {
 // that an input that is one DER certificate parses to exactly that
 // certificate, as does its PEM encoding.
 func FuzzParseCertificates(f *testing.F) {
-	root, err := harness.NewRootCA("fuzz root")
+	root, err := testpki.NewRootCA("fuzz root")
 	if err != nil {
 		f.Fatal(err)
 	}
-	inter, err := harness.NewIntermediateCA(root, "fuzz inter")
+	inter, err := testpki.NewIntermediateCA(root, "fuzz inter")
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -33,66 +33,13 @@ import (
 	"unicode"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
-
-// aiaServer is a loopback HTTP server answering fixed bodies by path and
-// counting the requests per path; unknown paths answer 404.
-type aiaServer struct {
-	*httptest.Server
-	mu     sync.Mutex
-	hits   map[string]int
-	bodies map[string][]byte
-}
-
-func newAIAServer(t *testing.T) *aiaServer {
-	t.Helper()
-	s := &aiaServer{hits: map[string]int{}, bodies: map[string][]byte{}}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		s.hits[r.URL.Path]++
-		body, ok := s.bodies[r.URL.Path]
-		s.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		_, _ = w.Write(body)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// url returns the absolute URL of path (which starts with "/").
-func (s *aiaServer) url(path string) string { return s.URL + path }
-
-// serve makes path answer body.
-func (s *aiaServer) serve(path string, body []byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.bodies[path] = body
-}
-
-func (s *aiaServer) count(path string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hits[path]
-}
-
-func (s *aiaServer) total() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, c := range s.hits {
-		n += c
-	}
-	return n
-}
 
 // newCA makes a CA certificate issued by parent (self-signed when parent is
 // nil) with the given path length (-1: unlimited) and caIssuers URLs. The
-// harness CAs have MaxPathLen 1/0, too short for two intermediates.
-func newCA(t *testing.T, parent *harness.Cert, cn string, maxPathLen int, aia []string) *harness.Cert {
+// testpki CAs have MaxPathLen 1/0, too short for two intermediates.
+func newCA(t *testing.T, parent *testpki.Cert, cn string, maxPathLen int, aia []string) *testpki.Cert {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -127,70 +74,11 @@ func newCA(t *testing.T, parent *harness.Cert, cn string, maxPathLen int, aia []
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness.Cert{Cert: cert, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-func must[T any](t *testing.T) func(T, error) T {
-	return func(v T, err error) T {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-}
-
-func leafWithAIA(t *testing.T, parent *harness.Cert, aia ...string) *harness.Cert {
-	t.Helper()
-	return must[*harness.Cert](t)(harness.IssueLeaf(parent, harness.LeafOptions{CommonName: "db.example.test", DNSNames: []string{"db.example.test"}, AIA: aia}))
-}
-
-// pkcs7CertsOnly builds a degenerate (certs-only) PKCS#7 SignedData in DER:
-// ContentInfo{signedData, [0] EXPLICIT SignedData{1, {}, {data}, [0] IMPLICIT certs, {}}}.
-func pkcs7CertsOnly(t *testing.T, certs ...*harness.Cert) []byte {
-	t.Helper()
-	var raw []byte
-	for _, c := range certs {
-		raw = append(raw, c.Cert.Raw...)
-	}
-	emptySet := asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSet, IsCompound: true}
-	sd := struct {
-		Version          int
-		DigestAlgorithms asn1.RawValue
-		ContentInfo      struct{ ContentType asn1.ObjectIdentifier }
-		Certificates     asn1.RawValue
-		SignerInfos      asn1.RawValue
-	}{
-		Version:          1,
-		DigestAlgorithms: emptySet,
-		Certificates:     asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: raw},
-		SignerInfos:      emptySet,
-	}
-	sd.ContentInfo.ContentType = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1}
-	sdDER, err := asn1.Marshal(sd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ci := struct {
-		ContentType asn1.ObjectIdentifier
-		Content     asn1.RawValue
-	}{
-		ContentType: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 2},
-		Content:     asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: sdDER},
-	}
-	der, err := asn1.Marshal(ci)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
-func pemPKCS7(der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "PKCS7", Bytes: der})
+	return &testpki.Cert{Cert: cert, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
 // opensslPKCS7 runs `openssl crl2pkcs7 -nocrl -certfile inter.pem -outform <form>`.
-func opensslPKCS7(t *testing.T, form string, certs ...*harness.Cert) []byte {
+func opensslPKCS7(t *testing.T, form string, certs ...*testpki.Cert) []byte {
 	t.Helper()
 	bin, err := exec.LookPath("openssl")
 	if err != nil {
@@ -216,43 +104,10 @@ func opensslPKCS7(t *testing.T, form string, certs ...*harness.Cert) []byte {
 	return data
 }
 
-func names(certs []*x509.Certificate) string {
-	var s []string
-	for _, c := range certs {
-		s = append(s, c.Subject.CommonName)
-	}
-	return "[" + strings.Join(s, ", ") + "]"
-}
-
-// wantCerts checks got is exactly want, in order.
-func wantCerts(t *testing.T, got []*x509.Certificate, want ...*harness.Cert) {
-	t.Helper()
-	ok := len(got) == len(want)
-	for i := 0; ok && i < len(got); i++ {
-		ok = bytes.Equal(got[i].Raw, want[i].Cert.Raw)
-	}
-	if !ok {
-		var w []*x509.Certificate
-		for _, c := range want {
-			w = append(w, c.Cert)
-		}
-		t.Fatalf("fetched %s, want %s", names(got), names(w))
-	}
-}
-
-func verifyLeaf(leaf *x509.Certificate, roots *x509.CertPool, intermediates ...*x509.Certificate) error {
-	pool := x509.NewCertPool()
-	for _, c := range intermediates {
-		pool.AddCert(c)
-	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, DNSName: "db.example.test"})
-	return err
-}
-
 func TestCompleteAnswerFormats(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia inter", nil))
 	leaf := leafWithAIA(t, inter, srv.url("/inter"))
 	tests := []struct {
 		name string
@@ -271,15 +126,15 @@ func TestCompleteAnswerFormats(t *testing.T) {
 			srv.serve("/inter", tt.body)
 			// A fresh Completer per case: the cache must not hide the format.
 			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 			if err != nil {
 				t.Fatalf("Complete: %v", err)
 			}
 			wantCerts(t, got, inter)
-			if err := verifyLeaf(leaf.Cert, harness.Pool(root), got...); err != nil {
+			if err := verifyLeaf(leaf.Cert, testpki.Pool(root), got...); err != nil {
 				t.Fatalf("leaf does not verify with the fetched intermediate: %v", err)
 			}
-			if err := verifyLeaf(leaf.Cert, harness.Pool(root)); err == nil {
+			if err := verifyLeaf(leaf.Cert, testpki.Pool(root)); err == nil {
 				t.Fatal("leaf verifies without the intermediate: the test proves nothing")
 			}
 		})
@@ -297,15 +152,15 @@ func TestCompleteTwoLevels(t *testing.T) {
 	srv.serve("/inter2", inter2.Cert.Raw)
 
 	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
 	wantCerts(t, got, inter2, inter1)
-	if err := verifyLeaf(leaf.Cert, harness.Pool(root), got...); err != nil {
+	if err := verifyLeaf(leaf.Cert, testpki.Pool(root), got...); err != nil {
 		t.Fatalf("leaf does not verify with the fetched chain: %v", err)
 	}
-	if err := verifyLeaf(leaf.Cert, harness.Pool(root), inter2.Cert); err == nil {
+	if err := verifyLeaf(leaf.Cert, testpki.Pool(root), inter2.Cert); err == nil {
 		t.Fatal("leaf verifies with inter2 alone: the test proves nothing")
 	}
 	if n := srv.count("/root"); n != 0 {
@@ -317,7 +172,7 @@ func TestCompleteMaxDepth(t *testing.T) {
 	srv := newAIAServer(t)
 	// root <- i1 <- i2 <- i3 <- i4 <- i5 <- leaf, each AIA served.
 	root := newCA(t, nil, "aia deep root", -1, nil)
-	cas := []*harness.Cert{root}
+	cas := []*testpki.Cert{root}
 	for i := 1; i <= chain.AIAMaxDepth+1; i++ {
 		parentPath := "/ca" + strconv.Itoa(i-1)
 		ca := newCA(t, cas[i-1], "aia deep i"+strconv.Itoa(i), -1, []string{srv.url(parentPath)})
@@ -329,12 +184,12 @@ func TestCompleteMaxDepth(t *testing.T) {
 	leaf := leafWithAIA(t, cas[last], srv.url("/ca"+strconv.Itoa(last)))
 
 	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err != nil {
 		t.Fatalf("Complete: %v", err)
 	}
 	// AIAMaxDepth levels: i5, i4, i3, i2; i1 is one level too far.
-	var want []*harness.Cert
+	var want []*testpki.Cert
 	for i := last; i > last-chain.AIAMaxDepth; i-- {
 		want = append(want, cas[i])
 	}
@@ -345,64 +200,64 @@ func TestCompleteMaxDepth(t *testing.T) {
 }
 
 func TestCompleteLoops(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia loop root"))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia loop root"))
 	tests := []struct {
 		name string
 		// build returns the leaf and the certificates Complete must return.
-		build     func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert)
+		build     func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert)
 		wantPaths []string // each requested exactly once
 	}{
 		{
 			name: "two intermediates pointing at each other (same URLs)",
-			build: func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert) {
-				a := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop A", []string{srv.url("/b")}))
-				b := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop B", []string{srv.url("/a")}))
+			build: func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert) {
+				a := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop A", []string{srv.url("/b")}))
+				b := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop B", []string{srv.url("/a")}))
 				srv.serve("/a", a.Cert.Raw)
 				srv.serve("/b", b.Cert.Raw)
 				// B answers A's URL but is not A's issuer: not followed.
-				return leafWithAIA(t, a, srv.url("/a")), []*harness.Cert{a}
+				return leafWithAIA(t, a, srv.url("/a")), []*testpki.Cert{a}
 			},
 			wantPaths: []string{"/a", "/b"},
 		},
 		{
 			name: "two intermediates pointing at each other (distinct URLs, same certificate)",
-			build: func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert) {
-				a := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop A", []string{srv.url("/b")}))
-				b := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop B", []string{srv.url("/a-again")}))
+			build: func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert) {
+				a := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop A", []string{srv.url("/b")}))
+				b := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop B", []string{srv.url("/a-again")}))
 				srv.serve("/a", a.Cert.Raw)
 				srv.serve("/a-again", a.CertPEM)
 				srv.serve("/b", b.Cert.Raw)
-				return leafWithAIA(t, a, srv.url("/a")), []*harness.Cert{a}
+				return leafWithAIA(t, a, srv.url("/a")), []*testpki.Cert{a}
 			},
 			wantPaths: []string{"/a", "/b"},
 		},
 		{
 			name: "issuer whose AIA points at itself",
-			build: func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert) {
-				i := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop self", []string{srv.url("/i")}))
+			build: func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert) {
+				i := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop self", []string{srv.url("/i")}))
 				srv.serve("/i", i.Cert.Raw)
-				return leafWithAIA(t, i, srv.url("/i")), []*harness.Cert{i}
+				return leafWithAIA(t, i, srv.url("/i")), []*testpki.Cert{i}
 			},
 			wantPaths: []string{"/i"},
 		},
 		{
 			name: "issuer whose AIA serves the leaf back",
-			build: func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert) {
-				i := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop back", []string{srv.url("/leaf")}))
+			build: func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert) {
+				i := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop back", []string{srv.url("/leaf")}))
 				srv.serve("/i", i.Cert.Raw)
 				leaf := leafWithAIA(t, i, srv.url("/i"))
 				srv.serve("/leaf", leaf.Cert.Raw)
-				return leaf, []*harness.Cert{i}
+				return leaf, []*testpki.Cert{i}
 			},
 			wantPaths: []string{"/i", "/leaf"},
 		},
 		{
 			name: "bundle repeating the issuer",
-			build: func(t *testing.T, srv *aiaServer) (*harness.Cert, []*harness.Cert) {
-				i := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "loop dup", []string{srv.url("/i")}))
+			build: func(t *testing.T, srv *aiaServer) (*testpki.Cert, []*testpki.Cert) {
+				i := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "loop dup", []string{srv.url("/i")}))
 				srv.serve("/i", bytes.Join([][]byte{i.CertPEM, i.CertPEM, i.CertPEM}, nil))
 				srv.serve("/i-pkcs7", pkcs7CertsOnly(t, i, i))
-				return leafWithAIA(t, i, srv.url("/i"), srv.url("/i-pkcs7")), []*harness.Cert{i}
+				return leafWithAIA(t, i, srv.url("/i"), srv.url("/i-pkcs7")), []*testpki.Cert{i}
 			},
 			wantPaths: []string{"/i", "/i-pkcs7"},
 		},
@@ -432,12 +287,12 @@ func TestCompleteLoops(t *testing.T) {
 
 func TestCompleteSizeLimit(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia size root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia size inter", nil))
-	other := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia size other", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia size root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia size inter", nil))
+	other := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia size other", nil))
 	// padded is inter's PEM followed by newlines up to n bytes: still a valid
 	// answer once trimmed, so only the size limit can reject it.
-	padded := func(c *harness.Cert, n int) []byte {
+	padded := func(c *testpki.Cert, n int) []byte {
 		return append(append([]byte(nil), c.CertPEM...), bytes.Repeat([]byte("\n"), n-len(c.CertPEM))...)
 	}
 	srv.serve("/exact", padded(inter, chain.AIAMaxBytes))
@@ -449,16 +304,16 @@ func TestCompleteSizeLimit(t *testing.T) {
 		name     string
 		maxBytes int64
 		aia      []string
-		want     []*harness.Cert
+		want     []*testpki.Cert
 		errHas   string
 	}{
-		{name: "exactly AIAMaxBytes is accepted", aia: []string{"/exact"}, want: []*harness.Cert{inter}},
+		{name: "exactly AIAMaxBytes is accepted", aia: []string{"/exact"}, want: []*testpki.Cert{inter}},
 		{name: "AIAMaxBytes+1 is refused", aia: []string{"/over"}, errHas: "larger than " + strconv.Itoa(chain.AIAMaxBytes) + " bytes"},
 		{name: "1 MiB is refused", aia: []string{"/huge"}, errHas: "larger than " + strconv.Itoa(chain.AIAMaxBytes) + " bytes"},
 		// "other" is not the leaf's issuer, so nothing usable is fetched.
 		{name: "oversized answer is not used, a non-issuer neither", aia: []string{"/over", "/other"}, errHas: "larger than 65536 bytes"},
 		{name: "MaxBytes field lowers the limit", maxBytes: int64(len(inter.Cert.Raw) - 1), aia: []string{"/der"}, errHas: "larger than " + strconv.Itoa(len(inter.Cert.Raw)-1) + " bytes"},
-		{name: "MaxBytes field at the DER size", maxBytes: int64(len(inter.Cert.Raw)), aia: []string{"/der"}, want: []*harness.Cert{inter}},
+		{name: "MaxBytes field at the DER size", maxBytes: int64(len(inter.Cert.Raw)), aia: []string{"/der"}, want: []*testpki.Cert{inter}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -468,7 +323,7 @@ func TestCompleteSizeLimit(t *testing.T) {
 			}
 			leaf := leafWithAIA(t, inter, urls...)
 			c := chain.Completer{MaxBytes: tt.maxBytes, AllowPrivate: true}
-			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
 					t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
@@ -482,8 +337,8 @@ func TestCompleteSizeLimit(t *testing.T) {
 }
 
 func TestCompleteSlowAnswer(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia slow root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia slow inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia slow root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia slow inter", nil))
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow-body" {
@@ -526,7 +381,7 @@ func TestCompleteSlowAnswer(t *testing.T) {
 			}
 			done := make(chan result, 1)
 			go func() {
-				got, err := tt.c.Complete(ctx, []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+				got, err := tt.c.Complete(ctx, []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 				done <- result{got, err}
 			}()
 			var got []*x509.Certificate
@@ -551,8 +406,8 @@ func TestCompleteSlowAnswer(t *testing.T) {
 }
 
 func TestCompleteURLsPerCert(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia many root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia many inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia many root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia many inter", nil))
 	tests := []struct {
 		good      int // 1-based index of the URL that serves the intermediate
 		wantFound bool
@@ -571,7 +426,7 @@ func TestCompleteURLsPerCert(t *testing.T) {
 			srv.serve("/u"+strconv.Itoa(tt.good), inter.Cert.Raw)
 			leaf := leafWithAIA(t, inter, urls...)
 			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 			if tt.wantFound {
 				if err != nil {
 					t.Fatalf("Complete: %v", err)
@@ -598,8 +453,8 @@ func TestCompleteURLsPerCert(t *testing.T) {
 }
 
 func TestCompleteOnlyHTTP(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia scheme root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia scheme inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia scheme root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia scheme inter", nil))
 	plain := newAIAServer(t)
 	plain.serve("/inter", inter.Cert.Raw)
 	var tlsConns atomic.Int32
@@ -618,7 +473,7 @@ func TestCompleteOnlyHTTP(t *testing.T) {
 	tests := []struct {
 		name   string
 		aia    []string
-		want   []*harness.Cert
+		want   []*testpki.Cert
 		errHas string
 	}{
 		{name: "https", aia: []string{tlsSrv.URL + "/inter"}, errHas: "only http:// caIssuers URLs are followed"},
@@ -627,14 +482,14 @@ func TestCompleteOnlyHTTP(t *testing.T) {
 		{name: "file", aia: []string{"file:///etc/passwd"}, errHas: "only http://"},
 		{name: "no host", aia: []string{"http:///inter"}, errHas: "only http://"},
 		{name: "relative", aia: []string{"/inter"}, errHas: "only http://"},
-		{name: "https and ftp are skipped, http is followed", aia: []string{tlsSrv.URL + "/inter", "ftp://" + plainHost + "/inter", plain.url("/inter")}, want: []*harness.Cert{inter}},
+		{name: "https and ftp are skipped, http is followed", aia: []string{tlsSrv.URL + "/inter", "ftp://" + plainHost + "/inter", plain.url("/inter")}, want: []*testpki.Cert{inter}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := plain.total()
 			leaf := leafWithAIA(t, inter, tt.aia...)
 			c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
 					t.Fatalf("err = %v, want one containing %q", err, tt.errHas)
@@ -655,26 +510,26 @@ func TestCompleteOnlyHTTP(t *testing.T) {
 
 func TestCompleteRootsPool(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia anchor root"))
-	other := must[*harness.Cert](t)(harness.NewRootCA("aia unrelated root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia anchor inter", []string{srv.url("/root")}))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia anchor root"))
+	other := must[*testpki.Cert](t)(testpki.NewRootCA("aia unrelated root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia anchor inter", []string{srv.url("/root")}))
 	leaf := leafWithAIA(t, inter, srv.url("/inter"))
 	srv.serve("/inter", inter.Cert.Raw)
 	srv.serve("/root", root.CertPEM)
 
 	tests := []struct {
 		name      string
-		presented []*harness.Cert
+		presented []*testpki.Cert
 		roots     *x509.CertPool
-		want      []*harness.Cert
+		want      []*testpki.Cert
 		wantHits  map[string]int
 	}{
-		{name: "root in pool: stops once the chain verifies", presented: []*harness.Cert{leaf}, roots: harness.Pool(root), want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter": 1, "/root": 0}},
-		{name: "root in pool, complete chain presented: no fetch", presented: []*harness.Cert{leaf, inter}, roots: harness.Pool(root), wantHits: map[string]int{"/inter": 0, "/root": 0}},
-		{name: "nil roots: follows up to the root", presented: []*harness.Cert{leaf}, roots: nil, want: []*harness.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
-		{name: "empty pool: follows up to the root", presented: []*harness.Cert{leaf}, roots: x509.NewCertPool(), want: []*harness.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
-		{name: "unrelated root: follows up to the root", presented: []*harness.Cert{leaf}, roots: harness.Pool(other), want: []*harness.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
-		{name: "nil roots, intermediate presented: only the root is new", presented: []*harness.Cert{leaf, inter}, roots: nil, want: []*harness.Cert{root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
+		{name: "root in pool: stops once the chain verifies", presented: []*testpki.Cert{leaf}, roots: testpki.Pool(root), want: []*testpki.Cert{inter}, wantHits: map[string]int{"/inter": 1, "/root": 0}},
+		{name: "root in pool, complete chain presented: no fetch", presented: []*testpki.Cert{leaf, inter}, roots: testpki.Pool(root), wantHits: map[string]int{"/inter": 0, "/root": 0}},
+		{name: "nil roots: follows up to the root", presented: []*testpki.Cert{leaf}, roots: nil, want: []*testpki.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
+		{name: "empty pool: follows up to the root", presented: []*testpki.Cert{leaf}, roots: x509.NewCertPool(), want: []*testpki.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
+		{name: "unrelated root: follows up to the root", presented: []*testpki.Cert{leaf}, roots: testpki.Pool(other), want: []*testpki.Cert{inter, root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
+		{name: "nil roots, intermediate presented: only the root is new", presented: []*testpki.Cert{leaf, inter}, roots: nil, want: []*testpki.Cert{root}, wantHits: map[string]int{"/inter": 1, "/root": 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -698,7 +553,7 @@ func TestCompleteRootsPool(t *testing.T) {
 				}
 			}
 			all := append(presented[1:len(presented):len(presented)], got...)
-			if err := verifyLeaf(leaf.Cert, harness.Pool(root), all...); err != nil {
+			if err := verifyLeaf(leaf.Cert, testpki.Pool(root), all...); err != nil {
 				t.Errorf("leaf does not verify against the real root: %v", err)
 			}
 			// What AIA fetched (the root included) is never an anchor.
@@ -711,87 +566,10 @@ func TestCompleteRootsPool(t *testing.T) {
 	}
 }
 
-// TestCompleteCache: Complete caches nothing by itself (what an upstream
-// or an AIA server hands out is not verified); what Remember is given after
-// a verification is used before fetching. The cache belongs to the
-// Completer.
-func TestCompleteCache(t *testing.T) {
-	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia cache root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia cache inter", []string{srv.url("/root")}))
-	leaf := leafWithAIA(t, inter, srv.url("/inter"))
-	srv.serve("/inter", inter.Cert.Raw)
-	srv.serve("/root", root.Cert.Raw)
-	presented := []*x509.Certificate{leaf.Cert}
-
-	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-	var got []*x509.Certificate
-	for i := range 3 {
-		var err error
-		got, err = c.Complete(context.Background(), presented, nil)
-		if err != nil {
-			t.Fatalf("Complete #%d: %v", i+1, err)
-		}
-		wantCerts(t, got, inter, root)
-	}
-	for _, p := range []string{"/inter", "/root"} {
-		if n := srv.count(p); n != 3 {
-			t.Errorf("%s requested %d times, want 3 (nothing unverified is cached)", p, n)
-		}
-	}
-	// The verifier remembers what verified: the path leaf, inter, root.
-	path := verifiedPath(t, leaf.Cert, harness.Pool(root), got...)
-	c.Remember(path, got)
-
-	// With the root as anchor only the intermediate is needed: from cache.
-	got, err := c.Complete(context.Background(), presented, harness.Pool(root))
-	if err != nil {
-		t.Fatalf("Complete with roots: %v", err)
-	}
-	wantCerts(t, got, inter)
-	for _, p := range []string{"/inter", "/root"} {
-		if n := srv.count(p); n != 3 {
-			t.Errorf("%s requested %d times, want 3 (cached)", p, n)
-		}
-	}
-	// The anchor (the path's last element) is never cached.
-	got, err = c.Complete(context.Background(), presented, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantCerts(t, got, inter, root)
-	if n, m := srv.count("/inter"), srv.count("/root"); n != 3 || m != 4 {
-		t.Errorf("/inter, /root requested %d, %d times, want 3 (cached), 4 (the anchor is not cached)", n, m)
-	}
-	// The cache belongs to the Completer.
-	fresh := chain.Completer{AllowPrivate: true}
-	if _, err := fresh.Complete(context.Background(), presented, harness.Pool(root)); err != nil {
-		t.Fatal(err)
-	}
-	if n := srv.count("/inter"); n != 4 {
-		t.Errorf("/inter requested %d times after a new Completer, want 4", n)
-	}
-}
-
-// verifiedPath verifies leaf against roots with intermediates and returns
-// the first chain, as the verifier passes it to Remember.
-func verifiedPath(t *testing.T, leaf *x509.Certificate, roots *x509.CertPool, intermediates ...*x509.Certificate) []*x509.Certificate {
-	t.Helper()
-	pool := x509.NewCertPool()
-	for _, c := range intermediates {
-		pool.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, DNSName: "db.example.test"})
-	if err != nil {
-		t.Fatalf("verifying the path to remember: %v", err)
-	}
-	return chains[0]
-}
-
 func TestCompleteConcurrent(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia concurrent root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia concurrent inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia concurrent root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia concurrent inter", nil))
 	leaf := leafWithAIA(t, inter, srv.url("/inter"))
 	srv.serve("/inter", inter.Cert.Raw)
 	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
@@ -799,7 +577,7 @@ func TestCompleteConcurrent(t *testing.T) {
 	errs := make(chan error, 16)
 	for range 16 {
 		wg.Go(func() {
-			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+			got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 			if err == nil && (len(got) != 1 || !got[0].Equal(inter.Cert)) {
 				err = fmt.Errorf("fetched %s", names(got))
 			}
@@ -817,8 +595,8 @@ func TestCompleteConcurrent(t *testing.T) {
 
 func TestCompleteClientAndLogf(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia client root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia client inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia client root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia client inter", nil))
 	leaf := leafWithAIA(t, inter, srv.url("/inter"))
 	srv.serve("/inter", inter.Cert.Raw)
 	var trips atomic.Int32
@@ -830,7 +608,7 @@ func TestCompleteClientAndLogf(t *testing.T) {
 		})},
 		Logf: func(format string, args ...any) { logs = append(logs, fmt.Sprintf(format, args...)) },
 	}
-	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -855,7 +633,7 @@ func TestCompleteNothingToDo(t *testing.T) {
 	// A self-signed certificate has no issuer to fetch, even with an AIA.
 	srv := newAIAServer(t)
 	selfAIA := newCA(t, nil, "aia root with AIA", -1, []string{srv.url("/other-root")})
-	srv.serve("/other-root", must[*harness.Cert](t)(harness.NewRootCA("aia other root")).Cert.Raw)
+	srv.serve("/other-root", must[*testpki.Cert](t)(testpki.NewRootCA("aia other root")).Cert.Raw)
 	got, err := c.Complete(context.Background(), []*x509.Certificate{selfAIA.Cert}, nil)
 	if err != nil || len(got) != 0 {
 		t.Errorf("self-signed: got %s, %v; want nothing, nil", names(got), err)
@@ -863,18 +641,18 @@ func TestCompleteNothingToDo(t *testing.T) {
 	if n := srv.total(); n != 0 {
 		t.Errorf("self-signed: %d requests, want none", n)
 	}
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia lone root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia no-aia inter"))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia lone root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCA(root, "aia no-aia inter"))
 	leaf := leafWithAIA(t, inter)
-	got, err = c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	got, err = c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err != nil || len(got) != 0 {
 		t.Errorf("no AIA: got %s, %v; want nothing, nil", names(got), err)
 	}
 }
 
 func TestParseCertificates(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("parse root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "parse inter"))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("parse root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCA(root, "parse inter"))
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2, 3}})
 	dataOnly := func() []byte { // ContentInfo of type data, not signedData
 		der, err := asn1.Marshal(struct {
@@ -894,14 +672,14 @@ func TestParseCertificates(t *testing.T) {
 	tests := []struct {
 		name string
 		data []byte
-		want []*harness.Cert // nil: an error is expected
+		want []*testpki.Cert // nil: an error is expected
 	}{
-		{"DER", inter.Cert.Raw, []*harness.Cert{inter}},
-		{"PEM bundle", append(append([]byte(nil), inter.CertPEM...), root.CertPEM...), []*harness.Cert{inter, root}},
-		{"PEM with a key block first", append(append([]byte(nil), keyPEM...), inter.CertPEM...), []*harness.Cert{inter}},
-		{"PKCS#7 DER with two certificates", pkcs7CertsOnly(t, inter, root), []*harness.Cert{inter, root}},
-		{"PKCS#7 PEM with two certificates", pemPKCS7(pkcs7CertsOnly(t, inter, root)), []*harness.Cert{inter, root}},
-		{"openssl PKCS#7 DER with two certificates", opensslPKCS7(t, "DER", inter, root), []*harness.Cert{inter, root}},
+		{"DER", inter.Cert.Raw, []*testpki.Cert{inter}},
+		{"PEM bundle", append(append([]byte(nil), inter.CertPEM...), root.CertPEM...), []*testpki.Cert{inter, root}},
+		{"PEM with a key block first", append(append([]byte(nil), keyPEM...), inter.CertPEM...), []*testpki.Cert{inter}},
+		{"PKCS#7 DER with two certificates", pkcs7CertsOnly(t, inter, root), []*testpki.Cert{inter, root}},
+		{"PKCS#7 PEM with two certificates", pemPKCS7(pkcs7CertsOnly(t, inter, root)), []*testpki.Cert{inter, root}},
+		{"openssl PKCS#7 DER with two certificates", opensslPKCS7(t, "DER", inter, root), []*testpki.Cert{inter, root}},
 		{"empty", nil, nil},
 		{"whitespace", []byte(" \n\t "), nil},
 		{"text", []byte("hello, this is not a certificate"), nil},
@@ -1010,8 +788,8 @@ func answerDNS(c net.Conn, hosts map[string]netip.Addr) {
 // without the opt-in, and each error names the URL, the refused address
 // and the fix; with AllowPrivate the same fetches work.
 func TestCompleteRefusesPrivateDestinations(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia ssrf root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia ssrf inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia ssrf root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia ssrf inter", nil))
 	local := newAIAServer(t) // stands for the admin port, a metadata service...
 	local.serve("/inter", inter.Cert.Raw)
 	port := local.Listener.Addr().(*net.TCPAddr).Port
@@ -1075,7 +853,7 @@ func TestCompleteRefusesPrivateDestinations(t *testing.T) {
 			mu.Unlock()
 
 			c := chain.Completer{Resolver: resolver, Proxy: viaProxy}
-			got, err := c.Complete(context.Background(), presented, harness.Pool(root))
+			got, err := c.Complete(context.Background(), presented, testpki.Pool(root))
 			if err == nil || len(got) != 0 {
 				t.Fatalf("Complete: %s, %v; want a refusal", names(got), err)
 			}
@@ -1109,7 +887,7 @@ func TestCompleteRefusesPrivateDestinations(t *testing.T) {
 			}
 
 			c.AllowPrivate = true
-			got, err = c.Complete(context.Background(), presented, harness.Pool(root))
+			got, err = c.Complete(context.Background(), presented, testpki.Pool(root))
 			if err != nil {
 				t.Fatalf("with AllowPrivate: %v", err)
 			}
@@ -1132,11 +910,11 @@ func TestCompleteRefusesPrivateDestinations(t *testing.T) {
 // that no test can listen on, and the other refused destinations of a
 // caIssuers URL: nothing is dialled, so the refusal is immediate.
 func TestCompleteRefusalNamesTheFix(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia fix root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia fix inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia fix root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia fix inter", nil))
 	leaf := leafWithAIA(t, inter, "http://10.0.0.5/ca.crt")
 	var c chain.Completer
-	_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	want := "aia: http://10.0.0.5/ca.crt: refusing to fetch from 10.0.0.5 (a private address): the URL comes from a certificate not verified yet; set aia_allow_private: true (--aia-allow-private) if your CA's AIA server is on an internal network"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v\nwant %s", err, want)
@@ -1148,7 +926,7 @@ func TestCompleteRefusalNamesTheFix(t *testing.T) {
 	} {
 		leaf := leafWithAIA(t, inter, u)
 		start := time.Now()
-		_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+		_, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 		var re *chain.RefusedAddressError
 		if !errors.As(err, &re) || !strings.Contains(err.Error(), "aia: "+u+": refusing to fetch from ") {
 			t.Errorf("%s: err = %v, want a refusal naming the URL", u, err)
@@ -1163,8 +941,8 @@ func TestCompleteRefusalNamesTheFix(t *testing.T) {
 // Completer.Proxy) is the user's own configuration: reached even on
 // loopback, for a URL whose host resolves to a public address.
 func TestCompleteThroughProxy(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia proxy root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia proxy inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia proxy root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia proxy inter", nil))
 	var hits atomic.Int32
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
@@ -1181,7 +959,7 @@ func TestCompleteThroughProxy(t *testing.T) {
 		Resolver: fakeResolver(map[string]netip.Addr{"ca.public.test": netip.MustParseAddr("2606:4700::1")}),
 	}
 	leaf := leafWithAIA(t, inter, "http://ca.public.test/inter.der")
-	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	got, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err != nil {
 		t.Fatalf("Complete through the proxy: %v", err)
 	}
@@ -1191,7 +969,7 @@ func TestCompleteThroughProxy(t *testing.T) {
 	}
 	// A name that does not resolve here is not handed to the proxy.
 	leaf = leafWithAIA(t, inter, "http://unknown.hostile.test/inter.der")
-	if _, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, harness.Pool(root)); err == nil || !strings.Contains(err.Error(), "resolving unknown.hostile.test") {
+	if _, err := c.Complete(context.Background(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root)); err == nil || !strings.Contains(err.Error(), "resolving unknown.hostile.test") {
 		t.Errorf("err = %v, want the failed resolution", err)
 	}
 	if n := hits.Load(); n != 1 {
@@ -1199,199 +977,14 @@ func TestCompleteThroughProxy(t *testing.T) {
 	}
 }
 
-// reissued returns a certificate with ca's name and key issued by by: the
-// same intermediate cross-signed under another root (mkCert does the work).
-func reissued(t *testing.T, ca, by *harness.Cert) *harness.Cert {
-	t.Helper()
-	return mkCert(t, by, certSpec{subject: &ca.Cert.Subject, ca: true, key: ca.Key.(*ecdsa.PrivateKey)})
-}
-
-// TestRememberCache: what Remember keeps, what it never keeps, the TTL and
-// the LRU bound, each seen through the requests Complete makes.
-func TestRememberCache(t *testing.T) {
-	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia remember root"))
-	type route struct {
-		inter, leaf *harness.Cert
-		path        string
-	}
-	newRoute := func(name string) route {
-		inter := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia remember "+name))
-		p := "/" + name
-		srv.serve(p, inter.Cert.Raw)
-		return route{inter: inter, leaf: leafWithAIA(t, inter, srv.url(p)), path: p}
-	}
-	now := time.Now() // the certificates are valid for 48h: the cache drops expired ones
-	clock := func() time.Time { return now }
-	// complete runs Complete for r and reports whether it fetched.
-	complete := func(t *testing.T, c *chain.Completer, r route) (fetched bool) {
-		t.Helper()
-		before := srv.count(r.path)
-		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
-		if err != nil {
-			t.Fatalf("Complete: %v", err)
-		}
-		wantCerts(t, got, r.inter)
-		return srv.count(r.path) > before
-	}
-	// learn fetches r's intermediate and remembers the verified path.
-	learn := func(t *testing.T, c *chain.Completer, r route) {
-		t.Helper()
-		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Remember(verifiedPath(t, r.leaf.Cert, harness.Pool(root), got...), got)
-	}
-
-	t.Run("a remembered intermediate is used without a request", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true}
-		r := newRoute("used")
-		learn(t, c, r)
-		if complete(t, c, r) {
-			t.Error("fetched although the verified intermediate is cached")
-		}
-	})
-	t.Run("a new leaf of the same intermediate uses it too", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true}
-		r := newRoute("renewed")
-		learn(t, c, r)
-		r.leaf = leafWithAIA(t, r.inter, srv.url(r.path))
-		if complete(t, c, r) {
-			t.Error("fetched for a renewed leaf under the cached intermediate")
-		}
-	})
-	t.Run("only fetched certificates of the path, never the leaf or the anchor", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true}
-		r := newRoute("subset")
-		path := verifiedPath(t, r.leaf.Cert, harness.Pool(root), r.inter.Cert)
-		c.Remember(path, nil)                                                     // nothing was fetched
-		c.Remember(path[:2], []*x509.Certificate{r.inter.Cert})                   // inter is that path's last element
-		c.Remember(path, []*x509.Certificate{r.leaf.Cert, root.Cert})             // leaf and anchor
-		c.Remember([]*x509.Certificate{r.leaf.Cert, root.Cert}, path)             // no intermediate in the path
-		c.Remember(path[1:], []*x509.Certificate{r.inter.Cert, r.inter.Cert}[:0]) // nothing
-		if !complete(t, c, r) {
-			t.Error("not fetched: something unverified or out of the path was cached")
-		}
-	})
-	t.Run("a cached certificate with the issuer's name but another key is not used", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true}
-		r := newRoute("twin")
-		learn(t, c, r)
-		twin := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia remember twin")) // same name, new key
-		srv.serve("/twin2", twin.Cert.Raw)
-		r2 := route{inter: twin, leaf: leafWithAIA(t, twin, srv.url("/twin2")), path: "/twin2"}
-		if !complete(t, c, r2) {
-			t.Error("a cached certificate that does not sign the leaf was used")
-		}
-	})
-	t.Run("entries expire after CacheTTL", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true, CacheTTL: time.Hour, Now: clock}
-		r := newRoute("ttl")
-		learn(t, c, r)
-		now = now.Add(59 * time.Minute)
-		if complete(t, c, r) {
-			t.Error("fetched before CacheTTL")
-		}
-		learn(t, c, r) // remembering again does not make it younger
-		now = now.Add(time.Minute)
-		if !complete(t, c, r) {
-			t.Error("not fetched after CacheTTL")
-		}
-	})
-	t.Run("default TTL is 24h", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true, Now: clock}
-		r := newRoute("ttl24")
-		learn(t, c, r)
-		now = now.Add(chain.AIACacheTTL - time.Second)
-		if complete(t, c, r) {
-			t.Error("fetched before 24h")
-		}
-		now = now.Add(time.Second)
-		if !complete(t, c, r) {
-			t.Error("not fetched after 24h")
-		}
-	})
-	t.Run("an intermediate past its NotAfter is not used", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true, CacheTTL: 1000 * time.Hour, Now: clock}
-		r := newRoute("notafter")
-		learn(t, c, r)
-		now = r.inter.Cert.NotAfter.Add(time.Second)
-		if !complete(t, c, r) {
-			t.Error("an expired intermediate was used from the cache")
-		}
-	})
-	t.Run("LRU bound at CacheSize", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true, CacheSize: 2}
-		a, b, d := newRoute("lru-a"), newRoute("lru-b"), newRoute("lru-c")
-		learn(t, c, a)
-		learn(t, c, b)
-		if complete(t, c, a) { // a is now the most recently used
-			t.Fatal("a fetched")
-		}
-		learn(t, c, d) // evicts b, the least recently used
-		if complete(t, c, a) {
-			t.Error("a fetched: evicted although recently used")
-		}
-		if complete(t, c, d) {
-			t.Error("c fetched right after it was remembered")
-		}
-		if !complete(t, c, b) {
-			t.Error("b not fetched: the cache holds more than CacheSize")
-		}
-	})
-	t.Run("default size is 64", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true}
-		var routes []route
-		for i := range chain.AIACacheSize + 1 {
-			r := newRoute("size-" + strconv.Itoa(i))
-			learn(t, c, r)
-			routes = append(routes, r)
-		}
-		if !complete(t, c, routes[0]) {
-			t.Error("the 65th intermediate did not evict the first")
-		}
-		if complete(t, c, routes[len(routes)-1]) {
-			t.Error("the last one is not cached")
-		}
-	})
-	t.Run("negative CacheSize keeps nothing", func(t *testing.T) {
-		c := &chain.Completer{AllowPrivate: true, CacheSize: -1}
-		r := newRoute("off")
-		learn(t, c, r)
-		if !complete(t, c, r) {
-			t.Error("cached with CacheSize -1")
-		}
-	})
-	t.Run("a cached cross-sign that leads elsewhere does not stop the fetch", func(t *testing.T) {
-		other := must[*harness.Cert](t)(harness.NewRootCA("aia remember other root"))
-		r := newRoute("cross")
-		cross := reissued(t, r.inter, other)
-		c := &chain.Completer{AllowPrivate: true}
-		// Another route verified the same intermediate under another root.
-		c.Remember([]*x509.Certificate{r.leaf.Cert, cross.Cert, other.Cert}, []*x509.Certificate{cross.Cert})
-		before := srv.count(r.path)
-		got, err := c.Complete(context.Background(), []*x509.Certificate{r.leaf.Cert}, harness.Pool(root))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if srv.count(r.path) != before+1 {
-			t.Error("not fetched: the cross-sign from the cache was taken as enough")
-		}
-		if err := verifyLeaf(r.leaf.Cert, harness.Pool(root), got...); err != nil {
-			t.Errorf("does not verify under root with %s: %v", names(got), err)
-		}
-	})
-}
-
 // TestCompleteUnder: with a pin, only the leaf's issuer is looked for, at
 // most AIAMaxFetchesPinned URLs, and only an issuer that the pinned anchor
 // or a pinned intermediate signed is kept.
 func TestCompleteUnder(t *testing.T) {
 	srv := newAIAServer(t)
-	anchor := must[*harness.Cert](t)(harness.NewRootCA("aia pinned root"))
-	other := must[*harness.Cert](t)(harness.NewRootCA("aia other root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCA(anchor, "aia pinned inter"))
+	anchor := must[*testpki.Cert](t)(testpki.NewRootCA("aia pinned root"))
+	other := must[*testpki.Cert](t)(testpki.NewRootCA("aia other root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCA(anchor, "aia pinned inter"))
 	interOther := reissued(t, inter, other) // same name and key, another root
 	deep := newCA(t, nil, "aia pinned deep root", 2, nil)
 	mid := newCA(t, deep, "aia pinned mid", 1, nil)
@@ -1407,34 +1000,34 @@ func TestCompleteUnder(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		issuer   *harness.Cert // signs the leaf
+		issuer   *testpki.Cert // signs the leaf
 		aia      []string
-		extra    []*harness.Cert // presented after the leaf
-		anchors  []*harness.Cert
-		hints    []*harness.Cert
-		want     []*harness.Cert
+		extra    []*testpki.Cert // presented after the leaf
+		anchors  []*testpki.Cert
+		hints    []*testpki.Cert
+		want     []*testpki.Cert
 		errHas   string
 		wantHits map[string]int
 	}{
-		{name: "issuer signed by the pinned anchor is kept", issuer: inter, aia: []string{"/inter"}, anchors: []*harness.Cert{anchor},
-			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter": 1}},
-		{name: "issuer signed by another root is discarded", issuer: inter, aia: []string{"/inter-other"}, anchors: []*harness.Cert{anchor},
+		{name: "issuer signed by the pinned anchor is kept", issuer: inter, aia: []string{"/inter"}, anchors: []*testpki.Cert{anchor},
+			want: []*testpki.Cert{inter}, wantHits: map[string]int{"/inter": 1}},
+		{name: "issuer signed by another root is discarded", issuer: inter, aia: []string{"/inter-other"}, anchors: []*testpki.Cert{anchor},
 			errHas: "is not signed by the pinned anchor", wantHits: map[string]int{"/inter-other": 1}},
-		{name: "the second URL gives the issuer under the pin", issuer: inter, aia: []string{"/inter-other", "/inter"}, anchors: []*harness.Cert{anchor},
-			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter-other": 1, "/inter": 1}},
-		{name: "stops at the first URL that gave one", issuer: inter, aia: []string{"/inter", "/inter-other"}, anchors: []*harness.Cert{anchor},
-			want: []*harness.Cert{inter}, wantHits: map[string]int{"/inter": 1, "/inter-other": 0}},
-		{name: "at most 2 URLs", issuer: inter, aia: []string{"/missing-1", "/missing-2", "/inter"}, anchors: []*harness.Cert{anchor},
+		{name: "the second URL gives the issuer under the pin", issuer: inter, aia: []string{"/inter-other", "/inter"}, anchors: []*testpki.Cert{anchor},
+			want: []*testpki.Cert{inter}, wantHits: map[string]int{"/inter-other": 1, "/inter": 1}},
+		{name: "stops at the first URL that gave one", issuer: inter, aia: []string{"/inter", "/inter-other"}, anchors: []*testpki.Cert{anchor},
+			want: []*testpki.Cert{inter}, wantHits: map[string]int{"/inter": 1, "/inter-other": 0}},
+		{name: "at most 2 URLs", issuer: inter, aia: []string{"/missing-1", "/missing-2", "/inter"}, anchors: []*testpki.Cert{anchor},
 			errHas: "404", wantHits: map[string]int{"/missing-1": 1, "/missing-2": 1, "/inter": 0}},
-		{name: "of a bundle, only the issuer under the pin", issuer: inter, aia: []string{"/bundle"}, anchors: []*harness.Cert{anchor},
-			want: []*harness.Cert{inter}, wantHits: map[string]int{"/bundle": 1}},
-		{name: "signed by a pinned intermediate (hint)", issuer: inter2, aia: []string{"/inter2"}, anchors: []*harness.Cert{deep}, hints: []*harness.Cert{mid},
-			want: []*harness.Cert{inter2}, wantHits: map[string]int{"/inter2": 1, "/mid": 0}},
-		{name: "only the leaf: the issuer's own AIA is not followed", issuer: inter2, aia: []string{"/inter2"}, anchors: []*harness.Cert{deep},
+		{name: "of a bundle, only the issuer under the pin", issuer: inter, aia: []string{"/bundle"}, anchors: []*testpki.Cert{anchor},
+			want: []*testpki.Cert{inter}, wantHits: map[string]int{"/bundle": 1}},
+		{name: "signed by a pinned intermediate (hint)", issuer: inter2, aia: []string{"/inter2"}, anchors: []*testpki.Cert{deep}, hints: []*testpki.Cert{mid},
+			want: []*testpki.Cert{inter2}, wantHits: map[string]int{"/inter2": 1, "/mid": 0}},
+		{name: "only the leaf: the issuer's own AIA is not followed", issuer: inter2, aia: []string{"/inter2"}, anchors: []*testpki.Cert{deep},
 			errHas: "is not signed by the pinned anchor", wantHits: map[string]int{"/inter2": 1, "/mid": 0}},
-		{name: "only the leaf: a presented intermediate's AIA is not followed", issuer: inter2, extra: []*harness.Cert{inter2}, anchors: []*harness.Cert{deep},
+		{name: "only the leaf: a presented intermediate's AIA is not followed", issuer: inter2, extra: []*testpki.Cert{inter2}, anchors: []*testpki.Cert{deep},
 			wantHits: map[string]int{"/mid": 0}},
-		{name: "already chains: no fetch", issuer: inter, aia: []string{"/inter"}, extra: []*harness.Cert{inter}, anchors: []*harness.Cert{anchor},
+		{name: "already chains: no fetch", issuer: inter, aia: []string{"/inter"}, extra: []*testpki.Cert{inter}, anchors: []*testpki.Cert{anchor},
 			wantHits: map[string]int{"/inter": 0}},
 	}
 	for _, tt := range tests {
@@ -1475,7 +1068,7 @@ func TestCompleteUnder(t *testing.T) {
 				}
 			}
 			if len(tt.want) > 0 {
-				pool := harness.Pool(tt.anchors...)
+				pool := testpki.Pool(tt.anchors...)
 				if err := verifyLeaf(leaf.Cert, pool, append(append([]*x509.Certificate{}, hints...), got...)...); err != nil {
 					t.Errorf("does not verify under the pin: %v", err)
 				}
@@ -1499,7 +1092,7 @@ func TestCompleteUnder(t *testing.T) {
 		if n := srv.count("/inter") - before; n != 1 {
 			t.Fatalf("/inter requested %d times, want 1", n)
 		}
-		c.Remember(verifiedPath(t, leaf.Cert, harness.Pool(anchor), got...), got)
+		c.Remember(verifiedPath(t, leaf.Cert, testpki.Pool(anchor), got...), got)
 		got, err = c.CompleteUnder(context.Background(), presented, []*x509.Certificate{anchor.Cert}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -1534,8 +1127,8 @@ func TestCompleteUnder(t *testing.T) {
 // TestCompleteContext: Complete and CompleteUnder stop as soon as the
 // caller's context is done, during a fetch and between fetches.
 func TestCompleteContext(t *testing.T) {
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia ctx root"))
-	inter := must[*harness.Cert](t)(harness.NewIntermediateCAWithAIA(root, "aia ctx inter", nil))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia ctx root"))
+	inter := must[*testpki.Cert](t)(testpki.NewIntermediateCAWithAIA(root, "aia ctx inter", nil))
 	var requests atomic.Int32
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1552,7 +1145,7 @@ func TestCompleteContext(t *testing.T) {
 	presented := []*x509.Certificate{leaf.Cert}
 	calls := map[string]func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error){
 		"Complete": func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error) {
-			return c.Complete(ctx, presented, harness.Pool(root))
+			return c.Complete(ctx, presented, testpki.Pool(root))
 		},
 		"CompleteUnder": func(ctx context.Context, c *chain.Completer) ([]*x509.Certificate, error) {
 			return c.CompleteUnder(ctx, presented, []*x509.Certificate{root.Cert}, nil)
@@ -1614,8 +1207,8 @@ func TestCompleteHeapBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("200 hostile rounds")
 	}
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia heap root"))
-	issuer := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia heap issuer"))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia heap root"))
+	issuer := must[*testpki.Cert](t)(testpki.NewIntermediateCA(root, "aia heap issuer"))
 	// Junk of ~3.5 KiB a certificate (long AIA lists): parsing is what
 	// costs time, and it costs per certificate.
 	var junkAIA []string
@@ -1623,7 +1216,7 @@ func TestCompleteHeapBounded(t *testing.T) {
 		junkAIA = append(junkAIA, fmt.Sprintf("http://junk.example.com/%s/%d.crt", strings.Repeat("x", 500), i))
 	}
 	junk := newCA(t, root, "aia heap junk", 0, junkAIA)
-	var bundle []*harness.Cert
+	var bundle []*testpki.Cert
 	for len(bundle)*len(junk.Cert.Raw) < 63<<10-len(junk.Cert.Raw) {
 		bundle = append(bundle, junk)
 	}
@@ -1654,7 +1247,7 @@ func TestCompleteHeapBounded(t *testing.T) {
 		for range 3 {
 			presented = append(presented, newCA(t, root, "aia heap presented", 0, freshURLs()).Cert)
 		}
-		got, err := c.Complete(context.Background(), presented, harness.Pool(root))
+		got, err := c.Complete(context.Background(), presented, testpki.Pool(root))
 		if err != nil || len(got) != 0 {
 			t.Fatalf("Complete: %s, %v; want nothing (no answer holds the issuer)", names(got), err)
 		}
@@ -1688,7 +1281,7 @@ func TestCompleteHeapBounded(t *testing.T) {
 
 	// Nothing unverified was kept: the first handshake fetches again.
 	startRequests = requests.Load()
-	if got, err := c.Complete(context.Background(), first, harness.Pool(root)); err != nil || len(got) != 0 {
+	if got, err := c.Complete(context.Background(), first, testpki.Pool(root)); err != nil || len(got) != 0 {
 		t.Fatalf("Complete: %s, %v", names(got), err)
 	}
 	if n := requests.Load() - startRequests; n != chain.AIAMaxFetches {
@@ -1701,8 +1294,8 @@ func TestCompleteHeapBounded(t *testing.T) {
 // named twice in one call is requested once.
 func TestCompleteMaxFetches(t *testing.T) {
 	srv := newAIAServer(t)
-	root := must[*harness.Cert](t)(harness.NewRootCA("aia cap root"))
-	issuer := must[*harness.Cert](t)(harness.NewIntermediateCA(root, "aia cap issuer"))
+	root := must[*testpki.Cert](t)(testpki.NewRootCA("aia cap root"))
+	issuer := must[*testpki.Cert](t)(testpki.NewIntermediateCA(root, "aia cap issuer"))
 	var presented []*x509.Certificate
 	for i := range 6 { // 6 certificates x 5 URLs, one of them shared by all
 		urls := []string{srv.url("/shared")}
@@ -1716,7 +1309,7 @@ func TestCompleteMaxFetches(t *testing.T) {
 		presented = append(presented, newCA(t, root, "aia cap presented "+strconv.Itoa(i), 0, urls).Cert)
 	}
 	c := chain.Completer{AllowPrivate: true} // the test server is on 127.0.0.1
-	if _, err := c.Complete(context.Background(), presented, harness.Pool(root)); err == nil || !strings.Contains(err.Error(), "404") {
+	if _, err := c.Complete(context.Background(), presented, testpki.Pool(root)); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("err = %v, want the 404s", err)
 	}
 	if n := srv.total(); n != chain.AIAMaxFetches {
@@ -1754,7 +1347,7 @@ func TestCompleteErrorsCarryNoControlCharacters(t *testing.T) {
 	root := newCA(t, nil, "escape root", -1, nil)
 	inter := newCA(t, root, "escape inter", -1, nil)
 	leaf := leafWithAIA(t, inter, "http://"+ln.Addr().String()+"/\u202ex.der")
-	_, err = (&chain.Completer{AllowPrivate: true}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	_, err = (&chain.Completer{AllowPrivate: true}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err == nil {
 		t.Fatal("want the fetch to fail")
 	}
@@ -1768,7 +1361,7 @@ func TestCompleteErrorsCarryNoControlCharacters(t *testing.T) {
 	}
 
 	leaf = leafWithAIA(t, inter, "http://user:secret@127.0.0.1:1/ca.der")
-	_, err = (&chain.Completer{}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, harness.Pool(root))
+	_, err = (&chain.Completer{}).Complete(t.Context(), []*x509.Certificate{leaf.Cert}, testpki.Pool(root))
 	if err == nil || strings.Contains(err.Error(), "redirected") || !strings.Contains(err.Error(), "refusing to fetch from 127.0.0.1") {
 		t.Errorf("a URL with user info: %v", err)
 	}

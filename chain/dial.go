@@ -226,11 +226,9 @@ func (d *Dialer) dial(ctx context.Context) (*tls.Conn, *Verifier, []*x509.Certif
 	return conn, v, verified, nil
 }
 
-// StartTLS opens the TCP connection and performs the SSLRequest exchange
+// startTLS opens the TCP connection and performs the SSLRequest exchange
 // (nothing, with direct negotiation), returning the raw connection on which
 // the TLS handshake must start.
-func (d *Dialer) StartTLS(ctx context.Context) (net.Conn, error) { return d.startTLS(ctx) }
-
 func (d *Dialer) startTLS(ctx context.Context) (net.Conn, error) {
 	nd := d.Net
 	if nd == nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,13 +13,13 @@ import (
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // scripted starts a scripted PostgreSQL server for the test.
-func scripted(t *testing.T, o harness.ScriptedOptions) *harness.ScriptedServer {
+func scripted(t *testing.T, o testpki.ScriptedOptions) *testpki.ScriptedServer {
 	t.Helper()
-	s, err := harness.StartScriptedServer(o)
+	s, err := testpki.StartScriptedServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,30 +27,16 @@ func scripted(t *testing.T, o harness.ScriptedOptions) *harness.ScriptedServer {
 	return s
 }
 
-// caFile writes certificates as a PEM file.
-func caFile(t *testing.T, certs ...*harness.Cert) string {
-	t.Helper()
-	var pems [][]byte
-	for _, c := range certs {
-		pems = append(pems, c.CertPEM)
-	}
-	path := filepath.Join(t.TempDir(), "ca.crt")
-	if err := harness.WritePEMFile(path, pems...); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // TestInspect: what Inspect reports of a verified upstream, of one that
 // fails verify-full (with and without a capture), and of one that ends the
 // session right after the handshake; none of them gets a startup message.
 func TestInspect(t *testing.T) {
-	pki, err := harness.NewPKI()
+	pki, err := testpki.NewPKI()
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := scripted(t, harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate)})
-	wantsCert := scripted(t, harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), ClientCAs: []*harness.Cert{pki.ClientCA}})
+	good := scripted(t, testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate)})
+	wantsCert := scripted(t, testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), ClientCAs: []*testpki.Cert{pki.ClientCA}})
 	route := func(port int, ca string) *chain.RouteTrust {
 		t.Helper()
 		rt, err := chain.NewRouteTrust(chain.RouteConfig{Host: "localhost", Port: port, CAFile: ca, ConnectTimeout: 5 * time.Second})
@@ -99,7 +84,7 @@ func TestInspect(t *testing.T) {
 			t.Fatalf("Explain: %v %q", r, hint)
 		}
 	})
-	for _, s := range []*harness.ScriptedServer{good, wantsCert} {
+	for _, s := range []*testpki.ScriptedServer{good, wantsCert} {
 		if got := s.Startups(); len(got) != 0 {
 			t.Errorf("a startup message reached the server: %v", got)
 		}
@@ -110,21 +95,21 @@ func TestInspect(t *testing.T) {
 // through the intermediate its AIA URL serves, and Inspect names that one;
 // an intermediate the pin keeps is not named.
 func TestInspectThroughAIA(t *testing.T) {
-	root, err := harness.NewRootCA("aia root")
+	root, err := testpki.NewRootCA("aia root")
 	if err != nil {
 		t.Fatal(err)
 	}
-	inter, err := harness.NewIntermediateCA(root, "aia intermediate")
+	inter, err := testpki.NewIntermediateCA(root, "aia intermediate")
 	if err != nil {
 		t.Fatal(err)
 	}
 	aia := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(inter.Cert.Raw) }))
 	defer aia.Close()
-	leaf, err := harness.IssueLeaf(inter, harness.LeafOptions{DNSNames: []string{"localhost"}, AIA: []string{aia.URL + "/inter.cer"}})
+	leaf, err := testpki.IssueLeaf(inter, testpki.LeafOptions{DNSNames: []string{"localhost"}, AIA: []string{aia.URL + "/inter.cer"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := scripted(t, harness.ScriptedOptions{Cert: leaf.TLSCertificate()})
+	s := scripted(t, testpki.ScriptedOptions{Cert: leaf.TLSCertificate()})
 	pins := filepath.Join(t.TempDir(), "pins")
 	if err := os.Mkdir(pins, 0o700); err != nil {
 		t.Fatal(err)
@@ -160,30 +145,5 @@ func TestInspectThroughAIA(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(pins); len(entries) != 0 {
 		t.Fatalf("Inspect wrote into the pin directory: %v", entries)
-	}
-}
-
-// TestRouteTrustDial: the proxy's dial never hands out a typed nil.
-func TestRouteTrustDial(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	pki, err := harness.NewPKI()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := chain.NewRouteTrust(chain.RouteConfig{Host: "127.0.0.1", Port: port, CAFile: caFile(t, pki.Root), ConnectTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rt.HintContext().Repin != "" || rt.Describe != "the roots in --ca-file "+rt.CAFile || len(rt.CAAnchors) != 1 {
-		t.Fatalf("a CA-file route: %+v", rt)
-	}
-	c, err := rt.Dial(context.Background())
-	if err == nil || c != nil {
-		t.Fatalf("Dial to a closed port: %v, %v", c, err)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // FuzzParsePin fuzzes chain.ParsePin, the reader of pin files. It checks
@@ -17,11 +17,11 @@ import (
 // the same pin (upstream, policy, times, anchors and intermediates), and
 // that Encode is then stable (encoding that again gives the same bytes).
 func FuzzParsePin(f *testing.F) {
-	root, err := harness.NewRootCA("fuzz pin root")
+	root, err := testpki.NewRootCA("fuzz pin root")
 	if err != nil {
 		f.Fatal(err)
 	}
-	inter, err := harness.NewIntermediateCA(root, "fuzz pin inter")
+	inter, err := testpki.NewIntermediateCA(root, "fuzz pin inter")
 	if err != nil {
 		f.Fatal(err)
 	}

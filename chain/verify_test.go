@@ -1,62 +1,115 @@
-package chain
+package chain_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/x509"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
-func TestVerifyHint(t *testing.T) {
-	const repin = "pgverifyproxy chain fetch --upstream db:5432 --repin"
-	const caFile = "the roots in --ca-file /etc/root.crt"
-	pinned := HintContext{Trust: "the pinned anchor in /pins/db", Repin: repin}
-	ca := HintContext{Trust: caFile}
-	wrapped := func(k Kind) error {
-		return fmt.Errorf("upstream: verifying: %w", &VerifyError{Kind: k, Err: errors.New("x")})
-	}
-	for _, tc := range []struct {
+// TestCommonNameHonoursNameConstraints: crypto/x509 applies a CA's name
+// constraints to SANs only, so a leaf without a dNSName whose CN names a
+// host outside a sub-CA's permitted domains passed x509.Verify, and the CN
+// fallback then accepted it; OpenSSL (and so libpq's verify-full) refuses
+// it with "permitted subtree violation". The proxy must refuse it too, in
+// the verifier of every connection and in the decision of a first pin.
+func TestCommonNameHonoursNameConstraints(t *testing.T) {
+	root := mkCert(t, nil, certSpec{cn: "constraint root", ca: true})
+	sub := mkCert(t, root, certSpec{cn: "example.com only", ca: true, permit: []string{"example.com"}})
+	excl := mkCert(t, root, certSpec{cn: "not victim.net", ca: true, exclude: []string{"victim.net"}})
+	tests := []struct {
 		name    string
-		err     error
-		hc      HintContext
-		want    []string
-		notWant string
+		issuer  *testpki.Cert
+		leaf    certSpec
+		host    string
+		wantErr string // "" must pass
 	}{
-		{"identity changed names the re-pin command", wrapped(KindIdentityChanged), pinned, []string{"re-pin with: " + repin, "until then every connection is refused"}, ""},
-		{"identity changed without a command still says how", wrapped(KindIdentityChanged), HintContext{}, []string{"chain fetch --upstream HOST:PORT --repin"}, "with:  "},
-		{"host name", wrapped(KindHostname), ca, []string{"connect with a name the certificate carries", "--server-name"}, ""},
-		{"expired", wrapped(KindExpired), ca, []string{"has expired", "clock"}, ""},
-		{"not yet valid", wrapped(KindNotYetValid), ca, []string{"not valid yet", "clock"}, ""},
-		{"self-signed", wrapped(KindSelfSigned), ca, []string{"self-signed certificate that is not among " + caFile, "out of band"}, ""},
-		{"unknown authority, CA file: update the file", wrapped(KindUnknownAuthority), ca, []string{"does not lead to " + caFile, "put the new CA", "intercepting"}, "re-pin"},
-		{"unknown authority, pinned: re-pin", wrapped(KindUnknownAuthority), pinned, []string{"re-pin with: " + repin, "intercepting"}, "--ca-file"},
-		{"not a verification error", errors.New("boom"), HintContext{}, []string{"could not be verified against the configured trust anchors"}, ""},
-	} {
+		{"no-SAN leaf outside the permitted domain", sub, certSpec{cn: "db.victim.net"}, "db.victim.net", "outside the domains"},
+		{"IP-SAN-only leaf outside the permitted domain", sub, certSpec{cn: "db.victim.net", ips: []string{"192.0.2.1"}}, "db.victim.net", "outside the domains"},
+		{"wildcard CN outside the permitted domain", sub, certSpec{cn: "*.victim.net"}, "db.victim.net", "outside the domains"},
+		{"no-SAN leaf in an excluded domain", excl, certSpec{cn: "db.victim.net"}, "db.victim.net", "must not vouch for"},
+		{"control: a permitted SAN", sub, certSpec{cn: "db.victim.net", dns: []string{"db.example.com"}}, "db.example.com", ""},
+		{"control: a no-SAN leaf inside the permitted domain", sub, certSpec{cn: "db.example.com"}, "db.example.com", ""},
+		{"control: the permitted domain itself", sub, certSpec{cn: "example.com"}, "example.com", ""},
+		{"a look-alike suffix is outside the permitted domain", sub, certSpec{cn: "db.notexample.com"}, "db.notexample.com", "outside the domains"},
+		{"control: an excluded-only CA vouches for others", excl, certSpec{cn: "db.example.org"}, "db.example.org", ""},
+	}
+	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := VerifyHint(tc.err, tc.hc)
-			for _, w := range tc.want {
-				if !strings.Contains(got, w) {
-					t.Errorf("hint lacks %q: %s", w, got)
+			leaf := mkCert(t, tc.issuer, tc.leaf)
+			presented := certs(leaf, tc.issuer)
+			v := &chain.Verifier{Roots: testpki.Pool(root), ServerName: tc.host}
+			_, err := v.Verify(presented)
+			_, derr := chain.Decide(&chain.Fetched{Presented: presented}, nil, tc.host, chain.PolicySystem, testpki.Pool(root), nil, time.Now())
+			for what, err := range map[string]error{"Verify": err, "Decide": derr} {
+				if tc.wantErr == "" {
+					if err != nil {
+						t.Errorf("%s: %v; want it to pass", what, err)
+					}
+					continue
 				}
-			}
-			if tc.notWant != "" && strings.Contains(got, tc.notWant) {
-				t.Errorf("hint has %q: %s", tc.notWant, got)
+				var ve *chain.VerifyError
+				if !errors.As(err, &ve) || ve.Kind != chain.KindHostname || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("%s: got %v; want a host-name refusal naming %q", what, err, tc.wantErr)
+				}
 			}
 		})
 	}
 }
 
-// TestVerifyHintLiveTrust: a live-trust route has no pin and no CA file to
-// update: its advice names what it can do instead.
-func TestVerifyHintLiveTrust(t *testing.T) {
-	err := &VerifyError{Kind: KindUnknownAuthority, Source: SourceSystem, Err: errors.New("x509: certificate signed by unknown authority")}
-	hint := VerifyHint(err, HintContext{Trust: "the system trust store (trust: live)"})
-	for _, want := range []string{"system trust store", "ca_file", "trust: tofu", "intercepting"} {
-		if !strings.Contains(hint, want) {
-			t.Errorf("hint %q lacks %q", hint, want)
+// TestCommonNameConstraintsAnyVerifiedPath: with two verified paths, one
+// through a constrained CA and one through an unconstrained one, the CN is
+// accepted along the unconstrained path (a trusted CA vouches for it
+// without limits), and that path is the one returned.
+func TestCommonNameConstraintsAnyVerifiedPath(t *testing.T) {
+	rootA := mkCert(t, nil, certSpec{cn: "root A", ca: true})
+	rootB := mkCert(t, nil, certSpec{cn: "root B", ca: true})
+	key := mkCert(t, nil, certSpec{cn: "k", ca: true}).Key
+	subA := mkCert(t, rootA, certSpec{cn: "sub", ca: true, key: key.(*ecdsa.PrivateKey), permit: []string{"example.com"}})
+	subB := mkCert(t, rootB, certSpec{cn: "sub", ca: true, key: key.(*ecdsa.PrivateKey)})
+	leaf := mkCert(t, subA, certSpec{cn: "db.victim.net"})
+	v := &chain.Verifier{Roots: testpki.Pool(rootA, rootB), ServerName: "db.victim.net"}
+	path, err := v.Verify(certs(leaf, subA, subB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := path[len(path)-1]; !got.Equal(rootB.Cert) {
+		t.Fatalf("path ends at %s, want root B (the unconstrained path)", got.Subject)
+	}
+	v = &chain.Verifier{Roots: testpki.Pool(rootA), ServerName: "db.victim.net"}
+	if _, err := v.Verify(certs(leaf, subA, subB)); err == nil {
+		t.Fatal("with root A only, the constrained path is the only one: want a refusal")
+	}
+}
+
+func TestPinnedVerifierReportsIdentityChange(t *testing.T) {
+	pki, err := testpki.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &chain.Verifier{Roots: testpki.Pool(pki.Root), Pinned: []*x509.Certificate{pki.Root.Cert}, ServerName: "localhost",
+		System: testpki.Pool(pki.OtherRoot), PinnedSince: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)}
+	if _, err := v.Verify([]*x509.Certificate{pki.Leaf.Cert, pki.Intermediate.Cert}); err != nil {
+		t.Fatalf("pinned chain: %v", err)
+	}
+	_, err = v.Verify([]*x509.Certificate{pki.OtherLeaf.Cert})
+	var ve *chain.VerifyError
+	if !errors.As(err, &ve) || ve.Kind != chain.KindIdentityChanged {
+		t.Fatalf("got %v, want identity changed", err)
+	}
+	for _, want := range []string{"IDENTITY CHANGED", chain.SPKIHash(pki.Root.Cert), "pinned 2026-01-02", chain.SPKIHash(pki.OtherRoot.Cert), "system trust store"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message lacks %q: %v", want, err)
 		}
 	}
-	if strings.Contains(hint, "in that file") {
-		t.Errorf("hint %q tells to update a file the route does not have", hint)
+	// Under the pinned root, a wrong name is still a name error, not a new identity.
+	_, err = v.Verify([]*x509.Certificate{pki.WrongName.Cert, pki.Intermediate.Cert})
+	if !errors.As(err, &ve) || ve.Kind != chain.KindHostname {
+		t.Fatalf("got %v, want a host-name error", err)
 	}
 }

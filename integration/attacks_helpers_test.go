@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
@@ -77,7 +78,7 @@ type attackProxy struct {
 // tweak, when set, adjusts the bad route.
 func startAttackProxy(t *testing.T, bad *chain.Dialer, trust string, tweak ...func(*proxy.Route)) *attackProxy {
 	t.Helper()
-	good := &chain.Dialer{Host: "localhost", Port: cluster.Port, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
+	good := &chain.Dialer{Host: "localhost", Port: cluster.Port, Roots: testpki.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
 	tcfg, err := proxy.SelfSignedTLSConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -165,8 +166,8 @@ func (ap *attackProxy) waitRefusals(t *testing.T, n int, reason string) {
 // answerStripS is a middlebox in front of the real server: it forwards the
 // SSLRequest, reads the server's 'S' and tells the proxy 'N' instead, as if
 // the server had TLS off. sawS records that the real server did offer TLS.
-func answerStripS(sawS *atomic.Int32) harness.FakeAnswer {
-	return func(c net.Conn, _ *harness.FakeUpstream) net.Conn {
+func answerStripS(sawS *atomic.Int32) testpki.FakeAnswer {
+	return func(c net.Conn, _ *testpki.FakeUpstream) net.Conn {
 		up, err := net.DialTimeout("tcp", cluster.Addr(), 5*time.Second)
 		if err != nil {
 			return nil
@@ -192,8 +193,8 @@ func answerStripS(sawS *atomic.Int32) harness.FakeAnswer {
 // answerSThenPlaintext answers 'S', reads the proxy's first TLS record (its
 // ClientHello) and answers it in plaintext with msgs, as a middlebox that
 // pretends TLS was set up does. hellos counts the ClientHellos seen.
-func answerSThenPlaintext(hellos *atomic.Int32, msgs ...pgproto3.BackendMessage) harness.FakeAnswer {
-	return func(c net.Conn, _ *harness.FakeUpstream) net.Conn {
+func answerSThenPlaintext(hellos *atomic.Int32, msgs ...pgproto3.BackendMessage) testpki.FakeAnswer {
+	return func(c net.Conn, _ *testpki.FakeUpstream) net.Conn {
 		if _, err := c.Write([]byte{'S'}); err != nil {
 			return nil
 		}
@@ -225,11 +226,11 @@ func answerSThenPlaintext(hellos *atomic.Int32, msgs ...pgproto3.BackendMessage)
 type switchableUpstream struct {
 	flipped atomic.Bool
 	relayed atomic.Int32 // connections relayed to the real server
-	tlsOnly harness.FakeAnswer
+	tlsOnly testpki.FakeAnswer
 	hellos  atomic.Int32 // connections answered after the flip
 }
 
-func (s *switchableUpstream) answer(c net.Conn, f *harness.FakeUpstream) net.Conn {
+func (s *switchableUpstream) answer(c net.Conn, f *testpki.FakeUpstream) net.Conn {
 	if s.flipped.Load() {
 		s.hellos.Add(1)
 		return s.tlsOnly(c, f)
@@ -264,9 +265,9 @@ func (s *switchableUpstream) answer(c net.Conn, f *harness.FakeUpstream) net.Con
 }
 
 // issueCert makes a certificate from tmpl signed by parent (self-signed
-// when parent is nil), for attack rows that need what the harness's PKI
+// when parent is nil), for attack rows that need what testpki's PKI
 // does not make: name constraints, or a hostile subject.
-func issueCert(t *testing.T, parent *harness.Cert, tmpl *x509.Certificate) *harness.Cert {
+func issueCert(t *testing.T, parent *testpki.Cert, tmpl *x509.Certificate) *testpki.Cert {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -297,15 +298,15 @@ func issueCert(t *testing.T, parent *harness.Cert, tmpl *x509.Certificate) *harn
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness.Cert{Cert: c, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &testpki.Cert{Cert: c, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
 // rootsTrust sets a route's trust to roots, with AIA completion (which a
 // --ca-file route's dialer does not do), as a pinned route's would.
-func rootsTrust(roots ...*harness.Cert) func(t *testing.T, d *chain.Dialer) string {
+func rootsTrust(roots ...*testpki.Cert) func(t *testing.T, d *chain.Dialer) string {
 	return func(t *testing.T, d *chain.Dialer) string {
 		d.Roots = nil
-		d.Trust = fixedTrust{roots: harness.Pool(roots...)}
+		d.Trust = fixedTrust{roots: testpki.Pool(roots...)}
 		return "the test's roots"
 	}
 }

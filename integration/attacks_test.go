@@ -23,13 +23,14 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
 // attackRow is one hostile or broken upstream behind the bad route.
 type attackRow struct {
 	name   string
-	answer harness.FakeAnswer // the fake upstream's script
+	answer testpki.FakeAnswer // the fake upstream's script
 	server string             // the bad route's server_name; "" means its host, localhost
 	reason string             // the refusal cause the proxy counts (Observer.Refused)
 	code   string             // SQLSTATE of the FATAL
@@ -41,7 +42,7 @@ type attackRow struct {
 	// description for hints).
 	setup func(t *testing.T, d *chain.Dialer) string
 	// before, when set, runs once the proxy serves, before the attacks.
-	before func(t *testing.T, ap *attackProxy, fake *harness.FakeUpstream)
+	before func(t *testing.T, ap *attackProxy, fake *testpki.FakeUpstream)
 	// contacted counts the hostile connections; nil means fake.Conns().
 	contacted func() int
 	// after checks what else the row needs.
@@ -72,7 +73,7 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 	newRoot := mustCA(t, nil, "attack new root")
 	newInter := mustCA(t, newRoot, "attack new intermediate")
 	newLeaf := mustLeaf(t, newInter)
-	sw := &switchableUpstream{tlsOnly: harness.AnswerTLS(newLeaf.TLSCertificate(newInter), nil)}
+	sw := &switchableUpstream{tlsOnly: testpki.AnswerTLS(newLeaf.TLSCertificate(newInter), nil)}
 	pinDir := t.TempDir()
 	// SSRF before verification: a leaf from an unknown CA whose caIssuers
 	// URLs point at this machine (the proxy's own admin port, a cloud
@@ -97,22 +98,22 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 		Subject: pkix.Name{CommonName: "localhost\nOK: verified\x1b[8m", Organization: []string{"\x1b]0;owned\x07"}}, DNSNames: []string{"localhost"}})
 
 	tests := []attackRow{
-		{name: "certificate from another CA", answer: harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(), nil),
+		{name: "certificate from another CA", answer: testpki.AnswerTLS(pki.OtherLeaf.TLSCertificate(), nil),
 			reason: "verification", code: "08006", cause: []string{"certificate signed by unknown authority"}, hint: "intercepting"},
-		{name: "TLS-intercepting middlebox re-signing with its own CA for the right name", answer: harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil),
+		{name: "TLS-intercepting middlebox re-signing with its own CA for the right name", answer: testpki.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil),
 			reason: "verification", code: "08006", cause: []string{"unknown authority"}, hint: "--ca-file"},
-		{name: "wrong host name", answer: harness.AnswerTLS(pki.WrongName.TLSCertificate(pki.Intermediate), nil),
+		{name: "wrong host name", answer: testpki.AnswerTLS(pki.WrongName.TLSCertificate(pki.Intermediate), nil),
 			reason: "verification", code: "08006", cause: []string{`valid for "wrong.example.invalid"`}, hint: "--server-name"},
 		// The real server's own chain and key, reached under another name.
-		{name: "real server certificate under another name", answer: harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil), server: "db.example.com",
+		{name: "real server certificate under another name", answer: testpki.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil), server: "db.example.com",
 			reason: "verification", code: "08006", cause: []string{`not valid for host name "db.example.com": it is valid for "localhost", 127.0.0.1, ::1`}, hint: "--server-name"},
-		{name: "expired certificate", answer: harness.AnswerTLS(pki.Expired.TLSCertificate(pki.Intermediate), nil),
+		{name: "expired certificate", answer: testpki.AnswerTLS(pki.Expired.TLSCertificate(pki.Intermediate), nil),
 			reason: "verification", code: "08006", cause: []string{"expired at"}, hint: "renew"},
-		{name: "not yet valid certificate", answer: harness.AnswerTLS(pki.NotYetValid.TLSCertificate(pki.Intermediate), nil),
+		{name: "not yet valid certificate", answer: testpki.AnswerTLS(pki.NotYetValid.TLSCertificate(pki.Intermediate), nil),
 			reason: "verification", code: "08006", cause: []string{"not valid before"}, hint: "clock"},
-		{name: "self-signed certificate", answer: harness.AnswerTLS(pki.SelfSigned.TLSCertificate(), nil),
+		{name: "self-signed certificate", answer: testpki.AnswerTLS(pki.SelfSigned.TLSCertificate(), nil),
 			reason: "verification", code: "08006", cause: []string{"self-signed"}, hint: "fingerprint"},
-		{name: "server answers N", answer: harness.AnswerBytes([]byte("N")),
+		{name: "server answers N", answer: testpki.AnswerBytes([]byte("N")),
 			reason: "upstream_refused_tls", code: "08006", cause: []string{"refused TLS", "answered 'N'"}, hint: "stripping"},
 		{name: "downgrade: middlebox strips the real server's S", answer: answerStripS(&sawS),
 			reason: "upstream_refused_tls", code: "08006", cause: []string{"refused TLS", "stripped TLS"}, hint: "stripping",
@@ -121,7 +122,7 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 					t.Fatalf("the real server answered 'S' to %d of the middlebox's 3 SSLRequests", sawS.Load())
 				}
 			}},
-		{name: "server sends bytes after S", answer: harness.AnswerBytes(append([]byte("S"), authOK...)),
+		{name: "server sends bytes after S", answer: testpki.AnswerBytes(append([]byte("S"), authOK...)),
 			reason: "upstream_injection", code: "08006", cause: []string{"unencrypted data"}, hint: "man-in-the-middle"},
 		{name: "downgrade: middlebox answers S then plaintext AuthenticationOk to the ClientHello",
 			answer: answerSThenPlaintext(&hellos, &pgproto3.AuthenticationOk{}, &pgproto3.ParameterStatus{Name: "server_version", Value: "15"},
@@ -132,26 +133,26 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 					t.Fatalf("the middlebox saw %d ClientHellos, want 3", hellos.Load())
 				}
 			}},
-		{name: "E answer to SSLRequest is not echoed", answer: harness.AnswerBytes(eAnswer), notEchoed: eText,
+		{name: "E answer to SSLRequest is not echoed", answer: testpki.AnswerBytes(eAnswer), notEchoed: eText,
 			reason: "upstream_refused_tls", code: "08006", cause: []string{"answered SSLRequest with an error message", "not shown"}},
-		{name: "TLS 1.0 only", answer: harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS10 }),
+		{name: "TLS 1.0 only", answer: testpki.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS10 }),
 			reason: "upstream_tls", code: "08006", cause: []string{"TLS 1.2 or later"}, hint: "TLS 1.2 or later"},
-		{name: "TLS 1.1 only", answer: harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS11, tls.VersionTLS11 }),
+		{name: "TLS 1.1 only", answer: testpki.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS11, tls.VersionTLS11 }),
 			reason: "upstream_tls", code: "08006", cause: []string{"TLS 1.2 or later"}, hint: "TLS 1.2 or later"},
-		{name: "SSRF: caIssuers URLs on this machine from an unverified certificate", answer: harness.AnswerTLS(ssrfLeaf.TLSCertificate(), nil),
+		{name: "SSRF: caIssuers URLs on this machine from an unverified certificate", answer: testpki.AnswerTLS(ssrfLeaf.TLSCertificate(), nil),
 			reason: "verification", code: "08006", cause: []string{"unknown authority"}, hint: "intercepting", setup: rootsTrust(pki.Root),
 			after: func(t *testing.T) {
 				if n := internal.hits.Load(); n != 0 {
 					t.Fatalf("%d AIA requests reached the local HTTP server", n)
 				}
 			}},
-		{name: "name-constrained sub-CA vouching by CN only for a name outside its constraints", answer: harness.AnswerTLS(cnOnly.TLSCertificate(constrainedSub), nil),
+		{name: "name-constrained sub-CA vouching by CN only for a name outside its constraints", answer: testpki.AnswerTLS(cnOnly.TLSCertificate(constrainedSub), nil),
 			reason: "verification", code: "08006", cause: []string{`common name "localhost" is outside the domains CA`, "name constraints"}, hint: "--server-name",
 			setup: rootsTrust(constrainedRoot)},
-		{name: "name-constrained sub-CA, leaf with IP SANs only, CN outside its constraints", answer: harness.AnswerTLS(ipSANOnly.TLSCertificate(constrainedSub), nil),
+		{name: "name-constrained sub-CA, leaf with IP SANs only, CN outside its constraints", answer: testpki.AnswerTLS(ipSANOnly.TLSCertificate(constrainedSub), nil),
 			reason: "verification", code: "08006", cause: []string{`common name "localhost" is outside the domains CA`}, hint: "--server-name",
 			setup: rootsTrust(constrainedRoot)},
-		{name: "certificate names holding a newline and escape sequences", answer: harness.AnswerTLS(forger.TLSCertificate(), nil),
+		{name: "certificate names holding a newline and escape sequences", answer: testpki.AnswerTLS(forger.TLSCertificate(), nil),
 			reason: "verification", code: "08006", cause: []string{`localhost\nOK: verified\x1b[8m`}, hint: "intercepting", notEchoed: "\x1b",
 			after: func(t *testing.T) {}},
 		{name: "new root after pinning", answer: sw.answer,
@@ -162,10 +163,10 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 				store := &chain.PinStore{Dir: pinDir}
 				d.Roots = nil
 				d.Trust = &chain.PinTrust{Store: store, Dialer: d, Policy: chain.PolicySystem,
-					System: harness.Pool(pki.Root, newRoot), AIA: &chain.Completer{}}
+					System: testpki.Pool(pki.Root, newRoot), AIA: &chain.Completer{}}
 				return "the pinned anchor in " + store.Path(d.Host, d.Port, d.ServerName)
 			},
-			before: func(t *testing.T, ap *attackProxy, fake *harness.FakeUpstream) {
+			before: func(t *testing.T, ap *attackProxy, fake *testpki.FakeUpstream) {
 				// First use pins the real chain; the route serves.
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
@@ -194,12 +195,12 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 	refused := 0
 	for _, tc := range tests {
 		ok := t.Run(tc.name, func(t *testing.T) {
-			fake, err := harness.StartFakeUpstream(tc.answer)
+			fake, err := testpki.StartFakeUpstream(tc.answer)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer fake.Close()
-			d := &chain.Dialer{Host: "localhost", Port: fake.Port, ServerName: tc.server, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
+			d := &chain.Dialer{Host: "localhost", Port: fake.Port, ServerName: tc.server, Roots: testpki.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
 			trust := "the roots in --ca-file " + rootFile
 			if tc.setup != nil {
 				trust = tc.setup(t, d)
@@ -262,7 +263,7 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 			if contacted != 3 {
 				t.Fatalf("the hostile upstream was contacted %d times for 3 clients", contacted)
 			}
-			if got := fake.Received(); harness.HasStartupMessage(got) {
+			if got := fake.Received(); testpki.HasStartupMessage(got) {
 				t.Fatalf("the bad upstream received a startup message (%d bytes: %q)", len(got), got)
 			}
 			if tc.after != nil {
@@ -282,14 +283,14 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 // message. Without it, "no startup message received" could hold because the
 // fake never records anything.
 func TestAttackControlLeakIsDetected(t *testing.T) {
-	fake, err := harness.StartFakeUpstream(harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil))
+	fake, err := testpki.StartFakeUpstream(testpki.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer fake.Close()
 	// The fake never answers the startup message: the proxy gives up at
 	// its startup timeout and closes the upstream connection.
-	ap := startAttackProxy(t, &chain.Dialer{Host: "localhost", Port: fake.Port, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}, "the roots in --ca-file "+rootFile,
+	ap := startAttackProxy(t, &chain.Dialer{Host: "localhost", Port: fake.Port, Roots: testpki.Pool(pki.Root), ConnectTimeout: 10 * time.Second}, "the roots in --ca-file "+rootFile,
 		func(r *proxy.Route) { r.StartupTimeout = 2 * time.Second })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -300,7 +301,7 @@ func TestAttackControlLeakIsDetected(t *testing.T) {
 	}
 	fake.Close()
 	got := fake.Received()
-	if !harness.HasStartupMessage(got) || !strings.Contains(string(got), harness.ScramUser) {
+	if !testpki.HasStartupMessage(got) || !strings.Contains(string(got), harness.ScramUser) {
 		t.Fatalf("the verified fake upstream recorded %d bytes %q: the leak check cannot see a leak", len(got), got)
 	}
 }
@@ -311,12 +312,12 @@ func TestAttackControlLeakIsDetected(t *testing.T) {
 // would pass verification and records what reaches it; a good route in the
 // same proxy keeps serving.
 func TestClientBytesAfterSSLRequestRefused(t *testing.T) {
-	fake, err := harness.StartFakeUpstream(harness.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil))
+	fake, err := testpki.StartFakeUpstream(testpki.AnswerTLS(pki.Leaf.TLSCertificate(pki.Intermediate), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer fake.Close()
-	ap := startAttackProxy(t, &chain.Dialer{Host: "localhost", Port: fake.Port, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}, "the roots in --ca-file "+rootFile)
+	ap := startAttackProxy(t, &chain.Dialer{Host: "localhost", Port: fake.Port, Roots: testpki.Pool(pki.Root), ConnectTimeout: 10 * time.Second}, "the roots in --ca-file "+rootFile)
 	ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
 		Parameters: map[string]string{"user": harness.MD5User, "database": "postgres"}}).Encode(nil)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // aiaServer serves certificates (DER) on a loopback HTTP server, like a CA's
@@ -54,7 +55,7 @@ func startAIAServer(t *testing.T) *aiaServer {
 
 // url registers a certificate and returns its caIssuers URL.
 func (a *aiaServer) url(name string) string { return a.base + "/" + name + ".der" }
-func (a *aiaServer) serve(name string, c *harness.Cert) {
+func (a *aiaServer) serve(name string, c *testpki.Cert) {
 	a.files["/"+name+".der"] = c.Cert.Raw
 }
 
@@ -74,9 +75,9 @@ func runCLI(t *testing.T, env []string, args ...string) (string, int) {
 	return string(out), 0
 }
 
-func mustLeaf(t *testing.T, parent *harness.Cert, aia ...string) *harness.Cert {
+func mustLeaf(t *testing.T, parent *testpki.Cert, aia ...string) *testpki.Cert {
 	t.Helper()
-	c, err := harness.IssueLeaf(parent, harness.LeafOptions{CommonName: "localhost", DNSNames: []string{"localhost"},
+	c, err := testpki.IssueLeaf(parent, testpki.LeafOptions{CommonName: "localhost", DNSNames: []string{"localhost"},
 		IPs: []net.IP{net.ParseIP("127.0.0.1")}, AIA: aia})
 	if err != nil {
 		t.Fatal(err)
@@ -84,14 +85,14 @@ func mustLeaf(t *testing.T, parent *harness.Cert, aia ...string) *harness.Cert {
 	return c
 }
 
-func mustCA(t *testing.T, parent *harness.Cert, cn string, aia ...string) *harness.Cert {
+func mustCA(t *testing.T, parent *testpki.Cert, cn string, aia ...string) *testpki.Cert {
 	t.Helper()
-	var c *harness.Cert
+	var c *testpki.Cert
 	var err error
 	if parent == nil {
-		c, err = harness.NewRootCA(cn)
+		c, err = testpki.NewRootCA(cn)
 	} else {
-		c, err = harness.NewIntermediateCAWithAIA(parent, cn, aia)
+		c, err = testpki.NewIntermediateCAWithAIA(parent, cn, aia)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -120,14 +121,14 @@ func restoreClusterCert(t *testing.T) {
 	})
 }
 
-func writeBundle(t *testing.T, name string, certs ...*harness.Cert) string {
+func writeBundle(t *testing.T, name string, certs ...*testpki.Cert) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), name)
 	var blocks [][]byte
 	for _, c := range certs {
 		blocks = append(blocks, c.CertPEM)
 	}
-	if err := harness.WritePEMFile(path, blocks...); err != nil {
+	if err := testpki.WritePEMFile(path, blocks...); err != nil {
 		t.Fatal(err)
 	}
 	return path

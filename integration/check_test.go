@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // assertOutput fails the test for each wanted text the output lacks.
@@ -61,7 +62,7 @@ func TestCheckGoodUpstream(t *testing.T) {
 	// With the client certificate the server's ssl_ca_file accepts.
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
-	if err := harness.WritePEMFile(certFile, pki.Client.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(certFile, pki.Client.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, pki.Client.KeyPEM, 0o600); err != nil {
@@ -72,7 +73,7 @@ func TestCheckGoodUpstream(t *testing.T) {
 	if code != 0 {
 		t.Errorf("with a client certificate: exit status %d, want 0", code)
 	}
-	assertOutput(t, out, `Client cert:      presented "CN=`+harness.CertUser, "the server did not reject it",
+	assertOutput(t, out, `Client cert:      presented "CN=`+testpki.CertUser, "the server did not reject it",
 		"OK: upstream "+upstream+": verify-full passes\n")
 }
 
@@ -81,7 +82,7 @@ func TestCheckGoodUpstream(t *testing.T) {
 func TestCheckBadUpstream(t *testing.T) {
 	upstream := fmt.Sprintf("localhost:%d", cluster.Port)
 	otherCA := filepath.Join(t.TempDir(), "other.crt")
-	if err := harness.WritePEMFile(otherCA, pki.OtherRoot.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(otherCA, pki.OtherRoot.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -134,7 +135,7 @@ func closedPort(t *testing.T) int {
 func TestCheckConfigTwoRoutes(t *testing.T) {
 	dir := t.TempDir()
 	otherCA := filepath.Join(dir, "other.crt")
-	if err := harness.WritePEMFile(otherCA, pki.OtherRoot.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(otherCA, pki.OtherRoot.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "pgverifyproxy.yaml")

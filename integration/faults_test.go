@@ -29,6 +29,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // startFaultCluster starts a cluster of the test's own, with the shared PKI's
@@ -523,7 +524,7 @@ func TestFaultPinDirUnwritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	roots := filepath.Join(shared, "system.pem")
-	if err := harness.WritePEMFile(roots, pki.Root.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(roots, pki.Root.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(roots, 0o644); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // Certificate text an unverified upstream chooses: newlines that start fake
@@ -73,14 +74,14 @@ func assertNoHostileEffect(t *testing.T, what, text string) bool {
 // hostileCert issues a certificate with the hostile subject and SANs (plus
 // names, when the certificate must carry localhost) from parent, or
 // self-signed when parent is nil.
-func hostileCert(t *testing.T, parent *harness.Cert, names bool) *harness.Cert {
+func hostileCert(t *testing.T, parent *testpki.Cert, names bool) *testpki.Cert {
 	t.Helper()
-	o := harness.LeafOptions{DNSNames: hostileDNS}
+	o := testpki.LeafOptions{DNSNames: hostileDNS}
 	if names {
 		o.DNSNames = append([]string{"localhost"}, hostileDNS...)
 		o.IPs = []net.IP{net.ParseIP("127.0.0.1")}
 	}
-	c, err := harness.IssueLeafWithSubject(parent, pkix.Name{CommonName: hostileCN, OrganizationalUnit: []string{hostileOU}, Organization: []string{"pgverifyproxy tests"}}, o)
+	c, err := testpki.IssueLeafWithSubject(parent, pkix.Name{CommonName: hostileCN, OrganizationalUnit: []string{hostileOU}, Organization: []string{"pgverifyproxy tests"}}, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,8 +106,8 @@ func TestHostileCertificateText(t *testing.T) {
 	var serving atomic.Pointer[tls.Certificate]
 	use := func(c tls.Certificate) { serving.Store(&c) }
 	use(self.TLSCertificate())
-	fake, err := harness.StartFakeUpstream(func(c net.Conn, f *harness.FakeUpstream) net.Conn {
-		return harness.AnswerTLS(*serving.Load(), nil)(c, f)
+	fake, err := testpki.StartFakeUpstream(func(c net.Conn, f *testpki.FakeUpstream) net.Conn {
+		return testpki.AnswerTLS(*serving.Load(), nil)(c, f)
 	})
 	if err != nil {
 		t.Fatal(err)

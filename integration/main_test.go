@@ -22,12 +22,13 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
 // Shared by every test of the package: one PKI, one cluster, one binary.
 var (
-	pki      *harness.PKI
+	pki      *testpki.PKI
 	cluster  *harness.Cluster
 	workDir  string // temp dir for files the tests write
 	rootFile string // PEM of pki.Root
@@ -55,12 +56,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(workDir)
-	if pki, err = harness.NewPKI(); err != nil {
+	if pki, err = testpki.NewPKI(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: pki:", err)
 		return 1
 	}
 	rootFile = filepath.Join(workDir, "root.crt")
-	if err := harness.WritePEMFile(rootFile, pki.Root.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(rootFile, pki.Root.CertPEM); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1
 	}
@@ -133,7 +134,7 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 	if o.port == 0 {
 		o.port = cluster.Port
 	}
-	d := &chain.Dialer{Host: o.host, Port: o.port, ServerName: o.serverName, Roots: harness.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
+	d := &chain.Dialer{Host: o.host, Port: o.port, ServerName: o.serverName, Roots: testpki.Pool(pki.Root), ConnectTimeout: 10 * time.Second}
 	tcfg, err := proxy.SelfSignedTLSConfig()
 	if err != nil {
 		t.Fatal(err)

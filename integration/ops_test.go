@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // httpGet returns the status and body of an admin endpoint.
@@ -538,7 +539,7 @@ func clientLegCertificate(t *testing.T, port int) *x509.Certificate {
 	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
 		t.Fatalf("SSLRequest answer %q %v", b, err)
 	}
-	tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: harness.Pool(pki.Root), NextProtos: []string{"postgresql"}})
+	tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root), NextProtos: []string{"postgresql"}})
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("client-leg handshake: %v", err)
 	}
@@ -550,12 +551,12 @@ func clientLegCertificate(t *testing.T, port int) *x509.Certificate {
 func TestOpsSIGHUPReloadsClientTLSCertificate(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "local.crt"), filepath.Join(dir, "local.key")
-	issue := func(cn string) *harness.Cert {
-		c, err := harness.IssueLeaf(pki.Intermediate, harness.LeafOptions{CommonName: cn, DNSNames: []string{"localhost"}})
+	issue := func(cn string) *testpki.Cert {
+		c, err := testpki.IssueLeaf(pki.Intermediate, testpki.LeafOptions{CommonName: cn, DNSNames: []string{"localhost"}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := harness.WritePEMFile(certFile, c.ChainPEM(pki.Intermediate)); err != nil {
+		if err := testpki.WritePEMFile(certFile, c.ChainPEM(pki.Intermediate)); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(keyFile, c.KeyPEM, 0o600); err != nil {

@@ -11,11 +11,12 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // pinCluster writes, in dir, the cluster's pin (localhost:PORT) with anchor
 // as its only trust anchor, the way chain fetch --repin replaces a pin.
-func pinCluster(t *testing.T, dir string, anchor *harness.Cert) {
+func pinCluster(t *testing.T, dir string, anchor *testpki.Cert) {
 	t.Helper()
 	now := time.Now()
 	p := &chain.Pin{Host: "localhost", Port: cluster.Port, Policy: string(chain.PolicySystem),

@@ -40,6 +40,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // protoLegs are the two client legs to the proxy: plaintext and TLS. The md5
@@ -611,7 +612,7 @@ func protoRawSession(conn net.Conn, startup []byte, user, password, query string
 // does, with the project's own verified dialer (SSLRequest, 'S', TLS
 // verified against the test root for localhost).
 func protoDialDirectTLS(ctx context.Context) (net.Conn, error) {
-	d := &chain.Dialer{Host: "localhost", Port: cluster.Port, Roots: harness.Pool(pki.Root)}
+	d := &chain.Dialer{Host: "localhost", Port: cluster.Port, Roots: testpki.Pool(pki.Root)}
 	c, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err

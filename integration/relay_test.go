@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
@@ -415,7 +416,7 @@ func TestRelayProtocolNegotiation(t *testing.T) {
 // the SHA-256 of the server certificate.
 func TestRelayChannelBindingScripted(t *testing.T) {
 	const password = "scripted-secret"
-	s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password})
+	s, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +457,7 @@ func TestRelayChannelBindingScripted(t *testing.T) {
 		{"forge", "did not prove that it knows the password (its SCRAM signature is wrong)"},
 		{"omit", "sent AuthenticationOk before completing SCRAM"},
 	} {
-		bad, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password, SCRAMSignature: tamper.how})
+		bad, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), SCRAMPassword: password, SCRAMSignature: tamper.how})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // socketDir returns a directory short enough for socket paths (sockaddr_un
@@ -39,7 +40,7 @@ func clientCertFiles(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
-	if err := harness.WritePEMFile(certFile, pki.Client.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(certFile, pki.Client.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, pki.Client.KeyPEM, 0o600); err != nil {
@@ -79,13 +80,13 @@ func TestRoutesFromConfigFile(t *testing.T) {
 	ports := freePorts(t, 6)
 	certFile, keyFile := clientCertFiles(t)
 
-	pg17, err := harness.StartScriptedServer(harness.ScriptedOptions{
+	pg17, err := testpki.StartScriptedServer(testpki.ScriptedOptions{
 		Cert: pki.Leaf.TLSCertificate(pki.Intermediate), Direct: true, ALPN: []string{"postgresql"}, KeyLength: 256})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pg17.Close()
-	untrusted, err := harness.StartFakeUpstream(harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(), nil))
+	untrusted, err := testpki.StartFakeUpstream(testpki.AnswerTLS(pki.OtherLeaf.TLSCertificate(), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,17 +158,17 @@ routes:
 		}
 	})
 	t.Run("client certificate: cert_user logs in with no password", func(t *testing.T) {
-		r := runPsql(t, ports[1], "user="+harness.CertUser+" sslmode=require", "", whoAmI)
-		if r.code != 0 || r.out != harness.CertUser+"|true" {
+		r := runPsql(t, ports[1], "user="+testpki.CertUser+" sslmode=require", "", whoAmI)
+		if r.code != 0 || r.out != testpki.CertUser+"|true" {
 			t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
 		}
 		// The route without a client certificate: the server's own refusal.
-		r = runPsql(t, ports[0], "user="+harness.CertUser+" sslmode=disable", "", whoAmI)
+		r = runPsql(t, ports[0], "user="+testpki.CertUser+" sslmode=disable", "", whoAmI)
 		if r.code == 0 || !strings.Contains(r.err, "connection requires a valid client certificate") {
 			t.Fatalf("cert_user without a certificate: exit %d err %q", r.code, r.err)
 		}
 		// client_tls: require on this route.
-		r = runPsql(t, ports[1], "user="+harness.CertUser+" sslmode=disable", "", whoAmI)
+		r = runPsql(t, ports[1], "user="+testpki.CertUser+" sslmode=disable", "", whoAmI)
 		if r.code == 0 || !strings.Contains(r.err, "requires TLS") {
 			t.Fatalf("plaintext on a client_tls=require route: exit %d err %q", r.code, r.err)
 		}
@@ -239,7 +240,7 @@ routes:
 		if r.code == 0 || !strings.Contains(r.err, "certificate signed by unknown authority") {
 			t.Fatalf("exit %d err %q", r.code, r.err)
 		}
-		if harness.HasStartupMessage(untrusted.Received()) {
+		if testpki.HasStartupMessage(untrusted.Received()) {
 			t.Fatal("a startup message reached the untrusted upstream")
 		}
 		r = runPsql(t, ports[0], "user="+harness.MD5User+" sslmode=disable", harness.MD5Password, whoAmI)
@@ -266,8 +267,8 @@ func TestCLIUpstreamClientCertFlags(t *testing.T) {
 	certFile, keyFile := clientCertFiles(t)
 	p := startCLI(t, nil, "--upstream", fmt.Sprintf("localhost:%d", cluster.Port), "--ca-file", rootFile,
 		"--upstream-cert", certFile, "--upstream-key", keyFile)
-	r := runPsql(t, p.port, "user="+harness.CertUser+" sslmode=disable", "", whoAmI)
-	if r.code != 0 || r.out != harness.CertUser+"|true" {
+	r := runPsql(t, p.port, "user="+testpki.CertUser+" sslmode=disable", "", whoAmI)
+	if r.code != 0 || r.out != testpki.CertUser+"|true" {
 		t.Fatalf("exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
 	}
 
@@ -312,7 +313,7 @@ func TestDirectTLSClientThroughProxyToPG15(t *testing.T) {
 // requires a client certificate refuses only after the handshake, with an
 // alert. The client gets a FATAL naming the alert and the fix, not an EOF.
 func TestUpstreamRefusesMissingClientCertificate(t *testing.T) {
-	s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), ClientCAs: []*harness.Cert{pki.ClientCA}})
+	s, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), ClientCAs: []*testpki.Cert{pki.ClientCA}})
 	if err != nil {
 		t.Fatal(err)
 	}

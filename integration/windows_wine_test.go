@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // TestWindowsBinaryUnderWine runs the Windows build of the proxy (GOOS
@@ -138,7 +139,7 @@ func TestWindowsBinaryUnderWine(t *testing.T) {
 	}
 
 	t.Run("man in the middle refused", func(t *testing.T) {
-		fake, err := harness.StartFakeUpstream(harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil))
+		fake, err := testpki.StartFakeUpstream(testpki.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +151,7 @@ func TestWindowsBinaryUnderWine(t *testing.T) {
 			t.Fatalf("psql through the Windows binary to a man in the middle: exit %d %q", r.code, r.err)
 		}
 		fake.Close()
-		if got := fake.Received(); harness.HasStartupMessage(got) {
+		if got := fake.Received(); testpki.HasStartupMessage(got) {
 			t.Fatalf("the man in the middle received a startup message (%d bytes)", len(got))
 		}
 	})

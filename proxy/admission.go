@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -8,6 +10,9 @@ import (
 	"net"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 )
 
 // Request codes of the packets a client may send first.
@@ -19,6 +24,9 @@ const (
 
 // tlsHandshakeRecord is the first byte of a TLS handshake record.
 const tlsHandshakeRecord = 0x16
+
+// alpnPostgres is PostgreSQL's ALPN protocol name.
+const alpnPostgres = "postgresql"
 
 // startupPacket is one length-prefixed packet of the startup phase.
 type startupPacket struct {
@@ -37,15 +45,15 @@ func (p *startupPacket) isStartupMessage() bool { return p.code>>16 == 3 }
 
 // readStartupPacket reads one startup-phase packet straight from r, with no
 // buffering, so that nothing past it is consumed. Its length must lie in
-// [8, MaxStartupPacket].
+// [8, maxStartupPacket].
 func readStartupPacket(r io.Reader) (*startupPacket, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n < 8 || n > MaxStartupPacket {
-		return nil, protocolError("invalid length of startup packet (%d bytes; the limit is %d)", n, MaxStartupPacket)
+	if n < 8 || n > maxStartupPacket {
+		return nil, protocolError("invalid length of startup packet (%d bytes; the limit is %d)", n, maxStartupPacket)
 	}
 	raw := make([]byte, n)
 	copy(raw, hdr[:])
@@ -124,3 +132,103 @@ func describeFirstPacket(code uint32) string {
 	}
 	return fmt.Sprintf("protocol %d.%d", code>>16, code&0xffff)
 }
+
+// admit reads the client's first packets: SSLRequest and GSSENCRequest are
+// answered here, a direct TLS handshake (libpq 17's sslnegotiation=direct)
+// is accepted, and the StartupMessage or CancelRequest that follows is
+// returned.
+func (ss *session) admit() (*startupPacket, error) {
+	mode := ss.route.ClientTLS
+	var first [1]byte
+	if _, err := io.ReadFull(ss.client, first[:]); err != nil {
+		return nil, err
+	}
+	var r io.Reader = io.MultiReader(bytes.NewReader(first[:]), ss.client)
+	if first[0] == tlsHandshakeRecord {
+		if mode == ClientTLSDisable {
+			return nil, errQuiet{err: errors.New("client: direct TLS handshake, but this listener has client_tls=disable")}
+		}
+		if err := ss.startTLS(&prefixConn{Conn: ss.client, prefix: first[:]}, true); err != nil {
+			return nil, err
+		}
+		r = ss.client
+	}
+	for {
+		pkt, err := readStartupPacket(r)
+		if err != nil {
+			return nil, err
+		}
+		r = ss.client
+		switch {
+		case pkt.code == codeSSLRequest:
+			if ss.tls {
+				return nil, protocolError("SSLRequest received inside TLS")
+			}
+			if mode == ClientTLSDisable {
+				if _, err := ss.client.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := ss.client.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			pc, err := expectTLSHandshake(ss.client)
+			if err != nil {
+				return nil, err
+			}
+			if err := ss.startTLS(pc, false); err != nil {
+				return nil, err
+			}
+			r = ss.client
+		case pkt.code == codeGSSENCRequest:
+			if ss.tls {
+				return nil, protocolError("GSSENCRequest received inside TLS")
+			}
+			if _, err := ss.client.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case pkt.code == codeCancelRequest:
+			if _, err := cancelKey(pkt); err != nil {
+				return nil, protocolError("malformed CancelRequest: %v", err)
+			}
+			return pkt, nil
+		case pkt.isStartupMessage():
+			if mode == ClientTLSRequire && !ss.tls {
+				return nil, &clientError{
+					Reason:  chain.ReasonClientTLSRequired,
+					Message: "pgverifyproxy: this listener requires TLS (client_tls=require), and the client connected without it",
+					Hint:    "connect with sslmode=require",
+				}
+			}
+			return pkt, nil
+		default:
+			return nil, &clientError{
+				Reason:  chain.ReasonUnsupportedProtocol,
+				Message: "pgverifyproxy: unsupported frontend protocol (" + describeFirstPacket(pkt.code) + "): the proxy supports protocol 3",
+			}
+		}
+	}
+}
+
+// startTLS runs the server side of the client's TLS handshake. The ALPN
+// protocol "postgresql" is offered as PostgreSQL 17 does; a direct
+// handshake must select it, as PostgreSQL 17 requires.
+func (ss *session) startTLS(c net.Conn, direct bool) error {
+	// On a rawsock.Conn, so that the event-loop relay can take the socket
+	// over after the login (a TCP socket; anything else stays as it is).
+	tc := tls.Server(rawsock.Wrap(c), ss.route.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		return errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
+	}
+	ss.client, ss.tls = tc, true
+	if direct && tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
+		return protocolError("direct TLS connection without the ALPN protocol %q", alpnPostgres)
+	}
+	return nil
+}
+
+// errQuiet is a failure that cannot be reported to the client in protocol.
+type errQuiet struct{ err error }
+
+func (e errQuiet) Error() string { return e.err.Error() }

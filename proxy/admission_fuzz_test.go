@@ -6,77 +6,20 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // This file holds the fuzz target of client admission and the helpers the
 // proxy package's fuzz targets share. Seeds: testdata/fuzz/FuzzAdmission;
 // PGVP_FUZZ_WRITE_SEEDS=1 go test -run '^FuzzAdmission$' ./proxy rewrites
 // the generated ones.
-
-// fzWatchdog bounds one fuzz execution. Every connection a fuzz target uses
-// is in memory and ends in EOF, so an execution that runs this long is an
-// endless loop in the code under test, never slowness.
-const fzWatchdog = 10 * time.Second
-
-// fzConn is an in-memory net.Conn: reads return the scripted input, then
-// io.EOF; writes are recorded. It never blocks, so nothing can hang on it.
-type fzConn struct {
-	in  *bytes.Reader
-	out bytes.Buffer
-}
-
-func newFzConn(in []byte) *fzConn { return &fzConn{in: bytes.NewReader(in)} }
-
-func (c *fzConn) Read(b []byte) (int, error) {
-	if c.in.Len() == 0 {
-		return 0, io.EOF
-	}
-	return c.in.Read(b)
-}
-func (c *fzConn) Write(b []byte) (int, error)      { return c.out.Write(b) }
-func (c *fzConn) Close() error                     { return nil }
-func (c *fzConn) LocalAddr() net.Addr              { return fzAddr }
-func (c *fzConn) RemoteAddr() net.Addr             { return fzAddr }
-func (c *fzConn) SetDeadline(time.Time) error      { return nil }
-func (c *fzConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *fzConn) SetWriteDeadline(time.Time) error { return nil }
-
-// consumed is how many input bytes were read.
-func (c *fzConn) consumed() int { return int(c.in.Size()) - c.in.Len() }
-
-var fzAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5432}
-
-// fzRun runs fn with the watchdog.
-func fzRun(t *testing.T, what string, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fn()
-	}()
-	timer := time.NewTimer(fzWatchdog)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		t.Fatalf("%s did not return within %s on in-memory connections that end in EOF: endless loop", what, fzWatchdog)
-	}
-}
 
 // fzTLS is the client-facing TLS configuration of the fuzz routes: one
 // certificate for the whole run, and X25519 only, so that an input carrying
@@ -100,50 +43,6 @@ func fzTLSConfig(tb testing.TB) *tls.Config {
 }
 
 var fzDiscard = slog.New(slog.DiscardHandler)
-
-// checkClientError checks what the client is told: a SQLSTATE, a message
-// that names the proxy, and a FATAL ErrorResponse that encodes and decodes.
-func checkClientError(t *testing.T, ce *ClientError) {
-	t.Helper()
-	if len(ce.Code()) != 5 {
-		t.Fatalf("ClientError without a SQLSTATE: %q (%s)", ce.Code(), ce.Message)
-	}
-	if !strings.HasPrefix(ce.Message, "pgverifyproxy: ") {
-		t.Fatalf("ClientError message does not name the proxy: %q", ce.Message)
-	}
-	if ce.Reason == chain.ReasonNone {
-		t.Fatalf("ClientError without a Reason: %q", ce.Message)
-	}
-	b, err := ce.response()
-	if err != nil {
-		t.Fatalf("ClientError does not encode: %v (%q)", err, ce.Message)
-	}
-	er := decodeFatal(t, b)
-	if strings.IndexByte(er.Message+er.Detail+er.Hint, 0) >= 0 || !utf8.ValidString(er.Message+er.Detail+er.Hint) {
-		t.Fatalf("ErrorResponse text holds a NUL or invalid UTF-8: %q", b)
-	}
-	if er.Code != ce.Code() || er.Message != clientText(ce.Message) || er.Detail != clientText(ce.Detail) || er.Hint != clientText(ce.Hint) {
-		t.Fatalf("ErrorResponse %q %q does not round-trip %q %q", er.Code, er.Message, ce.Code(), ce.Message)
-	}
-}
-
-// decodeFatal decodes b, which must be exactly one FATAL ErrorResponse
-// with a SQLSTATE.
-func decodeFatal(t *testing.T, b []byte) *pgproto3.ErrorResponse {
-	t.Helper()
-	m, rest, ok := nextMessage(b)
-	if !ok || len(rest) != 0 || m[0] != 'E' {
-		t.Fatalf("not one ErrorResponse: %q", b)
-	}
-	var er pgproto3.ErrorResponse
-	if err := er.Decode(m[5:]); err != nil {
-		t.Fatalf("ErrorResponse does not decode: %v (%q)", err, b)
-	}
-	if er.Severity != "FATAL" || er.SeverityUnlocalized != "FATAL" || len(er.Code) != 5 {
-		t.Fatalf("ErrorResponse is not FATAL with a SQLSTATE: severity %q, code %q", er.Severity, er.Code)
-	}
-	return &er
-}
 
 // clientOutput splits what the proxy wrote to the client during admission:
 // the one-byte answers to SSLRequest/GSSENCRequest, TLS records, and a final
@@ -248,39 +147,6 @@ func clientHello(tb testing.TB, alpn []string) []byte {
 	return c.out.Bytes()
 }
 
-// writeSeeds writes seeds as corpus files of a fuzz target when
-// PGVP_FUZZ_WRITE_SEEDS is set; each seed is the list of its arguments.
-func writeSeeds(f *testing.F, seeds map[string][]any) {
-	if os.Getenv("PGVP_FUZZ_WRITE_SEEDS") == "" {
-		return
-	}
-	dir := filepath.Join("testdata", "fuzz", f.Name())
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		f.Fatal(err)
-	}
-	for name, args := range seeds {
-		var b strings.Builder
-		b.WriteString("go test fuzz v1\n")
-		for _, a := range args {
-			switch v := a.(type) {
-			case []byte:
-				fmt.Fprintf(&b, "[]byte(%q)\n", v)
-			case byte:
-				fmt.Fprintf(&b, "byte(%q)\n", v)
-			case bool:
-				fmt.Fprintf(&b, "bool(%v)\n", v)
-			case string:
-				fmt.Fprintf(&b, "string(%q)\n", v)
-			default:
-				f.Fatalf("seed %s: no corpus encoding for %T", name, a)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, "seed_"+name), []byte(b.String()), 0o644); err != nil {
-			f.Fatal(err)
-		}
-	}
-}
-
 // FuzzAdmission feeds arbitrary client bytes, under each client_tls mode,
 // to the admission of a client (session.admit, then the startup parameter
 // check of Server.handle) and to the whole Server.handle with a recording
@@ -291,7 +157,7 @@ func writeSeeds(f *testing.F, seeds map[string][]any) {
 //     is a CancelRequest that decodes or a protocol 3 StartupMessage, read
 //     exactly (length word = size, nothing read past it: no bufio in front
 //     of TLS), and never a plaintext StartupMessage under client_tls=require;
-//   - every refusal is an error of a known kind, and a *ClientError carries
+//   - every refusal is an error of a known kind, and a *clientError carries
 //     a SQLSTATE and is sent as one FATAL ErrorResponse, the last thing the
 //     client receives;
 //   - the upstream is dialled only for a packet admission accepted (a
@@ -333,7 +199,7 @@ func FuzzAdmission(f *testing.F) {
 			t.Fatalf("admit returned packet %v and error %v", pkt, admitErr)
 		}
 		if pkt != nil {
-			if len(pkt.raw) < 8 || len(pkt.raw) > MaxStartupPacket || int(binary.BigEndian.Uint32(pkt.raw)) != len(pkt.raw) ||
+			if len(pkt.raw) < 8 || len(pkt.raw) > maxStartupPacket || int(binary.BigEndian.Uint32(pkt.raw)) != len(pkt.raw) ||
 				binary.BigEndian.Uint32(pkt.raw[4:]) != pkt.code {
 				t.Fatalf("admitted a packet whose framing is wrong: % x", pkt.raw[:min(len(pkt.raw), 16)])
 			}
@@ -356,7 +222,7 @@ func FuzzAdmission(f *testing.F) {
 				}
 			}
 		}
-		var admitCE *ClientError
+		var admitCE *clientError
 		if admitErr != nil {
 			var q errQuiet
 			switch {

@@ -96,7 +96,7 @@ func authSeeds(tb testing.TB) map[string][2][]byte {
 //     or no mechanism; only 'p' messages reach the upstream, and a
 //     SASLInitialResponse asking for channel binding only when the proxy
 //     logs in itself;
-//   - every failure is an error of a known kind, a *ClientError with a
+//   - every failure is an error of a known kind, a *clientError with a
 //     SQLSTATE and a FATAL ErrorResponse, and errUpstreamRejected only
 //     after the server's ErrorResponse was forwarded as is;
 //   - the password the client sent never appears in an error unless the
@@ -166,10 +166,10 @@ func checkNoPassword(t *testing.T, what, text string, pws []string, upstream []b
 	}
 }
 
-// errorTexts are the strings of err and of a *ClientError's fields.
+// errorTexts are the strings of err and of a *clientError's fields.
 func errorTexts(err error) string {
 	s := err.Error()
-	var ce *ClientError
+	var ce *clientError
 	if errors.As(err, &ce) {
 		s += "\n" + ce.Message + "\n" + ce.Detail + "\n" + ce.Hint
 	}
@@ -282,7 +282,7 @@ func fuzzExchange(t *testing.T, flags byte, upstream, client []byte) {
 		return
 	}
 	var (
-		ce  *ClientError
+		ce  *clientError
 		uio *upstreamIOError
 	)
 	switch {

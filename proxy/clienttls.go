@@ -41,12 +41,12 @@ func SelfSignedTLSConfig() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client tls: creating certificate: %w", err)
 	}
-	return ServerTLSConfig(tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}), nil
+	return serverTLSConfig(tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}), nil
 }
 
-// ServerTLSConfig wraps a certificate for the client-facing side: TLS 1.2 or
+// serverTLSConfig wraps a certificate for the client-facing side: TLS 1.2 or
 // later.
-func ServerTLSConfig(cert tls.Certificate) *tls.Config {
+func serverTLSConfig(cert tls.Certificate) *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS12,
@@ -60,5 +60,5 @@ func LoadServerTLSConfig(certFile, keyFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client tls: loading %s and %s: %w", certFile, keyFile, err)
 	}
-	return ServerTLSConfig(cert), nil
+	return serverTLSConfig(cert), nil
 }

@@ -1,9 +1,3 @@
-// Package proxy accepts PostgreSQL clients on local listeners, connects each
-// session to its route's upstream through a verified TLS dialer, relays the
-// authentication phase (removing what cannot cross a TLS-terminating hop) and
-// then copies bytes both ways.
-//
-// The package takes plain structs: it knows nothing of flags or config files.
 package proxy
 
 import (
@@ -44,9 +38,9 @@ func ParseClientTLSMode(s string) (ClientTLSMode, error) {
 // It matches PostgreSQL's authentication_timeout default.
 const DefaultStartupTimeout = 60 * time.Second
 
-// MaxStartupPacket is the largest first packet accepted from a client, the
+// maxStartupPacket is the largest first packet accepted from a client, the
 // same limit as the PostgreSQL server's MAX_STARTUP_PACKET_LENGTH.
-const MaxStartupPacket = 10000
+const maxStartupPacket = 10000
 
 // DialFunc opens a connection to the upstream that has passed verify-full.
 type DialFunc func(ctx context.Context) (net.Conn, error)
@@ -109,7 +103,7 @@ type Route struct {
 	Prewarm int
 	// PrewarmMaxAge replaces a pre-dialled connection after this long; it
 	// must stay below the server's authentication_timeout. Zero means
-	// DefaultPrewarmMaxAge; at most MaxPrewarmMaxAge.
+	// DefaultPrewarmMaxAge; at most 50 s (maxPrewarmMaxAge).
 	PrewarmMaxAge time.Duration
 	// TrustGeneration returns a number that changes whenever what Dial
 	// verifies the upstream against changes (its pin written, replaced or
@@ -132,6 +126,13 @@ type Config struct {
 	// Observer receives session, refusal and dial events (metrics and
 	// health); nil means none.
 	Observer Observer
+	// Relay is how authenticated sessions are relayed: RelayEventLoop (the
+	// default; on Linux, event loops) or RelayGoroutines.
+	Relay RelayEngine
+	// RelayLoops is how many event loops relay sessions; zero means one
+	// per four of GOMAXPROCS, at least one. Outside Linux it has no
+	// effect.
+	RelayLoops int
 }
 
 func (r *Route) validate() error {
@@ -210,16 +211,16 @@ func CheckLimits(maxConnections, prewarm int) error {
 }
 
 // CheckPrewarmMaxAge checks prewarm_max_age (Route.PrewarmMaxAge, where
-// zero means DefaultPrewarmMaxAge): 1s to MaxPrewarmMaxAge.
+// zero means DefaultPrewarmMaxAge): 1s to 50s (maxPrewarmMaxAge).
 func CheckPrewarmMaxAge(d time.Duration) error {
 	switch {
 	case d <= 0:
-		return fmt.Errorf("prewarm_max_age must be positive (1s to %s), not %s", MaxPrewarmMaxAge, d)
+		return fmt.Errorf("prewarm_max_age must be positive (1s to %s), not %s", maxPrewarmMaxAge, d)
 	case d < time.Second:
 		return fmt.Errorf("prewarm_max_age must be at least 1s (and below the server's authentication_timeout), not %s", d)
-	case d > MaxPrewarmMaxAge:
+	case d > maxPrewarmMaxAge:
 		return fmt.Errorf("prewarm_max_age must be at most %s, below PostgreSQL's authentication_timeout (60s by default), after which the server has closed a connection that has not logged in; not %s",
-			MaxPrewarmMaxAge, d)
+			maxPrewarmMaxAge, d)
 	}
 	return nil
 }

@@ -46,9 +46,9 @@ func sqlstate(r chain.Reason) string {
 	return ""
 }
 
-// ClientError is an error the proxy reports to the client as a FATAL
+// clientError is an error the proxy reports to the client as a FATAL
 // ErrorResponse before closing. Its fields are what the client sees.
-type ClientError struct {
+type clientError struct {
 	// Reason is why, in one word: the SQLSTATE (Code), the log's reason
 	// and the refusal's metrics label all come from it.
 	Reason chain.Reason
@@ -63,9 +63,9 @@ type ClientError struct {
 }
 
 // Code is the SQLSTATE the client gets, that of the Reason.
-func (e *ClientError) Code() string { return sqlstate(e.Reason) }
+func (e *clientError) Code() string { return sqlstate(e.Reason) }
 
-func (e *ClientError) Error() string {
+func (e *clientError) Error() string {
 	s := e.Message
 	if e.Hint != "" {
 		s += " (hint: " + e.Hint + ")"
@@ -74,10 +74,10 @@ func (e *ClientError) Error() string {
 }
 
 // Unwrap returns the cause.
-func (e *ClientError) Unwrap() error { return e.Cause }
+func (e *clientError) Unwrap() error { return e.Cause }
 
 // response encodes e as a FATAL ErrorResponse.
-func (e *ClientError) response() ([]byte, error) {
+func (e *clientError) response() ([]byte, error) {
 	msg := &pgproto3.ErrorResponse{
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",
@@ -105,7 +105,7 @@ func clientText(s string) string {
 
 // writeClientError sends e to the client; errors writing are ignored since the
 // connection is closed right after.
-func writeClientError(w io.Writer, e *ClientError) {
+func writeClientError(w io.Writer, e *clientError) {
 	b, err := e.response()
 	if err != nil {
 		return
@@ -114,8 +114,8 @@ func writeClientError(w io.Writer, e *ClientError) {
 }
 
 // protocolError is a client protocol violation.
-func protocolError(format string, args ...any) *ClientError {
-	return &ClientError{
+func protocolError(format string, args ...any) *clientError {
+	return &clientError{
 		Reason:  chain.ReasonClientProtocol,
 		Message: "pgverifyproxy: " + fmt.Sprintf(format, args...),
 	}
@@ -128,9 +128,9 @@ func (r *Route) hints() chain.HintContext {
 
 // upstreamError turns a failed upstream dial into what the client sees: the
 // upstream, what failed (chain.Explain's reason), and what to do.
-func upstreamError(r *Route, err error) *ClientError {
+func upstreamError(r *Route, err error) *clientError {
 	reason, hint := chain.Explain(err, r.hints())
-	ce := &ClientError{Reason: reason, Hint: hint, Cause: err}
+	ce := &clientError{Reason: reason, Hint: hint, Cause: err}
 	var de *chain.DialError
 	if !errors.As(err, &de) {
 		ce.Message = fmt.Sprintf("pgverifyproxy: cannot connect to upstream %s: %v", r.UpstreamAddr, err)
@@ -147,13 +147,13 @@ func upstreamError(r *Route, err error) *ClientError {
 // upstream during authentication into what the client sees. With TLS 1.3
 // a server that refuses the proxy's client certificate says so only here,
 // on the first read after the handshake.
-func upstreamLost(r *Route, err error) *ClientError {
+func upstreamLost(r *Route, err error) *clientError {
 	if de := chain.AlertAfterHandshake(r.UpstreamAddr, err); de != nil {
 		reason, hint := chain.Explain(de, r.hints())
-		return &ClientError{Reason: reason, Hint: hint, Cause: err,
+		return &clientError{Reason: reason, Hint: hint, Cause: err,
 			Message: fmt.Sprintf("pgverifyproxy: upstream %s ended the TLS session during authentication with the alert %q", r.UpstreamAddr, de.Alert)}
 	}
-	return &ClientError{Reason: chain.ReasonUpstreamClosed, Cause: err,
+	return &clientError{Reason: chain.ReasonUpstreamClosed, Cause: err,
 		Message: fmt.Sprintf("pgverifyproxy: upstream %s closed the connection during authentication: %v", r.UpstreamAddr, err),
 		Hint:    "see the server's log for why it closed the session"}
 }

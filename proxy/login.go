@@ -99,14 +99,14 @@ func zero(b []byte) {
 	}
 }
 
-// loginError is a ClientError about the proxy's own login.
-func loginError(reason chain.Reason, msg, hint string) *ClientError {
-	return &ClientError{Reason: reason, Message: "pgverifyproxy: " + msg, Hint: hint}
+// loginError is a clientError about the proxy's own login.
+func loginError(reason chain.Reason, msg, hint string) *clientError {
+	return &clientError{Reason: reason, Message: "pgverifyproxy: " + msg, Hint: hint}
 }
 
 // errBindingRequired refuses a login that cannot be bound to the verified
 // TLS link while the route requires channel binding.
-func errBindingRequired(what string) *ClientError {
+func errBindingRequired(what string) *clientError {
 	return loginError(chain.ReasonLogin,
 		"this route has channel_binding: require, and "+what,
 		"store the user's password as SCRAM on the server (password_encryption = scram-sha-256, then set the password again), or set channel_binding: prefer for this route")
@@ -114,8 +114,8 @@ func errBindingRequired(what string) *ClientError {
 
 // storedPasswordError is what the client sees when the route's stored
 // password cannot be had.
-func storedPasswordError(err error) *ClientError {
-	return &ClientError{Reason: chain.ReasonStoredPassword, Cause: err,
+func storedPasswordError(err error) *clientError {
+	return &clientError{Reason: chain.ReasonStoredPassword, Cause: err,
 		Message: "pgverifyproxy: this route's stored password cannot be read: " + err.Error(),
 		Hint:    "fix the route's password_file (mode 0600), password_env or password_command; the proxy's log has the details"}
 }
@@ -252,7 +252,7 @@ func (a *authExchange) loginSCRAM(mechs []string) error {
 		return err
 	}
 	if _, err := conv.Step(string(serverFinal)); err != nil || !conv.Valid() {
-		return &ClientError{Reason: chain.ReasonLogin,
+		return &clientError{Reason: chain.ReasonLogin,
 			Message: "pgverifyproxy: the server did not prove that it knows the password (its SCRAM signature is wrong): " + stepError(err),
 			Hint:    "the proxy did not go on with this login: something other than the real server may be answering; see the server's log"}
 	}
@@ -307,7 +307,7 @@ func (a *authExchange) saslAnswer(want uint32) ([]byte, error) {
 			case code == want:
 				return body[4:], nil
 			case code == authOK:
-				return nil, &ClientError{Reason: chain.ReasonLogin,
+				return nil, &clientError{Reason: chain.ReasonLogin,
 					Message: "pgverifyproxy: the server sent AuthenticationOk before completing SCRAM: it did not prove that it knows the password",
 					Hint:    "the proxy refuses such a server, as libpq does: something other than the real server may be answering; see the server's log"}
 			default:
@@ -319,8 +319,8 @@ func (a *authExchange) saslAnswer(want uint32) ([]byte, error) {
 }
 
 // upstreamProtocol is a protocol violation by the upstream.
-func upstreamProtocol(msg string) *ClientError {
-	return &ClientError{Reason: chain.ReasonUpstreamProtocol, Message: "pgverifyproxy: " + msg}
+func upstreamProtocol(msg string) *clientError {
+	return &clientError{Reason: chain.ReasonUpstreamProtocol, Message: "pgverifyproxy: " + msg}
 }
 
 // upstreamTLSState returns the verified TLS state of an upstream

@@ -16,7 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // slowWriteConn passes every write through at once and then returns late,
@@ -38,60 +38,46 @@ func (c *slowWriteConn) Write(b []byte) (int, error) {
 func passwordServer(t *testing.T) (addr string, serverCfg *tls.Config) {
 	t.Helper()
 	serverCfg = testTLSConfig(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	addr = testpki.Serve(t, func(c net.Conn) {
+		tc := tls.Server(c, serverCfg)
+		be := pgproto3.NewBackend(tc, tc)
+		if _, err := be.ReceiveStartupMessage(); err != nil {
+			return
+		}
+		be.Send(&pgproto3.AuthenticationCleartextPassword{})
+		if be.Flush() != nil {
+			return
+		}
+		be.SetAuthType(pgproto3.AuthTypeCleartextPassword)
+		if _, err := be.Receive(); err != nil {
+			return
+		}
+		be.Send(&pgproto3.AuthenticationOk{})
+		be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "15"})
+		be.Send(&pgproto3.BackendKeyData{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}})
+		be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+		if be.Flush() != nil {
+			return
+		}
 		for {
-			c, err := l.Accept()
+			msg, err := be.Receive()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				tc := tls.Server(c, serverCfg)
-				be := pgproto3.NewBackend(tc, tc)
-				if _, err := be.ReceiveStartupMessage(); err != nil {
-					return
-				}
-				be.Send(&pgproto3.AuthenticationCleartextPassword{})
-				if be.Flush() != nil {
-					return
-				}
-				be.SetAuthType(pgproto3.AuthTypeCleartextPassword)
-				if _, err := be.Receive(); err != nil {
-					return
-				}
-				be.Send(&pgproto3.AuthenticationOk{})
-				be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "15"})
-				be.Send(&pgproto3.BackendKeyData{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}})
-				be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-				if be.Flush() != nil {
-					return
-				}
-				for {
-					msg, err := be.Receive()
-					if err != nil {
-						return
-					}
-					q, ok := msg.(*pgproto3.Query)
-					if !ok {
-						return
-					}
-					be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("echo"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
-					be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(q.String)}})
-					be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
-					be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-					if be.Flush() != nil {
-						return
-					}
-				}
-			}()
+			q, ok := msg.(*pgproto3.Query)
+			if !ok {
+				return
+			}
+			be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("echo"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
+			be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(q.String)}})
+			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
+			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if be.Flush() != nil {
+				return
+			}
 		}
-	}()
-	return l.Addr().String(), serverCfg
+	})
+	return addr, serverCfg
 }
 
 // TestLoginWithSlowUpstreamWritesLosesNoServerBytes is the regression test
@@ -200,11 +186,11 @@ func waitReady(t *testing.T, fe *pgproto3.Frontend) {
 }
 
 // loginCase is one authentication exchange through a proxy in front of the
-// scripted server of the integration harness (real TLS, SCRAM with
+// scripted server of internal/testpki (real TLS, SCRAM with
 // tls-server-end-point binding checked against its own certificate).
 type loginCase struct {
 	name      string
-	server    harness.ScriptedOptions // Cert is filled in
+	server    testpki.ScriptedOptions // Cert is filled in
 	mode      AuthMode
 	cb        string
 	stored    string
@@ -223,33 +209,33 @@ type loginCase struct {
 
 func TestProxyLogin(t *testing.T) {
 	const pw = "correct horse"
-	scram := harness.ScriptedOptions{SCRAMPassword: pw}
+	scram := testpki.ScriptedOptions{SCRAMPassword: pw}
 	tests := []loginCase{
 		{name: "auto: PLUS offered to a TLS client, the proxy binds its own login", server: scram, mode: AuthAuto, clientTLS: true, password: pw,
 			wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
-		{name: "auto: a forged server signature is refused", server: harness.ScriptedOptions{SCRAMPassword: pw, SCRAMSignature: "forge"}, mode: AuthAuto, clientTLS: true, password: pw,
+		{name: "auto: a forged server signature is refused", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMSignature: "forge"}, mode: AuthAuto, clientTLS: true, password: pw,
 			wantAsked: true, wantCode: codeInvalidAuthorization, wantMessage: "did not prove that it knows the password", wantMech: scramSHA256Plus},
-		{name: "auto: AuthenticationOk without the server signature is refused", server: harness.ScriptedOptions{SCRAMPassword: pw, SCRAMSignature: "omit"}, mode: AuthAuto, clientTLS: true, password: pw,
+		{name: "auto: AuthenticationOk without the server signature is refused", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMSignature: "omit"}, mode: AuthAuto, clientTLS: true, password: pw,
 			wantAsked: true, wantCode: codeInvalidAuthorization, wantMessage: "AuthenticationOk before completing SCRAM", wantMech: scramSHA256Plus},
 		{name: "auto: the wrong password gets the server's own error", server: scram, mode: AuthAuto, clientTLS: true, password: "wrong",
 			wantAsked: true, wantCode: "28P01", wantMessage: "password authentication failed", wantMech: scramSHA256Plus},
-		{name: "auto: a trust server never makes the proxy ask", server: harness.ScriptedOptions{}, mode: AuthAuto, clientTLS: true},
-		{name: "auto: md5 passes through to the client", server: harness.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthAuto, clientTLS: true, password: pw},
-		{name: "auto: a stored password answers for the client", server: harness.ScriptedOptions{Password: pw, PasswordAuth: "password"}, mode: AuthAuto, stored: pw},
-		{name: "relay: md5 for a plaintext client", server: harness.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, password: pw, wantAsked: true},
-		{name: "relay: cleartext for a plaintext client", server: harness.ScriptedOptions{Password: pw, PasswordAuth: "password"}, mode: AuthRelay, password: pw, wantAsked: true},
+		{name: "auto: a trust server never makes the proxy ask", server: testpki.ScriptedOptions{}, mode: AuthAuto, clientTLS: true},
+		{name: "auto: md5 passes through to the client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthAuto, clientTLS: true, password: pw},
+		{name: "auto: a stored password answers for the client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "password"}, mode: AuthAuto, stored: pw},
+		{name: "relay: md5 for a plaintext client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, password: pw, wantAsked: true},
+		{name: "relay: cleartext for a plaintext client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "password"}, mode: AuthRelay, password: pw, wantAsked: true},
 		{name: "relay: PLUS for a plaintext client", server: scram, mode: AuthRelay, password: pw, wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
 		{name: "relay: channel_binding require with PLUS", server: scram, mode: AuthRelay, cb: "require", password: pw, wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
-		{name: "relay: channel_binding require without PLUS is refused before the password", server: harness.ScriptedOptions{SCRAMPassword: pw, SCRAMNoPlus: true}, mode: AuthRelay, cb: "require", password: pw,
+		{name: "relay: channel_binding require without PLUS is refused before the password", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMNoPlus: true}, mode: AuthRelay, cb: "require", password: pw,
 			wantCode: codeInvalidAuthorization, wantMessage: "did not offer SCRAM-SHA-256-PLUS"},
-		{name: "relay: channel_binding require refuses md5", server: harness.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, cb: "require", password: pw,
+		{name: "relay: channel_binding require refuses md5", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, cb: "require", password: pw,
 			wantCode: codeInvalidAuthorization, wantMessage: "md5 password, which cannot be bound"},
-		{name: "relay: channel_binding require refuses a trust login", server: harness.ScriptedOptions{}, mode: AuthRelay, cb: "require",
+		{name: "relay: channel_binding require refuses a trust login", server: testpki.ScriptedOptions{}, mode: AuthRelay, cb: "require",
 			wantCode: codeInvalidAuthorization, wantMessage: "without SCRAM-SHA-256-PLUS"},
 		{name: "relay: channel_binding disable sends GS2 flag n", server: scram, mode: AuthRelay, cb: "disable", password: pw, wantAsked: true, wantMech: scramSHA256, wantGS2: "n,,"},
-		{name: "relay: no PLUS offered on a TLS link sends GS2 flag y", server: harness.ScriptedOptions{SCRAMPassword: pw, SCRAMNoPlus: true}, mode: AuthRelay, password: pw, wantAsked: true, wantMech: scramSHA256, wantGS2: "y,,"},
+		{name: "relay: no PLUS offered on a TLS link sends GS2 flag y", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMNoPlus: true}, mode: AuthRelay, password: pw, wantAsked: true, wantMech: scramSHA256, wantGS2: "y,,"},
 	}
-	pki, err := harness.NewPKI()
+	pki, err := testpki.NewPKI()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +243,7 @@ func TestProxyLogin(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := tc.server
 			opts.Cert = pki.Leaf.TLSCertificate(pki.Intermediate)
-			s, err := harness.StartScriptedServer(opts)
+			s, err := testpki.StartScriptedServer(opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -277,7 +263,7 @@ func TestProxyLogin(t *testing.T) {
 					c.Close()
 					return nil, fmt.Errorf("no TLS: %q %v", b, err)
 				}
-				tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: harness.Pool(pki.Root), MinVersion: tls.VersionTLS12})
+				tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root), MinVersion: tls.VersionTLS12})
 				if err := tc.HandshakeContext(ctx); err != nil {
 					c.Close()
 					return nil, err
@@ -437,4 +423,49 @@ func TestStoredPasswordFailureOpensNoUpstream(t *testing.T) {
 	if n := up.dialCount(); n != 0 {
 		t.Fatalf("%d upstream connections, want none", n)
 	}
+}
+
+func TestAskPassword(t *testing.T) {
+	tests := []struct {
+		name    string
+		client  []byte
+		want    string
+		wantErr string
+	}{
+		{"password", mustEncode(t, &pgproto3.PasswordMessage{Password: "s3cret"}), "s3cret", ""},
+		{"terminate", mustEncode(t, &pgproto3.Terminate{}), "", "client closed"},
+		{"eof", nil, "", "client closed"},
+		{"query instead", mustEncode(t, &pgproto3.Query{String: "select 1"}), "", "expected a password message"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, p := net.Pipe()
+			defer c.Close()
+			go func() {
+				buf := make([]byte, 9)
+				p.Read(buf) // AuthenticationCleartextPassword
+				p.Write(tc.client)
+				p.Close()
+			}()
+			pw, err := askPassword(c)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %q, %v; want %q", pw, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || string(pw) != tc.want {
+				t.Fatalf("got %q, %v", pw, err)
+			}
+		})
+	}
+}
+
+func mustEncode(t *testing.T, m pgproto3.FrontendMessage) []byte {
+	t.Helper()
+	b, err := m.Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

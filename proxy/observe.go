@@ -39,7 +39,7 @@ type Observer interface {
 	// SessionEnded is called once per accepted connection, when it closes.
 	SessionEnded(route string, result SessionResult)
 	// Refused is called for each refused connection with its cause (one
-	// for which Reason.Refusal holds): the Reason of the ClientError the
+	// for which Reason.Refusal holds): the Reason of the FATAL error the
 	// client received, and the reason field of the log's "connection
 	// refused" line.
 	Refused(route string, cause chain.Reason)

@@ -126,7 +126,7 @@ type authExchange struct {
 	bound bool
 }
 
-// run returns nil once AuthenticationOk has been forwarded. A *ClientError
+// run returns nil once AuthenticationOk has been forwarded. A *clientError
 // is for the client; errUpstreamRejected and errClientLeft need no answer.
 func (a *authExchange) run() error {
 	for {
@@ -256,7 +256,7 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 		}
 		return false, nil
 	default:
-		return false, &ClientError{
+		return false, &clientError{
 			Reason:  chain.ReasonUnsupportedAuth,
 			Message: fmt.Sprintf("pgverifyproxy: upstream asked for authentication method %d, which the proxy does not relay", code),
 		}
@@ -273,7 +273,7 @@ func withoutChannelBinding(sasl *pgproto3.AuthenticationSASL) ([]byte, error) {
 		}
 	}
 	if len(kept) == 0 {
-		return nil, &ClientError{
+		return nil, &clientError{
 			Reason:  chain.ReasonChannelBinding,
 			Message: "pgverifyproxy: upstream offers only SASL mechanisms with channel binding, which cannot cross a proxy that terminates the client's TLS",
 			Hint:    "allow SCRAM-SHA-256 without channel binding on the server",
@@ -312,7 +312,7 @@ func readClientAuth(client io.Reader, what, expected string) (*message, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errClientLeft
 		}
-		return nil, &ClientError{Reason: chain.ReasonClientProtocol, Message: "pgverifyproxy: reading the client's " + what + ": " + err.Error(), Cause: err}
+		return nil, &clientError{Reason: chain.ReasonClientProtocol, Message: "pgverifyproxy: reading the client's " + what + ": " + err.Error(), Cause: err}
 	}
 	switch m.typ {
 	case 'p':
@@ -342,12 +342,12 @@ func (a *authExchange) checkSASLInitial(m *message) error {
 
 // channelBindingError refuses a client that asked for channel binding on an
 // exchange the proxy relays.
-func (a *authExchange) channelBindingError(what string) *ClientError {
+func (a *authExchange) channelBindingError(what string) *clientError {
 	leg := "its TLS connection to the proxy ends at the proxy"
 	if !a.clientTLS {
 		leg = "its connection to the proxy is not the proxy's TLS link to the server"
 	}
-	return &ClientError{
+	return &clientError{
 		Reason:  chain.ReasonChannelBinding,
 		Message: "pgverifyproxy: SCRAM channel binding cannot pass through this proxy: " + what + ", but " + leg,
 		Detail:  "The server's TLS channel is verified by the proxy (verify-full); channel binding would bind to a different TLS session.",

@@ -14,12 +14,12 @@ import (
 // connection that has not sent its startup message.
 const DefaultPrewarmMaxAge = 30 * time.Second
 
-// MaxPrewarmMaxAge is the longest PrewarmMaxAge accepted: below
+// maxPrewarmMaxAge is the longest PrewarmMaxAge accepted: below
 // PostgreSQL's default authentication_timeout (60 s) with room to spare, so
 // a pre-dialled connection is replaced before the server hangs up on it,
 // and one verified under a trust that has since changed cannot linger for
 // long even where that change goes unnoticed.
-const MaxPrewarmMaxAge = 50 * time.Second
+const maxPrewarmMaxAge = 50 * time.Second
 
 // prewarmRetry is the pause after a failed pre-dial: the pool never
 // hammers an upstream that is down or cannot be trusted.

@@ -313,8 +313,8 @@ func TestPrewarmMaxAgeIsCapped(t *testing.T) {
 		want string // "" means valid
 	}{
 		{0, ""},
-		{MaxPrewarmMaxAge, ""},
-		{MaxPrewarmMaxAge + time.Second, "prewarm_max_age must be at most 50s, below PostgreSQL's authentication_timeout"},
+		{maxPrewarmMaxAge, ""},
+		{maxPrewarmMaxAge + time.Second, "prewarm_max_age must be at most 50s, below PostgreSQL's authentication_timeout"},
 		{-time.Second, "prewarm_max_age must be positive"},
 	}
 	for _, tc := range tests {

@@ -23,9 +23,9 @@ const portableRelayEnv = "PGVERIFYPROXY_TEST_PORTABLE_RELAY"
 // portableRelaySwitch is the test switch, read once.
 var portableRelaySwitch = os.Getenv(portableRelayEnv) == "1"
 
-// defaultRelayMode is what Relay uses: the fast path, unless the test
+// defaultRelayMode is what relay uses: the event loop, unless the test
 // switch is on.
-var defaultRelayMode = relayFast
+var defaultRelayMode = relayLoop
 
 func init() {
 	if portableRelaySwitch {

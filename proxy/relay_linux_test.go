@@ -11,9 +11,10 @@ import (
 	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 )
 
-// testRelayModes are the relays the tests run on: the fast path, and the
+// testRelayModes are the relays the tests run on: the event loop (the
+// default), the goroutine relay's fast path (its fallback), and the
 // portable relay that every other system uses.
-var testRelayModes = []relayMode{relayFast, relayPortable}
+var testRelayModes = []relayMode{relayLoop, relayFast, relayPortable}
 
 // setRelayRecheck sets relayRecheck for the test.
 func setRelayRecheck(t *testing.T, d time.Duration) {
@@ -70,7 +71,7 @@ func TestPortableRelaySwitch(t *testing.T) {
 		<-r.done
 		return
 	}
-	if defaultRelayMode != relayFast {
+	if defaultRelayMode != relayLoop {
 		t.Fatalf("without %s the default relay is the %s one", portableRelayEnv, defaultRelayMode)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPortableRelaySwitch$", "-test.count=1")

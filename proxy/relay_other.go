@@ -2,6 +2,8 @@
 
 package proxy
 
+import "net"
+
 // portableRelayEnv names Linux's test switch (see relay_linux.go); there is
 // nothing to switch here.
 const portableRelayEnv = "PGVERIFYPROXY_TEST_PORTABLE_RELAY"
@@ -9,7 +11,7 @@ const portableRelayEnv = "PGVERIFYPROXY_TEST_PORTABLE_RELAY"
 // portableRelaySwitch: outside Linux the portable relay is the only one.
 const portableRelaySwitch = false
 
-// defaultRelayMode is what Relay uses: the portable relay, the only one
+// defaultRelayMode is what relay uses: the portable relay, the only one
 // outside Linux.
 const defaultRelayMode = relayPortable
 
@@ -30,4 +32,16 @@ func (cp *copier) run() error {
 		return cp.copyStream()
 	}
 	return cp.copyBuffered()
+}
+
+// loopPool stands for Linux's event loops: there are none here.
+type loopPool struct{}
+
+func newLoopPool(int) *loopPool { return &loopPool{} }
+
+func (*loopPool) stop() {}
+
+// relayOnLoop never takes a session here: relayLoop is Linux's.
+func relayOnLoop(net.Conn, net.Conn, *byteCounters, *loopPool, func(func() func()) bool) (relayStats, bool) {
+	return relayStats{}, false
 }

@@ -17,51 +17,6 @@ import (
 	"time"
 )
 
-// legKind is how one leg of a test relay is connected. The relay reads a
-// plain socket through RawConn and anything else through its small idle
-// buffer, so every kind is covered in both directions.
-type legKind string
-
-const (
-	legTCP  legKind = "tcp"  // plaintext loopback TCP
-	legTLS  legKind = "tls"  // TLS over loopback TCP
-	legPipe legKind = "pipe" // net.Pipe: no socket, synchronous
-)
-
-// connectLeg returns the outer end (the application's or the server's) and
-// the proxy's end of one leg.
-func connectLeg(t *testing.T, ln net.Listener, kind legKind, upstream bool) (outer, inner net.Conn) {
-	t.Helper()
-	switch kind {
-	case legPipe:
-		outer, inner = net.Pipe()
-	case legTCP:
-		outer, inner = rigTCPPair(t, ln)
-	case legTLS:
-		o, i := rigTCPPair(t, ln)
-		var to, ti *tls.Conn
-		if upstream { // the proxy is the TLS client
-			to, ti = tls.Server(o, rigServerTLS(t)), tls.Client(i, rigClientTLS)
-		} else {
-			to, ti = tls.Client(o, rigClientTLS), tls.Server(i, rigServerTLS(t))
-		}
-		errc := make(chan error, 1)
-		go func() { errc <- to.Handshake() }()
-		if err := ti.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		outer, inner = to, ti
-	}
-	t.Cleanup(func() {
-		outer.Close()
-		inner.Close()
-	})
-	return outer, inner
-}
-
 // forEachRelayMode runs f as a subtest per relay implementation of this
 // system (testRelayModes: on Linux the fast path and the portable relay,
 // elsewhere the portable one), named after it.
@@ -83,28 +38,34 @@ func isConnReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET)
 }
 
-// testRelay is a running Relay between app and server.
+// testRelay is a running relay between app and server.
 type testRelay struct {
 	app, server net.Conn
-	counters    Counters
-	done        chan RelayStats
+	counters    byteCounters
+	done        chan relayStats
 }
 
 func startTestRelay(t *testing.T, mode relayMode, client, upstream legKind) *testRelay {
 	t.Helper()
 	ln := rigListener(t)
-	r := &testRelay{done: make(chan RelayStats, 1)}
+	r := &testRelay{done: make(chan relayStats, 1)}
 	var pc, pu net.Conn
 	r.app, pc = connectLeg(t, ln, client, false)
 	r.server, pu = connectLeg(t, ln, upstream, true)
 	finished := make(chan struct{})
+	var stop stopHook
 	go func() {
 		defer close(finished)
-		r.done <- relayWith(pc, pu, &r.counters, mode)
+		r.done <- relay(pc, pu, &r.counters, mode, relayEnv{register: stop.register})
 	}()
 	// The relay must be gone before the test ends: a later test may change
 	// relayLinger, which a straggling relay would read when it ends.
 	t.Cleanup(func() {
+		// An event-loop relay is stopped on its loop, and must be over
+		// before anyone closes its TLS connections: the loop owns them.
+		if stop.stop() {
+			<-finished
+		}
 		pc.Close()
 		pu.Close()
 		select {
@@ -116,14 +77,14 @@ func startTestRelay(t *testing.T, mode relayMode, client, upstream legKind) *tes
 	return r
 }
 
-func (r *testRelay) wait(t *testing.T) RelayStats {
+func (r *testRelay) wait(t *testing.T) relayStats {
 	t.Helper()
 	select {
 	case st := <-r.done:
 		return st
 	case <-time.After(10 * time.Second):
 		t.Fatal("Relay did not return")
-		return RelayStats{}
+		return relayStats{}
 	}
 }
 
@@ -351,12 +312,12 @@ func TestRelayHalfClose(t *testing.T) {
 
 func testRelayHalfClose(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs[:3] { // net.Pipe cannot half-close
-		for _, first := range []Side{SideClient, SideUpstream} {
+		for _, first := range []side{sideClient, sideUpstream} {
 			t.Run(relayLegName(legs)+"/"+string(first)+"-first", func(t *testing.T) {
 				t.Parallel()
 				r := startTestRelay(t, mode, legs[0], legs[1])
 				a, b := r.app, r.server // a ends first
-				if first == SideUpstream {
+				if first == sideUpstream {
 					a, b = b, a
 				}
 				req := bytes.Repeat([]byte("q"), 3*relayIdleBufferSize+1)
@@ -383,7 +344,7 @@ func testRelayHalfClose(t *testing.T, mode relayMode) {
 					t.Errorf("closed by %q with %v, want %q and no error", st.ClosedBy, st.Err, first)
 				}
 				up, down := int64(len(req)), int64(len(resp))
-				if first == SideUpstream {
+				if first == sideUpstream {
 					up, down = down, up
 				}
 				if st.ClientToUpstream != up || st.UpstreamToClient != down {
@@ -416,7 +377,7 @@ func testRelayLinger(t *testing.T, mode relayMode) {
 			if d := time.Since(start); d < relayLinger {
 				t.Errorf("relay ended %v after the half-close, want at least %v", d, relayLinger)
 			}
-			if st.ClosedBy != SideUpstream || st.Err != nil {
+			if st.ClosedBy != sideUpstream || st.Err != nil {
 				t.Errorf("closed by %q with %v, want upstream and no error", st.ClosedBy, st.Err)
 			}
 			// The client leg was closed: the application sees its end.
@@ -448,12 +409,12 @@ func TestRelayErrorEndsBoth(t *testing.T) {
 
 func testRelayErrorEndsBoth(t *testing.T, mode relayMode) {
 	for _, legs := range relayLegs[:3] {
-		for _, broken := range []Side{SideClient, SideUpstream} {
+		for _, broken := range []side{sideClient, sideUpstream} {
 			t.Run(relayLegName(legs)+"/"+string(broken)+"-reset", func(t *testing.T) {
 				t.Parallel()
 				r := startTestRelay(t, mode, legs[0], legs[1])
 				bad, other := r.app, r.server
-				if broken == SideUpstream {
+				if broken == sideUpstream {
 					bad, other = other, bad
 				}
 				// Traffic first, so that the reset hits a relay in use.
@@ -535,7 +496,7 @@ func testRelayResetRightAfterData(t *testing.T, mode relayMode, recheck time.Dur
 		if d := time.Since(start); d > recheck+2*time.Second {
 			t.Errorf("round %d: relay ended %v after the reset, want within %v", i, d, recheck)
 		}
-		if st.ClosedBy != SideClient {
+		if st.ClosedBy != sideClient {
 			t.Errorf("round %d: closed by %q, want the client", i, st.ClosedBy)
 		}
 	}

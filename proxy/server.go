@@ -32,13 +32,15 @@ type Server struct {
 	draining  bool
 	wg        sync.WaitGroup // sessions
 	loops     sync.WaitGroup // accept loops
+	relay     relayMode
+	relayPool *loopPool // the event loops, started with the first session on them
 }
 
 // routeState is what a route keeps across reloads: its live counters.
 type routeState struct {
 	active   atomic.Int64 // accepted connections still open
 	admitted atomic.Int64 // sessions past admission (what max_connections limits)
-	counters Counters
+	counters byteCounters
 }
 
 // admit takes a session slot when the route has one free.
@@ -71,9 +73,17 @@ func New(cfg Config) (*Server, error) {
 	if obs == nil {
 		obs = nopObserver{}
 	}
+	engine, err := ParseRelayEngine(string(cfg.Relay))
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.RelayLoops < 0 {
+		return nil, fmt.Errorf("proxy: relay_loops %d: want 0 (from GOMAXPROCS) or more", cfg.RelayLoops)
+	}
 	cfg.Routes = nil
 	return &Server{cfg: cfg, log: log, obs: obs, routes: routes, states: map[string]*routeState{},
-		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1)}, nil
+		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1),
+		relay: engine.mode(), relayPool: newLoopPool(cfg.RelayLoops)}, nil
 }
 
 // validateRoutes copies and validates routes; names must be unique.
@@ -397,6 +407,34 @@ func (c sessionCloser) Close() error {
 	return c.client.Close()
 }
 
+// relayRegister returns the hand-over hook of client c's event-loop relay
+// (see relayOnLoop): it runs the hand-over under s.mu, so that Close never
+// meets a connection half handed over, and from then on closing the
+// session means stopping it on its loop.
+func (s *Server) relayRegister(c net.Conn) func(handOver func() (stop func())) bool {
+	return func(handOver func() (stop func())) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed {
+			return false
+		}
+		stop := handOver()
+		if _, tracked := s.conns[c]; tracked {
+			s.conns[c] = stopCloser(stop)
+		}
+		return true
+	}
+}
+
+// stopCloser closes a session on an event loop.
+type stopCloser func()
+
+// Close stops the session; its loop closes both sockets.
+func (f stopCloser) Close() error {
+	f()
+	return nil
+}
+
 func (s *Server) untrack(c net.Conn, r *Route, st *routeState) {
 	st.active.Add(-1)
 	s.mu.Lock()
@@ -549,6 +587,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.relayPool.stop()
 	return nil
 }
 

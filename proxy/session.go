@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +13,6 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
-
-// alpnPostgres is PostgreSQL's ALPN protocol name.
-const alpnPostgres = "postgresql"
 
 // cancelWait bounds how long a forwarded CancelRequest waits for the server
 // to close the cancel connection (which tells it was processed).
@@ -69,7 +64,7 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 	}
 	ss.log = ss.log.With("user", params["user"], "database", params["database"], "client_tls", ss.tls)
 	if !st.admit(r.MaxConnections) {
-		ss.refuse(&ClientError{Reason: chain.ReasonLimit,
+		ss.refuse(&clientError{Reason: chain.ReasonLimit,
 			Message: fmt.Sprintf("pgverifyproxy: sorry, too many clients already: route %s allows %d connections (max_connections)", r.Name, r.MaxConnections),
 			Hint:    "close idle connections (or use a pool with fewer connections), or raise max_connections for this route"})
 		return
@@ -166,7 +161,7 @@ func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	ss.result = ResultCompleted
-	st := Relay(ss.client, up, &ss.state.counters)
+	st := relay(ss.client, up, &ss.state.counters, ss.s.relay, relayEnv{loops: ss.s.relayPool, register: ss.s.relayRegister(ss.conn)})
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
 		"bytes_to_upstream", st.ClientToUpstream,
@@ -178,104 +173,6 @@ func (ss *session) relay(up net.Conn) {
 	}
 	ss.log.Info("session ended", attrs...)
 }
-
-// admit reads the client's first packets: SSLRequest and GSSENCRequest are
-// answered here, a direct TLS handshake (libpq 17's sslnegotiation=direct)
-// is accepted, and the StartupMessage or CancelRequest that follows is
-// returned.
-func (ss *session) admit() (*startupPacket, error) {
-	mode := ss.route.ClientTLS
-	var first [1]byte
-	if _, err := io.ReadFull(ss.client, first[:]); err != nil {
-		return nil, err
-	}
-	var r io.Reader = io.MultiReader(bytes.NewReader(first[:]), ss.client)
-	if first[0] == tlsHandshakeRecord {
-		if mode == ClientTLSDisable {
-			return nil, errQuiet{err: errors.New("client: direct TLS handshake, but this listener has client_tls=disable")}
-		}
-		if err := ss.startTLS(&prefixConn{Conn: ss.client, prefix: first[:]}, true); err != nil {
-			return nil, err
-		}
-		r = ss.client
-	}
-	for {
-		pkt, err := readStartupPacket(r)
-		if err != nil {
-			return nil, err
-		}
-		r = ss.client
-		switch {
-		case pkt.code == codeSSLRequest:
-			if ss.tls {
-				return nil, protocolError("SSLRequest received inside TLS")
-			}
-			if mode == ClientTLSDisable {
-				if _, err := ss.client.Write([]byte{'N'}); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			if _, err := ss.client.Write([]byte{'S'}); err != nil {
-				return nil, err
-			}
-			pc, err := expectTLSHandshake(ss.client)
-			if err != nil {
-				return nil, err
-			}
-			if err := ss.startTLS(pc, false); err != nil {
-				return nil, err
-			}
-			r = ss.client
-		case pkt.code == codeGSSENCRequest:
-			if ss.tls {
-				return nil, protocolError("GSSENCRequest received inside TLS")
-			}
-			if _, err := ss.client.Write([]byte{'N'}); err != nil {
-				return nil, err
-			}
-		case pkt.code == codeCancelRequest:
-			if _, err := cancelKey(pkt); err != nil {
-				return nil, protocolError("malformed CancelRequest: %v", err)
-			}
-			return pkt, nil
-		case pkt.isStartupMessage():
-			if mode == ClientTLSRequire && !ss.tls {
-				return nil, &ClientError{
-					Reason:  chain.ReasonClientTLSRequired,
-					Message: "pgverifyproxy: this listener requires TLS (client_tls=require), and the client connected without it",
-					Hint:    "connect with sslmode=require",
-				}
-			}
-			return pkt, nil
-		default:
-			return nil, &ClientError{
-				Reason:  chain.ReasonUnsupportedProtocol,
-				Message: "pgverifyproxy: unsupported frontend protocol (" + describeFirstPacket(pkt.code) + "): the proxy supports protocol 3",
-			}
-		}
-	}
-}
-
-// startTLS runs the server side of the client's TLS handshake. The ALPN
-// protocol "postgresql" is offered as PostgreSQL 17 does; a direct
-// handshake must select it, as PostgreSQL 17 requires.
-func (ss *session) startTLS(c net.Conn, direct bool) error {
-	tc := tls.Server(c, ss.route.TLSConfig)
-	if err := tc.Handshake(); err != nil {
-		return errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
-	}
-	ss.client, ss.tls = tc, true
-	if direct && tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
-		return protocolError("direct TLS connection without the ALPN protocol %q", alpnPostgres)
-	}
-	return nil
-}
-
-// errQuiet is a failure that cannot be reported to the client in protocol.
-type errQuiet struct{ err error }
-
-func (e errQuiet) Error() string { return e.err.Error() }
 
 // lingerClose half-closes a refused client and discards what it still sends
 // for a moment, so that the error just written is not lost to a TCP reset
@@ -296,11 +193,11 @@ func lingerClose(c net.Conn) {
 func (ss *session) dialFailed(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return &ClientError{Reason: chain.ReasonStartupTimeout, Cause: err,
+		return &clientError{Reason: chain.ReasonStartupTimeout, Cause: err,
 			Message: fmt.Sprintf("pgverifyproxy: startup_timeout (%s) ran out while connecting to upstream %s: %v", ss.route.StartupTimeout, ss.route.UpstreamAddr, err),
 			Hint:    "send the startup message sooner, or raise startup_timeout if the upstream is slow to answer"}
 	case ctx.Err() != nil:
-		return &ClientError{Reason: chain.ReasonShutdown, Cause: err,
+		return &clientError{Reason: chain.ReasonShutdown, Cause: err,
 			Message: "pgverifyproxy: the proxy is shutting down", Hint: "connect again in a moment"}
 	}
 	return upstreamError(ss.route, err)
@@ -310,7 +207,7 @@ func (ss *session) dialFailed(ctx context.Context, err error) error {
 // counts it: as a refusal with its reason, or, for a reason that is no
 // refusal (the proxy shutting down), as a session of that result.
 func (ss *session) refuse(err error) {
-	var ce *ClientError
+	var ce *clientError
 	if errors.As(err, &ce) {
 		// The startup deadline may just have passed: give the error
 		// itself a moment to go out.

@@ -7,29 +7,14 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // startEcho runs a TCP echo server on loopback until the test ends.
 func startEcho(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return testpki.Serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // startProxy starts a delay proxy in front of target until the test ends.

@@ -14,19 +14,19 @@ import (
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // checkEnv is a test PKI with the files the check tests pass by name.
 type checkEnv struct {
-	pki                          *harness.PKI
+	pki                          *testpki.PKI
 	rootFile, otherFile          string
 	clientCertFile, clientKeyPEM string
 }
 
 func newCheckEnv(t *testing.T) *checkEnv {
 	t.Helper()
-	pki, err := harness.NewPKI()
+	pki, err := testpki.NewPKI()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	e := &checkEnv{pki: pki, rootFile: filepath.Join(dir, "root.crt"), otherFile: filepath.Join(dir, "other.crt"),
 		clientCertFile: filepath.Join(dir, "client.crt"), clientKeyPEM: filepath.Join(dir, "client.key")}
 	for path, pem := range map[string][]byte{e.rootFile: pki.Root.CertPEM, e.otherFile: pki.OtherRoot.CertPEM, e.clientCertFile: pki.Client.CertPEM} {
-		if err := harness.WritePEMFile(path, pem); err != nil {
+		if err := testpki.WritePEMFile(path, pem); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -67,59 +67,11 @@ func runCheckCmd(t *testing.T, args ...string) (string, int) {
 // serveRefusingTLS answers every SSLRequest with 'N' and returns the port.
 func serveRefusingTLS(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.ReadFull(c, make([]byte, 8))
-				_, _ = c.Write([]byte("N"))
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// closedPort returns a loopback port nothing listens on.
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return port
-}
-
-func mustIssue(t *testing.T, parent *harness.Cert, o harness.LeafOptions) *harness.Cert {
-	t.Helper()
-	c, err := harness.IssueLeaf(parent, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func pinFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
+	addr := testpki.Serve(t, func(c net.Conn) {
+		_, _ = io.ReadFull(c, make([]byte, 8))
+		_, _ = c.Write([]byte("N"))
+	})
+	return testpki.PortOf(addr)
 }
 
 // TestCheck runs the check against scripted upstreams and asserts what the
@@ -128,22 +80,22 @@ func pinFiles(t *testing.T, dir string) []string {
 func TestCheck(t *testing.T) {
 	e := newCheckEnv(t)
 	p := e.pki
-	cnOnly := mustIssue(t, p.Intermediate, harness.LeafOptions{CommonName: "localhost"})
+	cnOnly := mustIssue(t, p.Intermediate, testpki.LeafOptions{CommonName: "localhost"})
 	good := p.Leaf.TLSCertificate(p.Intermediate)
 
 	// {port} in args and wants is the upstream's port, {pins} the pin
 	// directory, {pinfile} the pin file the route uses.
 	tests := []struct {
 		name   string
-		server *harness.ScriptedOptions // nil: see raw
+		server *testpki.ScriptedOptions // nil: see raw
 		raw    func(t *testing.T) int   // a port without a scripted server
-		pin    *harness.Cert            // saved as the upstream's pin first
+		pin    *testpki.Cert            // saved as the upstream's pin first
 		args   []string
 		code   int
 		want   []string
 		absent []string
 	}{
-		{name: "good upstream with ca_file", server: &harness.ScriptedOptions{Cert: good},
+		{name: "good upstream with ca_file", server: &testpki.ScriptedOptions{Cert: good},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile},
 			want: []string{"Upstream:         localhost:{port}", "Certificate name: localhost (the upstream host)",
 				"Negotiation:      postgres: SSLRequest first", "Trust:            the roots in --ca-file " + e.rootFile,
@@ -154,68 +106,68 @@ func TestCheck(t *testing.T) {
 				"WARNING: the server certificate \"CN=localhost,O=pgverifyproxy tests\" expires within the expiry warning (30 days)",
 				"Client cert:      none configured", "OK: upstream localhost:{port}: verify-full passes (3 warnings above)"},
 			absent: []string{"FAILED", "what to do"}},
-		{name: "provider URI: only host and port are used, the password is not shown", server: &harness.ScriptedOptions{Cert: good},
+		{name: "provider URI: only host and port are used, the password is not shown", server: &testpki.ScriptedOptions{Cert: good},
 			args:   []string{"--upstream", "postgres://app:console-secret@localhost:{port}/db?sslmode=require", "--ca-file", e.rootFile},
 			want:   []string{"== upstream localhost:{port} ==", "OK: upstream localhost:{port}: verify-full passes"},
 			absent: []string{"console-secret", "app@"}},
-		{name: "expiry warning below the certificates' lifetime", server: &harness.ScriptedOptions{Cert: good},
+		{name: "expiry warning below the certificates' lifetime", server: &testpki.ScriptedOptions{Cert: good},
 			args:   []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile, "--expiry-warning", "1h"},
 			want:   []string{"days left", "OK: upstream localhost:{port}: verify-full passes\n"},
 			absent: []string{"WARNING"}},
-		{name: "certificate for another name", server: &harness.ScriptedOptions{Cert: p.WrongName.TLSCertificate(p.Intermediate)},
+		{name: "certificate for another name", server: &testpki.ScriptedOptions{Cert: p.WrongName.TLSCertificate(p.Intermediate)},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile}, code: 1,
 			want: []string{`[1] "CN=wrong.example.invalid`, `Host name:        MISMATCH: certificate is not valid for host name "localhost": it is valid for "wrong.example.invalid"`,
 				`FAILED: upstream localhost:{port}: verifying the server certificate: certificate is not valid for host name "localhost"`,
 				"what to do: connect with a name the certificate carries"}},
-		{name: "server_name the certificate does not carry", server: &harness.ScriptedOptions{Cert: good},
+		{name: "server_name the certificate does not carry", server: &testpki.ScriptedOptions{Cert: good},
 			args: []string{"--upstream", "localhost:{port}", "--server-name", "db.example.com", "--ca-file", e.rootFile}, code: 1,
 			want: []string{"Certificate name: db.example.com (server_name)", `certificate is not valid for host name "db.example.com"`,
 				"what to do: connect with a name the certificate carries"}},
-		{name: "ca_file of another CA", server: &harness.ScriptedOptions{Cert: good},
+		{name: "ca_file of another CA", server: &testpki.ScriptedOptions{Cert: good},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.otherFile}, code: 1,
 			want: []string{`Host name:        the certificate carries "localhost"`,
 				`FAILED: upstream localhost:{port}: verifying the server certificate: certificate signed by unknown authority (leaf "CN=localhost,O=pgverifyproxy tests" issued by "CN=pgverifyproxy test intermediate CA,O=pgverifyproxy tests")`,
 				"what to do: the server's chain does not lead to the roots in --ca-file " + e.otherFile}},
-		{name: "expired server certificate", server: &harness.ScriptedOptions{Cert: p.Expired.TLSCertificate(p.Intermediate)},
+		{name: "expired server certificate", server: &testpki.ScriptedOptions{Cert: p.Expired.TLSCertificate(p.Intermediate)},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile}, code: 1,
 			want: []string{"(EXPIRED)", "FAILED: upstream localhost:{port}: verifying the server certificate: certificate \"CN=localhost,O=pgverifyproxy tests\" expired at",
 				"what to do: the server's certificate (or a CA in its chain) has expired"}},
-		{name: "matched by the common name only", server: &harness.ScriptedOptions{Cert: cnOnly.TLSCertificate(p.Intermediate)},
+		{name: "matched by the common name only", server: &testpki.ScriptedOptions{Cert: cnOnly.TLSCertificate(p.Intermediate)},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile, "--expiry-warning", "1h"},
 			want: []string{`Host name:        the certificate carries "localhost" only as its common name (CN)`,
 				"WARNING: the certificate has no subjectAltName of the host's type", "OK: upstream localhost:{port}: verify-full passes (1 warning above)"}},
-		{name: "no pin yet, trust on first use", server: &harness.ScriptedOptions{Cert: good},
+		{name: "no pin yet, trust on first use", server: &testpki.ScriptedOptions{Cert: good},
 			args: []string{"--upstream", "localhost:{port}", "--pin-dir", "{pins}", "--trust", "tofu"},
 			want: []string{"Trust:            no pin yet: run would fetch the chain and pin it in {pinfile} on first start, under trust policy tofu (check writes nothing)",
 				`First start:      run would pin "CN=pgverifyproxy test intermediate CA,O=pgverifyproxy tests" (SPKI SHA-256 ` + chain.SPKIHash(p.Intermediate.Cert) + ", policy tofu): trusted on first use",
 				"WARNING: trust on first use: check this fingerprint with the provider", "the anchor run would pin on first start (policy tofu)",
 				"OK: upstream localhost:{port}: verify-full passes against the anchor run would pin on first start"}},
-		{name: "no pin yet, private CA under policy system", server: &harness.ScriptedOptions{Cert: good},
+		{name: "no pin yet, private CA under policy system", server: &testpki.ScriptedOptions{Cert: good},
 			args: []string{"--upstream", "localhost:{port}", "--pin-dir", "{pins}"}, code: 1,
 			want: []string{"no pin yet", "Certificates presented by the server:",
 				`FAILED: upstream localhost:{port}: no pin yet, and run would refuse to pin on first start: the server's chain ends at "CN=pgverifyproxy test intermediate CA,O=pgverifyproxy tests"`,
 				"which is not in the system trust store", "what to do: if the provider documents this CA", "--ca-file"}},
-		{name: "existing pin", server: &harness.ScriptedOptions{Cert: good}, pin: p.Root,
+		{name: "existing pin", server: &testpki.ScriptedOptions{Cert: good}, pin: p.Root,
 			args: []string{"--upstream", "localhost:{port}", "--pin-dir", "{pins}"},
 			want: []string{"Trust:            the pin file {pinfile}", "policy system, first seen ", "anchor SPKI SHA-256 " + chain.SPKIHash(p.Root.Cert),
 				`Anchor:           "CN=pgverifyproxy test root CA,O=pgverifyproxy tests" (SPKI SHA-256 ` + chain.SPKIHash(p.Root.Cert) + "), pinned in {pinfile} (policy system, first seen ",
 				"OK: upstream localhost:{port}: verify-full passes"},
 			absent: []string{"would pin"}},
-		{name: "pin of another CA: identity changed", server: &harness.ScriptedOptions{Cert: good}, pin: p.OtherRoot,
+		{name: "pin of another CA: identity changed", server: &testpki.ScriptedOptions{Cert: good}, pin: p.OtherRoot,
 			args: []string{"--upstream", "localhost:{port}", "--pin-dir", "{pins}"}, code: 1,
 			want: []string{"Trust:            the pin file {pinfile}", "THE UPSTREAM'S IDENTITY CHANGED",
 				"what to do: if the provider has confirmed a change of CA, re-pin with: pgverifyproxy chain fetch --upstream localhost:{port} --pin-dir {pins} --repin"}},
 		{name: "server requires a client certificate, none configured",
-			server: &harness.ScriptedOptions{Cert: good, ClientCAs: []*harness.Cert{p.ClientCA}},
+			server: &testpki.ScriptedOptions{Cert: good, ClientCAs: []*testpki.Cert{p.ClientCA}},
 			args:   []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile}, code: 1,
 			want: []string{"Client cert:      none configured", `FAILED: upstream localhost:{port}: after the TLS handshake: the server ended the TLS session with the alert "certificate required"`,
 				"what to do: " + chain.ClientCertHint}},
 		{name: "client certificate presented and accepted",
-			server: &harness.ScriptedOptions{Cert: good, ClientCAs: []*harness.Cert{p.ClientCA}},
+			server: &testpki.ScriptedOptions{Cert: good, ClientCAs: []*testpki.Cert{p.ClientCA}},
 			args:   []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile, "--upstream-cert", e.clientCertFile, "--upstream-key", e.clientKeyPEM},
 			want: []string{`Client cert:      presented "CN=cert_user,O=pgverifyproxy tests" (issuer "CN=pgverifyproxy test client CA,O=pgverifyproxy tests", 0 days left`,
 				"the server did not reject it", "OK: upstream localhost:{port}: verify-full passes"}},
-		{name: "direct TLS", server: &harness.ScriptedOptions{Cert: good, Direct: true, ALPN: []string{"postgresql"}},
+		{name: "direct TLS", server: &testpki.ScriptedOptions{Cert: good, Direct: true, ALPN: []string{"postgresql"}},
 			args: []string{"--upstream", "localhost:{port}", "--ca-file", e.rootFile, "--negotiation", "direct"},
 			want: []string{"Negotiation:      direct: TLS at once", ", ALPN postgresql, ", "OK: upstream localhost:{port}: verify-full passes"}},
 		{name: "nothing listening", raw: closedPort,
@@ -229,11 +181,11 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var s *harness.ScriptedServer
+			var s *testpki.ScriptedServer
 			var port int
 			if tc.server != nil {
 				var err error
-				if s, err = harness.StartScriptedServer(*tc.server); err != nil {
+				if s, err = testpki.StartScriptedServer(*tc.server); err != nil {
 					t.Fatal(err)
 				}
 				defer s.Close()
@@ -296,7 +248,7 @@ func TestCheck(t *testing.T) {
 // --route, and a route whose settings cannot be used.
 func TestCheckConfigRoutes(t *testing.T) {
 	e := newCheckEnv(t)
-	s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: e.pki.Leaf.TLSCertificate(e.pki.Intermediate)})
+	s, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: e.pki.Leaf.TLSCertificate(e.pki.Intermediate)})
 	if err != nil {
 		t.Fatal(err)
 	}

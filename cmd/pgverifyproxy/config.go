@@ -57,6 +57,8 @@ type runConfig struct {
 	Prewarm                int           `mapstructure:"prewarm"`
 	PrewarmMaxAge          time.Duration `mapstructure:"prewarm_max_age"`
 	TCPKeepalive           time.Duration `mapstructure:"tcp_keepalive"`
+	Relay                  string        `mapstructure:"relay"`
+	RelayLoops             int           `mapstructure:"relay_loops"`
 	Admin                  string        `mapstructure:"admin"`
 	AdminQuit              bool          `mapstructure:"admin_quit"`
 	ReadyWindow            time.Duration `mapstructure:"ready_window"`
@@ -141,6 +143,8 @@ var runOptions = []option{
 	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
 	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long: 1s to 50s, below the server's authentication_timeout (60s by default)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
+	{"relay", "relay", string(proxy.RelayEventLoop), "how authenticated sessions are relayed: loop (on Linux, event loops own both sockets of each session: less CPU and latency per message) or goroutine (two goroutines per session, every other system's relay and the fallback)"},
+	{"relay_loops", "relay-loops", 0, "with relay loop: how many event loops share the sessions (0: one per four CPUs of GOMAXPROCS, at least one)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
 	{"admin_quit", "admin-quit", false, "with --admin: serve POST /quitquitquit, which starts the same drain as SIGTERM (to end a Kubernetes Job's sidecar); anyone who can reach the admin address can then stop the proxy"},
 	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
@@ -493,6 +497,12 @@ func (rc *runConfig) validate() error {
 	}
 	if err := proxy.CheckPrewarmMaxAge(rc.PrewarmMaxAge); err != nil {
 		return err
+	}
+	if _, err := proxy.ParseRelayEngine(rc.Relay); err != nil {
+		return err
+	}
+	if rc.RelayLoops < 0 {
+		return fmt.Errorf("relay_loops must be 0 (one per four CPUs) or more, not %d", rc.RelayLoops)
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

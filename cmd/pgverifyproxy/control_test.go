@@ -5,14 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -162,17 +159,6 @@ type testRoute struct {
 	port int
 }
 
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // writeServeConfig writes a config file with routes, all trusting caFile,
 // and the top-level settings in extra (YAML lines).
 func writeServeConfig(t *testing.T, path, caFile, extra string, routes ...testRoute) {
@@ -260,26 +246,6 @@ func startServe(t *testing.T, configFile string, ctl *control) <-chan error {
 	return done
 }
 
-// waitListening waits until 127.0.0.1:port accepts connections (want) or
-// refuses them (!want).
-func waitListening(t *testing.T, port int, want bool, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			c.Close()
-		}
-		if (err == nil) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("127.0.0.1:%d listening %v after %v, want %v (%v)", port, err == nil, within, want, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitServeEnd waits for serveProxy's result.
 func waitServeEnd(t *testing.T, done <-chan error) error {
 	t.Helper()
@@ -351,36 +317,6 @@ func TestServeSecondStopCutsTheDrain(t *testing.T) {
 		t.Errorf("the second stop request took %v to end the drain", d)
 	}
 }
-
-// tempDir is t.TempDir, except on Windows, where it is removed file by
-// file: t.TempDir's removal uses a call that Wine (where the Windows tests
-// run) does not have, and fails the test.
-func tempDir(t *testing.T) string {
-	t.Helper()
-	if runtime.GOOS != "windows" {
-		return t.TempDir()
-	}
-	dir, err := os.MkdirTemp("", "pgvp-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var paths []string
-		_ = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
-			paths = append(paths, p)
-			return nil
-		})
-		for i := len(paths) - 1; i >= 0; i-- {
-			if err := os.Remove(paths[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				t.Logf("removing %s: %v", paths[i], err)
-			}
-		}
-	})
-	return dir
-}
-
-// discardLogger logs nothing.
-func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // waitActive makes sure the proxy took the connection c as a session: it
 // sends half of a startup packet, which keeps the session waiting.

@@ -13,7 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // certText is the text a test PKI puts in its certificates: hostile text a
@@ -47,11 +47,11 @@ var cleanText = certText{
 
 // textPKI is a chain whose every name is from one certText.
 type textPKI struct {
-	root, inter *harness.Cert
+	root, inter *testpki.Cert
 	// leaf is issued by inter for localhost (and 127.0.0.1); mismatch by
 	// inter for none of the names checked; self is self-signed for
 	// localhost.
-	leaf, mismatch, self *harness.Cert
+	leaf, mismatch, self *testpki.Cert
 	rootFile             string
 }
 
@@ -59,25 +59,25 @@ func newTextPKI(t *testing.T, tx certText) *textPKI {
 	t.Helper()
 	var p textPKI
 	var err error
-	if p.root, err = harness.NewRootCA(tx.rootCN); err != nil {
+	if p.root, err = testpki.NewRootCA(tx.rootCN); err != nil {
 		t.Fatal(err)
 	}
-	if p.inter, err = harness.NewIntermediateCA(p.root, tx.interCN); err != nil {
+	if p.inter, err = testpki.NewIntermediateCA(p.root, tx.interCN); err != nil {
 		t.Fatal(err)
 	}
 	subject := pkix.Name{CommonName: tx.leafCN, OrganizationalUnit: []string{tx.leafOU}}
-	local := harness.LeafOptions{DNSNames: tx.dns, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
-	if p.leaf, err = harness.IssueLeafWithSubject(p.inter, subject, local); err != nil {
+	local := testpki.LeafOptions{DNSNames: tx.dns, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
+	if p.leaf, err = testpki.IssueLeafWithSubject(p.inter, subject, local); err != nil {
 		t.Fatal(err)
 	}
-	if p.mismatch, err = harness.IssueLeafWithSubject(p.inter, subject, harness.LeafOptions{DNSNames: tx.mismatchDNS}); err != nil {
+	if p.mismatch, err = testpki.IssueLeafWithSubject(p.inter, subject, testpki.LeafOptions{DNSNames: tx.mismatchDNS}); err != nil {
 		t.Fatal(err)
 	}
-	if p.self, err = harness.IssueLeafWithSubject(nil, subject, local); err != nil {
+	if p.self, err = testpki.IssueLeafWithSubject(nil, subject, local); err != nil {
 		t.Fatal(err)
 	}
 	p.rootFile = filepath.Join(t.TempDir(), "root.crt")
-	if err := harness.WritePEMFile(p.rootFile, p.root.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(p.rootFile, p.root.CertPEM); err != nil {
 		t.Fatal(err)
 	}
 	return &p
@@ -87,7 +87,7 @@ func newTextPKI(t *testing.T, tx certText) *textPKI {
 // ones a report may show.
 func (p *textPKI) hashes() map[string]bool {
 	h := map[string]bool{}
-	for _, c := range []*harness.Cert{p.root, p.inter, p.leaf, p.mismatch, p.self} {
+	for _, c := range []*testpki.Cert{p.root, p.inter, p.leaf, p.mismatch, p.self} {
 		h[chain.SPKIHash(c.Cert)] = true
 	}
 	return h
@@ -180,20 +180,20 @@ func TestCheckHostileText(t *testing.T) {
 	hp, cp := newTextPKI(t, hostileText), newTextPKI(t, cleanText)
 	tests := []struct {
 		name string
-		cert func(p *textPKI) *harness.Cert
+		cert func(p *textPKI) *testpki.Cert
 		// args get {port}, {ca} (the PKI's root file) and {pins}.
 		args []string
 		code int
 		// verdict starts the last line of the report.
 		verdict string
 	}{
-		{name: "verified path to a --ca-file root", cert: func(p *textPKI) *harness.Cert { return p.leaf },
+		{name: "verified path to a --ca-file root", cert: func(p *textPKI) *testpki.Cert { return p.leaf },
 			args: []string{"--ca-file", "{ca}"}, verdict: "OK:"},
-		{name: "host name mismatch", cert: func(p *textPKI) *harness.Cert { return p.mismatch },
+		{name: "host name mismatch", cert: func(p *textPKI) *testpki.Cert { return p.mismatch },
 			args: []string{"--ca-file", "{ca}"}, code: 1, verdict: "what to do:"},
-		{name: "no pin yet, trust on first use of a self-signed certificate", cert: func(p *textPKI) *harness.Cert { return p.self },
+		{name: "no pin yet, trust on first use of a self-signed certificate", cert: func(p *textPKI) *testpki.Cert { return p.self },
 			args: []string{"--pin-dir", "{pins}", "--trust", "tofu"}, verdict: "OK:"},
-		{name: "no pin yet, self-signed certificate refused", cert: func(p *textPKI) *harness.Cert { return p.self },
+		{name: "no pin yet, self-signed certificate refused", cert: func(p *textPKI) *testpki.Cert { return p.self },
 			args: []string{"--pin-dir", "{pins}"}, code: 1, verdict: "what to do:"},
 	}
 	for _, tc := range tests {
@@ -201,7 +201,7 @@ func TestCheckHostileText(t *testing.T) {
 			run := func(p *textPKI) string {
 				t.Helper()
 				c := tc.cert(p)
-				s, err := harness.StartScriptedServer(harness.ScriptedOptions{Cert: c.TLSCertificate(p.inter)})
+				s, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: c.TLSCertificate(p.inter)})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -255,7 +255,7 @@ func TestChainShowHostileText(t *testing.T) {
 	hp, cp := newTextPKI(t, hostileText), newTextPKI(t, cleanText)
 	show := func(p *textPKI) string {
 		path := filepath.Join(t.TempDir(), "chain.pem")
-		if err := harness.WritePEMFile(path, p.leaf.CertPEM, p.inter.CertPEM, p.root.CertPEM, p.self.CertPEM); err != nil {
+		if err := testpki.WritePEMFile(path, p.leaf.CertPEM, p.inter.CertPEM, p.root.CertPEM, p.self.CertPEM); err != nil {
 			t.Fatal(err)
 		}
 		out, code := runRootCmd(t, "chain", "show", path)
@@ -267,20 +267,6 @@ func TestChainShowHostileText(t *testing.T) {
 	hostile, clean := show(hp), show(cp)
 	assertTerminalSafe(t, "chain show", hostile, hp.hashes())
 	assertSameLines(t, "chain show", hostile, clean)
-}
-
-// runRootCmd runs `pgverifyproxy args...` in-process.
-func runRootCmd(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
-		return out.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
-	}
-	return out.String(), 0
 }
 
 // TestCommandsWriteThroughSafeWriter: what chain fetch, chain show and

@@ -51,18 +51,6 @@ func readyServer(t *testing.T, code int, body string) *httptest.Server {
 	return srv
 }
 
-// closedAddr is a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 func TestReadyCommand(t *testing.T) {
 	ok := readyServer(t, http.StatusOK, "ok   default: upstream verified 3s ago\n")
 	okAddr := ok.Listener.Addr().String()

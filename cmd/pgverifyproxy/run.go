@@ -227,7 +227,8 @@ func serveProxy(cmd *cobra.Command, configFile string, ctl *control) error {
 		return usageError{err}
 	}
 	r.rc = rc
-	srv, err := proxy.New(proxy.Config{Routes: proxyRoutes(routes), Logger: log, Observer: obs})
+	srv, err := proxy.New(proxy.Config{Routes: proxyRoutes(routes), Logger: log, Observer: obs,
+		Relay: proxy.RelayEngine(rc.Relay), RelayLoops: rc.RelayLoops})
 	if err != nil {
 		return usageError{err}
 	}
@@ -359,6 +360,8 @@ func (r *runner) reload(sig os.Signal) {
 		{"log_format", r.rc.LogFormat, rc.LogFormat},
 		{"log_file", r.rc.LogFile, rc.LogFile},
 		{"ready_window", r.rc.ReadyWindow.String(), rc.ReadyWindow.String()},
+		{"relay", r.rc.Relay, rc.Relay},
+		{"relay_loops", fmt.Sprint(r.rc.RelayLoops), fmt.Sprint(rc.RelayLoops)},
 	} {
 		if k.old != k.new {
 			r.log.Warn("this setting changes only on restart; the running value stays", "setting", k.name, "running", k.old, "configured", k.new)

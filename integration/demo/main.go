@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 func main() {
@@ -58,12 +59,12 @@ func run(keep bool) error {
 	}
 
 	step("Making a private PKI: root CA -> intermediate CA -> server certificate for localhost")
-	pki, err := harness.NewPKI()
+	pki, err := testpki.NewPKI()
 	if err != nil {
 		return err
 	}
 	rootFile := filepath.Join(dir, "root.crt")
-	if err := harness.WritePEMFile(rootFile, pki.Root.CertPEM); err != nil {
+	if err := testpki.WritePEMFile(rootFile, pki.Root.CertPEM); err != nil {
 		return err
 	}
 	info("trust anchor: %s", rootFile)
@@ -103,7 +104,7 @@ func run(keep bool) error {
 	info("the server saw a TLS connection (ssl = t): the proxy verified it like sslmode=verify-full")
 
 	step("A man in the middle: a TLS middlebox with its own CA, presenting a certificate for localhost")
-	mitm, err := harness.StartFakeUpstream(harness.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil))
+	mitm, err := testpki.StartFakeUpstream(testpki.AnswerTLS(pki.OtherLeaf.TLSCertificate(pki.OtherRoot), nil))
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func run(keep bool) error {
 		return errors.New("the proxy connected through the man in the middle: this must never happen")
 	}
 	info("the app got:\n    %s", strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "\n    "))
-	if harness.HasStartupMessage(mitm.Received()) {
+	if testpki.HasStartupMessage(mitm.Received()) {
 		return errors.New("the middlebox received a startup message: this must never happen")
 	}
 	info("the middlebox received no startup message: no user name, no password")

@@ -17,9 +17,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
-// Test users created in every cluster.
+// Test users created in every cluster, with testpki.CertUser: that one logs
+// in with a client certificate whose CN is its name (pg_hba "cert"), signed
+// by ClusterOptions.ClientCAPEM.
 const (
 	// ScramUser is a login role whose password is stored as SCRAM-SHA-256.
 	ScramUser = "scram_user"
@@ -29,9 +33,6 @@ const (
 	MD5User = "md5_user"
 	// MD5Password is MD5User's password.
 	MD5Password = "md5-secret-1"
-	// CertUser logs in with a client certificate whose CN is its name
-	// (pg_hba "cert"), signed by ClusterOptions.ClientCAPEM.
-	CertUser = "cert_user"
 )
 
 // serverUserName is the unprivileged account the server runs as when the
@@ -63,7 +64,7 @@ type ClusterOptions struct {
 	// ServerKeyPEM is the private key of the server certificate. Required.
 	ServerKeyPEM []byte
 	// ClientCAPEM, when set, becomes ssl_ca_file: the CA that signs client
-	// certificates (CertUser's). Without it CertUser cannot log in.
+	// certificates (testpki.CertUser's). Without it that user cannot log in.
 	ClientCAPEM []byte
 	// ExtraConf is appended to postgresql.conf.
 	ExtraConf string
@@ -225,7 +226,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 		return nil, err
 	}
 	if c.clientCA {
-		if err := c.writeOwned(filepath.Join(c.DataDir, "client_ca.crt"), joinPEM(o.ClientCAPEM), 0o644); err != nil {
+		if err := c.writeOwned(filepath.Join(c.DataDir, "client_ca.crt"), testpki.JoinPEM(o.ClientCAPEM), 0o644); err != nil {
 			return nil, fmt.Errorf("harness: writing client_ca.crt: %w", err)
 		}
 	}
@@ -257,7 +258,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 			"CREATE ROLE %s LOGIN PASSWORD '%s';\n"+
 			"CREATE ROLE %s LOGIN;\n"+
 			"GRANT CONNECT ON DATABASE postgres TO %s, %s, %s;",
-		ScramUser, ScramPassword, MD5User, MD5Password, CertUser, ScramUser, MD5User, CertUser)); err != nil {
+		ScramUser, ScramPassword, MD5User, MD5Password, testpki.CertUser, ScramUser, MD5User, testpki.CertUser)); err != nil {
 		return nil, fmt.Errorf("harness: creating users: %w\n---- server log tail ----\n%s", err, c.LogTail(20))
 	}
 	c.logf("PostgreSQL ready on %s (socket %s)", c.Addr(), c.SocketDir)
@@ -442,10 +443,10 @@ func (c *Cluster) writeConf() error {
 // writeCert writes server.crt (0644) and server.key (0600), both owned by
 // the server user.
 func (c *Cluster) writeCert(certPEM, keyPEM []byte) error {
-	if err := c.writeOwned(filepath.Join(c.DataDir, "server.crt"), joinPEM(certPEM), 0o644); err != nil {
+	if err := c.writeOwned(filepath.Join(c.DataDir, "server.crt"), testpki.JoinPEM(certPEM), 0o644); err != nil {
 		return fmt.Errorf("harness: writing server.crt: %w", err)
 	}
-	if err := c.writeOwned(filepath.Join(c.DataDir, "server.key"), joinPEM(keyPEM), 0o600); err != nil {
+	if err := c.writeOwned(filepath.Join(c.DataDir, "server.key"), testpki.JoinPEM(keyPEM), 0o600); err != nil {
 		return fmt.Errorf("harness: writing server.key: %w", err)
 	}
 	return nil

@@ -1,8 +1,8 @@
 // Package soakrun is the soak test of pgverifyproxy: it starts its own PKI
-// and PostgreSQL with TLS (integration/harness), the real pgverifyproxy
-// binary in front with --admin, and then drives many concurrent pgx clients
-// through the proxy for a given duration with a random mix of short
-// queries, transactions, COPY both ways with checksums, cancels,
+// (internal/testpki) and PostgreSQL with TLS (integration/harness), the real
+// pgverifyproxy binary in front with --admin, and then drives many concurrent
+// pgx clients through the proxy for a given duration with a random mix of
+// short queries, transactions, COPY both ways with checksums, cancels,
 // reconnects and abrupt disconnects, over plaintext, sslmode=require and
 // direct-TLS client legs with md5 and SCRAM users.
 //
@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
 // Leak slack: how far above the baseline the proxy's figures may stay once
@@ -107,7 +108,7 @@ type Runner struct {
 	mu       sync.Mutex // guards work
 	work     string
 	rootFile string
-	pki      *harness.PKI
+	pki      *testpki.PKI
 	cluster  *harness.Cluster
 	bin      string
 	proxy    *proxyProc
@@ -192,11 +193,11 @@ func (r *Runner) setupWorkDir(context.Context) error {
 // setupPKI generates the test PKI and writes its root for --ca-file.
 func (r *Runner) setupPKI(context.Context) error {
 	var err error
-	if r.pki, err = harness.NewPKI(); err != nil {
+	if r.pki, err = testpki.NewPKI(); err != nil {
 		return err
 	}
 	r.rootFile = filepath.Join(r.work, "root.crt")
-	return harness.WritePEMFile(r.rootFile, r.pki.Root.CertPEM)
+	return testpki.WritePEMFile(r.rootFile, r.pki.Root.CertPEM)
 }
 
 // setupBinary checks that Options.Bin is there.

@@ -7,7 +7,9 @@ package rawsock
 import (
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Writer writes to a plaintext socket with syscall.RawSyscall, through
@@ -61,11 +63,25 @@ func OpError(op string, c net.Conn, err error) error {
 }
 
 // Conn is a TCP connection whose Write goes through a Writer; everything
-// else is the *net.TCPConn's.
+// else is the *net.TCPConn's, until Detach hands its socket to an event
+// loop (Linux): from then on Read and Write go to that loop's Transport.
 type Conn struct {
 	*net.TCPConn
 	w *Writer
+	t atomic.Pointer[transportRef] // set once, by Detach
 }
+
+// Transport is what a detached Conn reads from and writes to: an event
+// loop's end of the socket. Read returns a temporary net.Error (Timeout
+// true) when nothing is buffered, which crypto/tls passes up without
+// failing the connection; Write takes everything or fails for good.
+type Transport interface {
+	Read(b []byte) (int, error)
+	Write(b []byte) (int, error)
+}
+
+// transportRef boxes a Transport for an atomic pointer.
+type transportRef struct{ Transport }
 
 // Wrap returns c as a Conn when it is a *net.TCPConn and NewWriter makes a
 // Writer for it (on Linux), else c itself.
@@ -81,6 +97,66 @@ func Wrap(c net.Conn) net.Conn {
 	return &Conn{TCPConn: tc, w: w}
 }
 
-// Write writes all of b (see Writer). It must not be called concurrently
-// with itself, as for any writer the TLS layer drives.
-func (c *Conn) Write(b []byte) (int, error) { return c.w.Write(b) }
+// Read reads from the socket, or from the Transport once detached.
+func (c *Conn) Read(b []byte) (int, error) {
+	if t := c.t.Load(); t != nil {
+		return t.Read(b)
+	}
+	return c.TCPConn.Read(b)
+}
+
+// Write writes all of b (see Writer), or hands it to the Transport once
+// detached. It must not be called concurrently with itself, as for any
+// writer the TLS layer drives.
+func (c *Conn) Write(b []byte) (int, error) {
+	if t := c.t.Load(); t != nil {
+		return t.Write(b)
+	}
+	return c.w.Write(b)
+}
+
+// Detached reports whether Detach has handed the socket over.
+func (c *Conn) Detached() bool { return c.t.Load() != nil }
+
+// Close closes the socket; once detached, the event loop owns the socket
+// and Close does nothing.
+func (c *Conn) Close() error {
+	if c.Detached() {
+		return nil
+	}
+	return c.TCPConn.Close()
+}
+
+// CloseWrite shuts the write side; once detached it does nothing (the loop
+// does that).
+func (c *Conn) CloseWrite() error {
+	if c.Detached() {
+		return nil
+	}
+	return c.TCPConn.CloseWrite()
+}
+
+// SetDeadline sets both deadlines; once detached there are none, and it
+// does nothing (crypto/tls sets a write deadline around its close_notify).
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.Detached() {
+		return nil
+	}
+	return c.TCPConn.SetDeadline(t)
+}
+
+// SetReadDeadline is as SetDeadline, for reads.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.Detached() {
+		return nil
+	}
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+// SetWriteDeadline is as SetDeadline, for writes.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.Detached() {
+		return nil
+	}
+	return c.TCPConn.SetWriteDeadline(t)
+}

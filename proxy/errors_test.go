@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
@@ -18,7 +20,7 @@ func TestEveryReasonHasASQLSTATE(t *testing.T) {
 			t.Errorf("reason %v has no SQLSTATE (%q)", r, code)
 		}
 	}
-	if code := (&ClientError{}).Code(); code != "" {
+	if code := (&clientError{}).Code(); code != "" {
 		t.Errorf("a ClientError without a reason has SQLSTATE %q", code)
 	}
 }
@@ -124,4 +126,38 @@ func notListed(reason, table string) string {
 		}
 	}
 	return "no such reason"
+}
+
+// TestClientErrorTextIsOneField: a NUL or invalid UTF-8 in an error's text
+// (an upstream's bytes quoted in it) cannot end the field early or reach
+// the client undecodable. Found by FuzzAuthPhase.
+func TestClientErrorTextIsOneField(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"plain", "pgverifyproxy: refused", "pgverifyproxy: refused"},
+		{"NUL", "unknown message type: \x00", `unknown message type: \x00`},
+		{"NUL then field-like bytes", "x\x00Dinjected\x00", `x\x00Dinjected\x00`},
+		{"invalid UTF-8", "bad \xff\xfe byte", "bad \uFFFD byte"},
+		{"valid UTF-8 kept", "café ✓", "café ✓"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ce := &clientError{Reason: chain.ReasonVerification, Message: "pgverifyproxy: " + tc.in, Detail: tc.in, Hint: tc.in}
+			b, err := ce.response()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var er pgproto3.ErrorResponse
+			if err := er.Decode(b[5:]); err != nil {
+				t.Fatal(err)
+			}
+			if er.Message != "pgverifyproxy: "+tc.want || er.Detail != tc.want || er.Hint != tc.want {
+				t.Errorf("decoded message %q detail %q hint %q, want %q", er.Message, er.Detail, er.Hint, tc.want)
+			}
+			if er.Code != "08006" || er.Severity != "FATAL" {
+				t.Errorf("decoded code %q severity %q", er.Code, er.Severity)
+			}
+		})
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -15,199 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
-
-// recObserver records the Observer events.
-type recObserver struct {
-	mu      sync.Mutex
-	routes  [][]string
-	started map[string]int
-	ended   map[string]int // route/result
-	refused map[string]int // route/cause
-	dials   map[string]int // route/ok|error
-}
-
-func newRecObserver() *recObserver {
-	return &recObserver{started: map[string]int{}, ended: map[string]int{}, refused: map[string]int{}, dials: map[string]int{}}
-}
-
-func (o *recObserver) RoutesChanged(r []string) {
-	o.mu.Lock()
-	o.routes = append(o.routes, r)
-	o.mu.Unlock()
-}
-func (o *recObserver) SessionStarted(r string) { o.mu.Lock(); o.started[r]++; o.mu.Unlock() }
-func (o *recObserver) SessionEnded(r string, res SessionResult) {
-	o.mu.Lock()
-	o.ended[r+"/"+string(res)]++
-	o.mu.Unlock()
-}
-func (o *recObserver) Refused(r string, cause chain.Reason) {
-	o.mu.Lock()
-	o.refused[r+"/"+cause.String()]++
-	o.mu.Unlock()
-}
-func (o *recObserver) UpstreamDialed(r string, _ time.Duration, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if err != nil {
-		o.dials[r+"/error"]++
-		return
-	}
-	o.dials[r+"/ok"]++
-}
-
-func (o *recObserver) get(m map[string]int, k string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return m[k]
-}
-
-// echoUpstream accepts any login, then echoes bytes until the proxy
-// half-closes; a CancelRequest is read and the connection closed. It runs
-// over loopback TCP so that half-closes pass as they do in production.
-func echoUpstream(t *testing.T) DialFunc {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			srv, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer srv.Close()
-				be := pgproto3.NewBackend(srv, srv)
-				msg, err := be.ReceiveStartupMessage()
-				if err != nil {
-					return
-				}
-				if _, ok := msg.(*pgproto3.StartupMessage); !ok {
-					return
-				}
-				be.Send(&pgproto3.AuthenticationOk{})
-				be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-				if be.Flush() != nil {
-					return
-				}
-				_, _ = io.Copy(srv, srv)
-			}()
-		}
-	}()
-	return func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", l.Addr().String())
-	}
-}
-
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func startServer(t *testing.T, obs Observer, routes ...Route) *Server {
-	t.Helper()
-	srv, err := New(Config{Routes: routes, Observer: obs, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(context.Background())
-	t.Cleanup(func() { srv.Close() })
-	return srv
-}
-
-// login connects in plaintext and reads AuthenticationOk and ReadyForQuery.
-func login(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c := dialProxy(t, addr)
-	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
-	fe := pgproto3.NewFrontend(c, c)
-	for _, want := range []string{"*pgproto3.AuthenticationOk", "*pgproto3.ReadyForQuery"} {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatalf("login via %s: %v", addr, err)
-		}
-		if got := fmt.Sprintf("%T", msg); got != want {
-			t.Fatalf("login via %s: got %s, want %s", addr, got, want)
-		}
-	}
-	return c
-}
-
-// echo checks that the session still relays both ways.
-func echo(t *testing.T, c net.Conn, payload string) {
-	t.Helper()
-	if _, err := c.Write([]byte(payload)); err != nil {
-		t.Fatalf("session write: %v", err)
-	}
-	buf := make([]byte, len(payload))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != payload {
-		t.Fatalf("session echo: %q %v", buf, err)
-	}
-}
-
-// eventually polls cond (no timing asserted: only that it becomes true).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if !poll(cond) {
-		t.Fatalf("never happened: %s", what)
-	}
-}
-
-// poll reports whether cond became true within 5 s.
-func poll(cond func() bool) bool {
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return false
-}
-
-func TestMaxConnections(t *testing.T) {
-	obs := newRecObserver()
-	addr := freeAddr(t)
-	startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: echoUpstream(t), ClientTLS: ClientTLSDisable, MaxConnections: 2})
-	c1, c2 := login(t, addr), login(t, addr)
-
-	c3 := dialProxy(t, addr)
-	c3.Write(startupBytes(t, map[string]string{"user": "alice"}))
-	er := expectFatal(t, pgproto3.NewFrontend(c3, c3), "53300", "too many clients already: route r allows 2 connections")
-	if er.Hint == "" {
-		t.Error("the limit error has no hint")
-	}
-	// The refusal is counted after the client has been told.
-	eventually(t, "the refusal is counted with cause limit", func() bool { return obs.get(obs.refused, "r/limit") == 1 })
-	// A cancel request is not a session: it passes at the limit.
-	cancelPkt := []byte{0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0, 0, 2}
-	cc := dialProxy(t, addr)
-	cc.Write(cancelPkt)
-	eventually(t, "the cancel request reached the upstream", func() bool { return obs.get(obs.ended, "r/cancel") == 1 })
-
-	echo(t, c1, "still here")
-	c2.Close()
-	// The freed slot is taken by the next client.
-	eventually(t, "a slot is freed when a session ends", func() bool {
-		return obs.get(obs.ended, "r/completed") == 1
-	})
-	c4 := login(t, addr)
-	echo(t, c4, "fourth")
-}
 
 func TestObserverAndRouteStats(t *testing.T) {
 	obs := newRecObserver()
@@ -391,28 +198,6 @@ func TestAcceptErrorsThatPassDoNotStopTheServer(t *testing.T) {
 	echo(t, c, "and the first session too")
 }
 
-func TestSlowClientIsNotCountedAgainstTheUpstream(t *testing.T) {
-	obs := newRecObserver()
-	addr := freeAddr(t)
-	// An upstream dial that takes longer than what is left of the
-	// client's startup deadline.
-	slow := func(ctx context.Context) (net.Conn, error) {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: slow, ClientTLS: ClientTLSDisable, StartupTimeout: 300 * time.Millisecond})
-	c := dialProxy(t, addr)
-	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
-	er := expectFatal(t, pgproto3.NewFrontend(c, c), "08001", "startup_timeout (300ms) ran out while connecting to upstream")
-	if er.Hint == "" {
-		t.Error("no hint")
-	}
-	eventually(t, "the refusal is counted", func() bool { return obs.get(obs.refused, "r/startup_timeout") == 1 })
-	if n := obs.get(obs.dials, "r/error"); n != 0 {
-		t.Errorf("%d failed dials reported against the upstream, want 0", n)
-	}
-}
-
 // TestCloseEndsSessionsWaitingForUpstreamAuth: Close does not wait for an
 // upstream that never answers the startup message (it would have waited
 // for the startup deadline, a minute by default).
@@ -450,37 +235,5 @@ func TestCloseEndsSessionsWaitingForUpstreamAuth(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client connection: %v, want it closed", err)
-	}
-}
-
-// TestShutdownIsNoRefusal: a client still waiting for its upstream when the
-// proxy closes gets FATAL 57P01 (or, as Close closes it at once, only the
-// close), and its session ends as a shutdown, not as a refusal.
-func TestShutdownIsNoRefusal(t *testing.T) {
-	obs := newRecObserver()
-	addr := freeAddr(t)
-	dialing := make(chan struct{}, 1)
-	slow := func(ctx context.Context) (net.Conn, error) {
-		dialing <- struct{}{}
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	srv := startServer(t, obs, Route{Name: "r", Listen: []string{addr}, Dial: slow, ClientTLS: ClientTLSDisable, StartupTimeout: time.Minute})
-	c := dialProxy(t, addr)
-	c.Write(startupBytes(t, map[string]string{"user": "alice"}))
-	select {
-	case <-dialing:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the proxy did not dial")
-	}
-	go srv.Close()
-	if msg, err := pgproto3.NewFrontend(c, c).Receive(); err == nil {
-		if er, ok := msg.(*pgproto3.ErrorResponse); !ok || er.Code != "57P01" {
-			t.Errorf("got %#v, want FATAL 57P01 or the close", msg)
-		}
-	}
-	eventually(t, "the session ends as a shutdown", func() bool { return obs.get(obs.ended, "r/shutdown") == 1 })
-	if n := obs.get(obs.refused, "r/shutdown"); n != 0 || obs.get(obs.ended, "r/refused") != 0 {
-		t.Errorf("a shutdown counted as a refusal: %v %v", obs.refused, obs.ended)
 	}
 }

@@ -1,4 +1,4 @@
-package harness
+package testpki
 
 import (
 	"crypto"
@@ -16,6 +16,11 @@ import (
 	"os"
 	"time"
 )
+
+// CertUser is the common name of PKI.Client, and so the user name it logs in
+// as where the server maps certificates to users by CN (pg_hba "cert"), as
+// integration/harness's cluster does.
+const CertUser = "cert_user"
 
 // Cert is a certificate with its private key.
 type Cert struct {
@@ -86,7 +91,7 @@ func NewRootCA(commonName string) (*Cert, error) {
 	}
 	c, err := newCert(tmpl, nil)
 	if err != nil {
-		return nil, fmt.Errorf("harness: root CA %q: %w", commonName, err)
+		return nil, fmt.Errorf("testpki: root CA %q: %w", commonName, err)
 	}
 	return c, nil
 }
@@ -101,7 +106,7 @@ func NewIntermediateCA(parent *Cert, commonName string) (*Cert, error) {
 // point at parent's certificate.
 func NewIntermediateCAWithAIA(parent *Cert, commonName string, aia []string) (*Cert, error) {
 	if parent == nil {
-		return nil, fmt.Errorf("harness: intermediate CA %q: nil parent", commonName)
+		return nil, fmt.Errorf("testpki: intermediate CA %q: nil parent", commonName)
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -117,7 +122,7 @@ func NewIntermediateCAWithAIA(parent *Cert, commonName string, aia []string) (*C
 	}
 	c, err := newCert(tmpl, parent)
 	if err != nil {
-		return nil, fmt.Errorf("harness: intermediate CA %q: %w", commonName, err)
+		return nil, fmt.Errorf("testpki: intermediate CA %q: %w", commonName, err)
 	}
 	return c, nil
 }
@@ -127,34 +132,7 @@ func NewIntermediateCAWithAIA(parent *Cert, commonName string, aia []string) (*C
 // parent. When parent is nil the certificate is
 // self-signed (and still not a CA).
 func IssueLeaf(parent *Cert, o LeafOptions) (*Cert, error) {
-	now := time.Now()
-	if o.NotBefore.IsZero() {
-		o.NotBefore = now.Add(-time.Hour)
-	}
-	if o.NotAfter.IsZero() {
-		o.NotAfter = now.Add(24 * time.Hour)
-	}
-	usage := x509.ExtKeyUsageServerAuth
-	if o.Client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: o.CommonName, Organization: []string{"pgverifyproxy tests"}},
-		DNSNames:              append([]string(nil), o.DNSNames...),
-		IPAddresses:           append([]net.IP(nil), o.IPs...),
-		NotBefore:             o.NotBefore,
-		NotAfter:              o.NotAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		IssuingCertificateURL: append([]string(nil), o.AIA...),
-	}
-	c, err := newCert(tmpl, parent)
-	if err != nil {
-		return nil, fmt.Errorf("harness: leaf %q: %w", o.CommonName, err)
-	}
-	return c, nil
+	return IssueLeafWithSubject(parent, pkix.Name{CommonName: o.CommonName, Organization: []string{"pgverifyproxy tests"}}, o)
 }
 
 // newCert generates a P-256 key and signs tmpl with parent's key, or
@@ -199,17 +177,17 @@ func newCert(tmpl *x509.Certificate, parent *Cert) (*Cert, error) {
 // WritePEMFile writes the concatenation of pemBlocks to path with mode 0644
 // (a newline is inserted after a block that does not end in one).
 func WritePEMFile(path string, pemBlocks ...[]byte) error {
-	if err := os.WriteFile(path, joinPEM(pemBlocks...), 0o644); err != nil {
-		return fmt.Errorf("harness: writing PEM file: %w", err)
+	if err := os.WriteFile(path, JoinPEM(pemBlocks...), 0o644); err != nil {
+		return fmt.Errorf("testpki: writing PEM file: %w", err)
 	}
 	if err := os.Chmod(path, 0o644); err != nil {
-		return fmt.Errorf("harness: writing PEM file: %w", err)
+		return fmt.Errorf("testpki: writing PEM file: %w", err)
 	}
 	return nil
 }
 
-// joinPEM concatenates PEM blocks, making sure each ends in a newline.
-func joinPEM(blocks ...[]byte) []byte {
+// JoinPEM concatenates PEM blocks, making sure each ends in a newline.
+func JoinPEM(blocks ...[]byte) []byte {
 	var out []byte
 	for _, b := range blocks {
 		out = append(out, b...)
@@ -344,7 +322,7 @@ func IssueLeafWithSubject(parent *Cert, subject pkix.Name, o LeafOptions) (*Cert
 	}
 	c, err := newCert(tmpl, parent)
 	if err != nil {
-		return nil, fmt.Errorf("harness: leaf %q: %w", subject.String(), err)
+		return nil, fmt.Errorf("testpki: leaf %q: %w", subject.CommonName, err)
 	}
 	return c, nil
 }

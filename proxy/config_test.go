@@ -1,14 +1,9 @@
 package proxy
 
 import (
-	"crypto/tls"
 	"net"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 func TestRelayListenerRules(t *testing.T) {
@@ -69,60 +64,6 @@ func TestRelayListenerRules(t *testing.T) {
 	}
 }
 
-func testTLSConfig(t *testing.T) *tls.Config {
-	t.Helper()
-	c, err := SelfSignedTLSConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func TestAskPassword(t *testing.T) {
-	tests := []struct {
-		name    string
-		client  []byte
-		want    string
-		wantErr string
-	}{
-		{"password", mustEncode(t, &pgproto3.PasswordMessage{Password: "s3cret"}), "s3cret", ""},
-		{"terminate", mustEncode(t, &pgproto3.Terminate{}), "", "client closed"},
-		{"eof", nil, "", "client closed"},
-		{"query instead", mustEncode(t, &pgproto3.Query{String: "select 1"}), "", "expected a password message"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			c, p := net.Pipe()
-			defer c.Close()
-			go func() {
-				buf := make([]byte, 9)
-				p.Read(buf) // AuthenticationCleartextPassword
-				p.Write(tc.client)
-				p.Close()
-			}()
-			pw, err := askPassword(c)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("got %q, %v; want %q", pw, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || string(pw) != tc.want {
-				t.Fatalf("got %q, %v", pw, err)
-			}
-		})
-	}
-}
-
-func mustEncode(t *testing.T, m pgproto3.FrontendMessage) []byte {
-	t.Helper()
-	b, err := m.Encode(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // oddListener has an address that is neither TCP nor unix.
 type oddListener struct{ net.Listener }
 
@@ -160,26 +101,6 @@ func TestAutoAsksOnlyWhereClientsAreLocalOrCanVerify(t *testing.T) {
 			}
 			if why != "" && !strings.Contains(why, tc.local.String()) {
 				t.Fatalf("the reason %q does not name the listener", why)
-			}
-		})
-	}
-}
-
-func TestChannelBindingHintNamesTheRouteFixFirst(t *testing.T) {
-	tests := []struct {
-		name  string
-		ax    authExchange
-		first string
-	}{
-		{"passthrough", authExchange{mode: AuthPassthrough, clientTLS: true}, "Set auth: auto (the default)"},
-		{"auto where it may not ask", authExchange{mode: AuthAuto, clientTLS: true, noAsk: "why"}, "Give this route a certificate of its own (client_tls_cert and client_tls_key)"},
-		{"auto, plaintext client", authExchange{mode: AuthAuto}, "Set auth: relay for this route"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ce := tc.ax.channelBindingError("the client asked for SCRAM channel binding (GS2 flag y)")
-			if !strings.HasPrefix(ce.Hint, tc.first) || !strings.Contains(ce.Hint, "channel_binding=disable") || ce.Reason != chain.ReasonChannelBinding {
-				t.Fatalf("hint %q, reason %q; want it to start with %q", ce.Hint, ce.Reason, tc.first)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package harness
+package testpki
 
 import (
 	"bytes"
@@ -119,7 +119,7 @@ func StartScriptedServer(o ScriptedOptions) (*ScriptedServer, error) {
 		o.KeyLength = 4
 	}
 	if o.KeyLength < 4 || o.KeyLength > 256 {
-		return nil, errors.New("harness: scripted server: key length must be 4 to 256")
+		return nil, errors.New("testpki: scripted server: key length must be 4 to 256")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
