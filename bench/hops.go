@@ -209,8 +209,9 @@ func (b *bench) startDirect(_ context.Context, delayed bool) (*hop, error) {
 }
 
 // startPGVP starts pgverifyproxy in front of the cluster (or of the delay
-// proxy when delayed), with --prewarm N when prewarm > 0.
-func (b *bench) startPGVP(ctx context.Context, scram, delayed bool, prewarm int) (*hop, error) {
+// proxy when delayed), with --prewarm N when prewarm > 0, and the extra
+// arguments.
+func (b *bench) startPGVP(ctx context.Context, scram, delayed bool, prewarm int, extra ...string) (*hop, error) {
 	upstream := b.cluster.Port
 	if delayed {
 		upstream = b.delay.Addr().Port
@@ -233,6 +234,7 @@ func (b *bench) startPGVP(ctx context.Context, scram, delayed bool, prewarm int)
 	if prewarm > 0 {
 		argv = append(argv, "--prewarm", strconv.Itoa(prewarm))
 	}
+	argv = append(argv, extra...)
 	return b.startHop(ctx, "pgverifyproxy", nil, userEndpoint(port, scram), argv...)
 }
 

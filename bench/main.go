@@ -66,7 +66,7 @@ func parseFlags() options {
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor of the select-only data set")
 	flag.StringVar(&o.out, "out", "bench/results.md", "write the results as Markdown here (with -quick: bench/results-quick.md unless given)")
 	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
-	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,scram,prewarm,pgbouncer,stunnel")
+	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,goroutine,scram,prewarm,pgbouncer,stunnel")
 	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); 5 rounds of 10s`)
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 2s runs, 16 MB COPY, 50 idle, 1 round")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")
@@ -166,7 +166,7 @@ func (o options) validate() error {
 				return errors.New("-paths prewarm: --prewarm has no select figures (-focus select)")
 			}
 		default:
-			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, scram, prewarm, pgbouncer, stunnel)", k)
+			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, goroutine, scram, prewarm, pgbouncer, stunnel)", k)
 		}
 	}
 	return nil

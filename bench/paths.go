@@ -55,6 +55,16 @@ func (b *bench) allPaths() []*path {
 		{key: "scram", title: "pgverifyproxy SCRAM user", stages: []stage{stSelect},
 			start: func(ctx context.Context, delayed bool) (*hop, error) { return b.startPGVP(ctx, true, delayed, 0) }},
 	}
+	// The goroutine relay, the event loop's fallback, in the same rounds:
+	// the before and after of the event loop in one run.
+	gr := &path{key: "goroutine", title: "pgverifyproxy relay: goroutine", stages: []stage{stSelect, stStrace, stCopy, stIdle},
+		start: func(ctx context.Context, delayed bool) (*hop, error) {
+			return b.startPGVP(ctx, false, delayed, 0, "--relay", "goroutine")
+		}}
+	if !b.hasRelay {
+		gr.unavailable = "n/a (binary has no --relay)"
+	}
+	paths = append(paths, gr)
 	if b.o.prewarm > 0 {
 		p := &path{key: "prewarm", title: fmt.Sprintf("pgverifyproxy --prewarm %d", b.o.prewarm),
 			stages: []stage{stConnRate, stTTFQ, stTTFQDelayed},

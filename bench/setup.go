@@ -42,6 +42,7 @@ type bench struct {
 	cluster    *harness.Cluster
 	bin        string // pgverifyproxy binary
 	hasPrewarm bool   // the binary knows --prewarm
+	hasRelay   bool   // the binary knows --relay (loop or goroutine)
 	tools      tools
 	postgres   *syscall.Credential // the unprivileged user PgBouncer runs as
 	delay      *delayproxy.Proxy   // the cluster behind a simulated RTT
@@ -211,6 +212,7 @@ func (b *bench) setupBinary(ctx context.Context) error {
 		return fmt.Errorf("%s run --help: %w\n%s", b.bin, err, tail(string(help), 10))
 	}
 	b.hasPrewarm = bytes.Contains(help, []byte("--prewarm"))
+	b.hasRelay = bytes.Contains(help, []byte("--relay "))
 	return nil
 }
 

@@ -58,116 +58,130 @@ func (m sysMeter) report(b *testing.B) {
 // BenchmarkRelayPingPong sends a 30-byte query from the application and
 // answers it from the server (one op is one round trip through the relay).
 func BenchmarkRelayPingPong(b *testing.B) {
-	for _, answer := range []int{200, 8 << 10, 64 << 10} {
-		b.Run(fmt.Sprintf("answer=%d", answer), func(b *testing.B) {
-			r := newRig(b, rigListener(b))
-			r.start()
-			q := bytes.Repeat([]byte{'Q'}, 30)
-			a := bytes.Repeat([]byte{'D'}, answer)
-			go func() {
-				buf := make([]byte, len(q))
-				for {
-					if _, err := io.ReadFull(r.server, buf); err != nil {
-						return
-					}
-					if _, err := r.server.Write(a); err != nil {
-						return
-					}
-				}
-			}()
-			got := make([]byte, answer)
-			// Warm up (TLS dynamic record sizing, buffers).
-			for range 200 {
-				r.app.Write(q)
-				io.ReadFull(r.app, got)
-			}
-			b.ReportAllocs()
-			m := readSysMeter()
-			b.ResetTimer()
-			for range b.N {
-				if _, err := r.app.Write(q); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(r.app, got); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			m.report(b)
-		})
+	for _, mode := range testRelayModes {
+		for _, answer := range []int{200, 8 << 10, 64 << 10} {
+			b.Run(fmt.Sprintf("relay=%s/answer=%d", mode, answer), func(b *testing.B) {
+				benchPingPong(b, mode, answer)
+			})
+		}
 	}
+}
+
+func benchPingPong(b *testing.B, mode relayMode, answer int) {
+	r := newRig(b, rigListener(b))
+	r.mode = mode
+	r.start()
+	q := bytes.Repeat([]byte{'Q'}, 30)
+	a := bytes.Repeat([]byte{'D'}, answer)
+	go func() {
+		buf := make([]byte, len(q))
+		for {
+			if _, err := io.ReadFull(r.server, buf); err != nil {
+				return
+			}
+			if _, err := r.server.Write(a); err != nil {
+				return
+			}
+		}
+	}()
+	got := make([]byte, answer)
+	// Warm up (TLS dynamic record sizing, buffers).
+	for range 200 {
+		r.app.Write(q)
+		io.ReadFull(r.app, got)
+	}
+	b.ReportAllocs()
+	m := readSysMeter()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := r.app.Write(q); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(r.app, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	m.report(b)
 }
 
 // BenchmarkRelayStream sends bulk bytes one way (COPY-like), in writes of
 // the given size: c2u from the application to the server, u2c from the
 // server to the application.
 func BenchmarkRelayStream(b *testing.B) {
-	for _, dir := range []string{"c2u", "u2c"} {
-		for _, chunk := range []int{8 << 10, 64 << 10} {
-			b.Run(fmt.Sprintf("%s/write=%d", dir, chunk), func(b *testing.B) {
-				r := newRig(b, rigListener(b))
-				r.start()
-				var src, dst net.Conn = r.app, r.server
-				if dir == "u2c" {
-					src, dst = r.server, r.app
-				}
-				data := bytes.Repeat([]byte{'d'}, chunk)
-				// The reader drains dst continuously; wait blocks until
-				// it has read total bytes.
-				var (
-					mu      sync.Mutex
-					cond    = sync.NewCond(&mu)
-					read    int64
-					readErr error
-				)
-				go func() {
-					buf := make([]byte, 64<<10)
-					for {
-						m, err := dst.Read(buf)
-						mu.Lock()
-						read += int64(m)
-						if err != nil {
-							readErr = err
-						}
-						cond.Signal()
-						mu.Unlock()
-						if err != nil {
-							return
-						}
-					}
-				}()
-				send := func(ops int) {
-					for range ops {
-						if _, err := src.Write(data); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
-				var total int64
-				wait := func(ops int) {
-					total += int64(ops * chunk)
-					mu.Lock()
-					defer mu.Unlock()
-					for read < total && readErr == nil {
-						cond.Wait()
-					}
-					if read < total {
-						b.Fatal(readErr)
-					}
-				}
-				send(256) // past TLS dynamic record sizing's slow start
-				wait(256)
-				b.SetBytes(int64(chunk))
-				b.ReportAllocs()
-				m := readSysMeter()
-				b.ResetTimer()
-				send(b.N)
-				wait(b.N)
-				b.StopTimer()
-				m.report(b)
-			})
+	for _, mode := range testRelayModes {
+		for _, dir := range []string{"c2u", "u2c"} {
+			for _, chunk := range []int{8 << 10, 64 << 10} {
+				b.Run(fmt.Sprintf("relay=%s/%s/write=%d", mode, dir, chunk), func(b *testing.B) {
+					benchStream(b, mode, dir, chunk)
+				})
+			}
 		}
 	}
+}
+
+func benchStream(b *testing.B, mode relayMode, dir string, chunk int) {
+	r := newRig(b, rigListener(b))
+	r.mode = mode
+	r.start()
+	var src, dst net.Conn = r.app, r.server
+	if dir == "u2c" {
+		src, dst = r.server, r.app
+	}
+	data := bytes.Repeat([]byte{'d'}, chunk)
+	// The reader drains dst continuously; wait blocks until
+	// it has read total bytes.
+	var (
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		read    int64
+		readErr error
+	)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			m, err := dst.Read(buf)
+			mu.Lock()
+			read += int64(m)
+			if err != nil {
+				readErr = err
+			}
+			cond.Signal()
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	send := func(ops int) {
+		for range ops {
+			if _, err := src.Write(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	var total int64
+	wait := func(ops int) {
+		total += int64(ops * chunk)
+		mu.Lock()
+		defer mu.Unlock()
+		for read < total && readErr == nil {
+			cond.Wait()
+		}
+		if read < total {
+			b.Fatal(readErr)
+		}
+	}
+	send(256) // past TLS dynamic record sizing's slow start
+	wait(256)
+	b.SetBytes(int64(chunk))
+	b.ReportAllocs()
+	m := readSysMeter()
+	b.ResetTimer()
+	send(b.N)
+	wait(b.N)
+	b.StopTimer()
+	m.report(b)
 }
 
 // BenchmarkAdmission runs an SSLRequest-less StartupMessage through the

@@ -63,6 +63,9 @@ type relayStats struct {
 	ClosedBy side
 	// Err is the first error other than a clean EOF, if any.
 	Err error
+	// Relay names the relay that carried the session, for the log:
+	// "loop", "goroutine" (the fast path) or "portable".
+	Relay string
 }
 
 // closeOnce closes a connection exactly once.
@@ -191,11 +194,16 @@ func relayWith(client, upstream net.Conn, counters *byteCounters, mode relayMode
 	}()
 	r.end(sideClient, up.run())
 	<-done
+	name := "goroutine"
+	if mode == relayPortable {
+		name = "portable"
+	}
 	return relayStats{
 		ClientToUpstream: up.n.Load(),
 		UpstreamToClient: down.n.Load(),
 		ClosedBy:         r.first,
 		Err:              r.err,
+		Relay:            name,
 	}
 }
 

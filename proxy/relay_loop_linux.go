@@ -762,13 +762,13 @@ func relayOnLoop(client, upstream net.Conn, counters *byteCounters, pool *loopPo
 		if err := ul.handOver(s.u); err != nil {
 			client.Close()
 			upstream.Close()
-			failed = &relayStats{ClosedBy: sideUpstream, Err: err}
+			failed = &relayStats{ClosedBy: sideUpstream, Err: err, Relay: "loop"}
 			return func() {}
 		}
 		if err := cl.handOver(s.c); err != nil {
 			unix.Close(s.u.fd)
 			client.Close()
-			failed = &relayStats{ClosedBy: sideClient, Err: err}
+			failed = &relayStats{ClosedBy: sideClient, Err: err, Relay: "loop"}
 			return func() {}
 		}
 		l.sessions.Add(1)
@@ -781,7 +781,7 @@ func relayOnLoop(client, upstream net.Conn, counters *byteCounters, pool *loopPo
 	} else if !register(handOver) {
 		client.Close()
 		upstream.Close()
-		return relayStats{ClosedBy: sideUpstream, Err: net.ErrClosed}, true
+		return relayStats{ClosedBy: sideUpstream, Err: net.ErrClosed, Relay: "loop"}, true
 	}
 	if failed != nil {
 		return *failed, true
@@ -792,5 +792,6 @@ func relayOnLoop(client, upstream net.Conn, counters *byteCounters, pool *loopPo
 		UpstreamToClient: s.toClient,
 		ClosedBy:         s.first,
 		Err:              s.err,
+		Relay:            "loop",
 	}, true
 }

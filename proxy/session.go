@@ -167,6 +167,7 @@ func (ss *session) relay(up net.Conn) {
 		"bytes_to_upstream", st.ClientToUpstream,
 		"bytes_to_client", st.UpstreamToClient,
 		"closed_by", string(st.ClosedBy),
+		"relay", st.Relay,
 	}
 	if st.Err != nil && !isClosedErr(st.Err) {
 		attrs = append(attrs, "error", st.Err.Error())
