@@ -68,7 +68,7 @@ func parseFlags() options {
 	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
 	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,goroutine,scram,prewarm,pgbouncer,stunnel")
 	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); 5 rounds of 10s`)
-	flag.BoolVar(&o.quick, "quick", false, "smoke test: 2s runs, 16 MB COPY, 50 idle, 1 round")
+	flag.BoolVar(&o.quick, "quick", false, "smoke test: 4s runs, 16 MB COPY, 50 idle, 1 round")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")
 	flag.BoolVar(&o.verbose, "v", false, "print every command the bench runs")
 	flag.Parse()
@@ -109,7 +109,7 @@ func applyQuick(o *options) {
 		apply func()
 	}{
 		{"rounds", func() { o.rounds = 1 }},
-		{"duration", func() { o.duration = 2 * time.Second }},
+		{"duration", func() { o.duration = 4 * time.Second }},
 		{"copy-mb", func() { o.copyMB = 16 }},
 		{"idle", func() { o.idle = 50 }},
 		{"ttfq-n", func() { o.ttfqN = 20 }},
@@ -130,8 +130,8 @@ func (o options) validate() error {
 	switch {
 	case o.rounds < 1:
 		return errors.New("-rounds must be at least 1")
-	case o.duration < 2*time.Second:
-		return errors.New("-duration must be at least 2s (the hop is sampled from 1s into a run to 0.5s before its end)")
+	case o.duration < 4*time.Second:
+		return errors.New("-duration must be at least 4s (the hop is sampled from the first progress report, after the clients connect, to 0.5s before the run can end, for at least 2s)")
 	case o.focus != "" && o.focus != "select":
 		return fmt.Errorf("-focus %q: the only focus is select", o.focus)
 	case o.copyMB < 1:
@@ -157,7 +157,7 @@ func (o options) validate() error {
 	}
 	for _, k := range strings.Split(o.paths, ",") {
 		switch k = strings.TrimSpace(k); k {
-		case "direct", "pgverifyproxy", "scram", "pgbouncer", "stunnel":
+		case "direct", "pgverifyproxy", "goroutine", "scram", "pgbouncer", "stunnel":
 		case "prewarm":
 			if o.prewarm == 0 {
 				return errors.New("-paths prewarm needs -prewarm N")

@@ -42,22 +42,27 @@ var (
 
 // hopWindow asks pgbench to sample a hop's counters while every client is
 // connected: at pgbench's first progress report (-P 1: one second into the
-// benchmark phase, after the clients' connections) and length later,
-// which ends half a second before pgbench does. The per-transaction logs
-// then give the transactions completed in between.
+// benchmark phase, after the clients' connections) and again half a second
+// before the earliest moment pgbench can end (its -T duration after it
+// started: connecting 64 clients through a hop takes a second or two, and
+// the duration may or may not include that). The per-transaction logs then
+// give the transactions completed in between.
 type hopWindow struct {
 	pid    int
-	length time.Duration
+	run    time.Duration // pgbench's -T
 	delta  hopDelta
 	tx     int64         // transactions completed inside the window
 	span   time.Duration // the window's wall time
 }
 
 // newHopWindow is the window for a pgbench -T d run through the hop of
-// process pid: from 1 s into the run to 0.5 s before its end.
+// process pid.
 func newHopWindow(pid int, d time.Duration) *hopWindow {
-	return &hopWindow{pid: pid, length: d.Round(time.Second) - 1500*time.Millisecond}
+	return &hopWindow{pid: pid, run: d.Round(time.Second)}
 }
+
+// minHopWindow is the shortest window worth a figure.
+const minHopWindow = 2 * time.Second
 
 // pgbench runs pgbench against ep with args; with perTxLog it also writes
 // per-transaction logs (-l) and computes the latency average and p99 from
@@ -90,6 +95,7 @@ func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, w *hopW
 	if err != nil {
 		return run, err
 	}
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return run, fmt.Errorf("starting pgbench: %w", err)
 	}
@@ -112,7 +118,7 @@ func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, w *hopW
 	var winErr error
 	var from, to time.Time
 	if w != nil {
-		from, to, winErr = b.sampleWindow(ctx, w, progress, scanned)
+		from, to, winErr = b.sampleWindow(ctx, w, started, progress, scanned)
 	}
 	<-scanned
 	err = cmd.Wait()
@@ -145,9 +151,10 @@ func (b *bench) pgbench(ctx context.Context, ep endpoint, perTxLog bool, w *hopW
 	return run, nil
 }
 
-// sampleWindow samples w's hop at the first progress report and w.length
-// later; it fails when pgbench ends first.
-func (b *bench) sampleWindow(ctx context.Context, w *hopWindow, progress, ended <-chan struct{}) (from, to time.Time, err error) {
+// sampleWindow samples w's hop at the first progress report and half a
+// second before pgbench, started at started, can end; it fails when
+// pgbench ends first or the window would be shorter than minHopWindow.
+func (b *bench) sampleWindow(ctx context.Context, w *hopWindow, started time.Time, progress, ended <-chan struct{}) (from, to time.Time, err error) {
 	select {
 	case <-progress:
 	case <-ended:
@@ -159,10 +166,15 @@ func (b *bench) sampleWindow(ctx context.Context, w *hopWindow, progress, ended 
 	if err != nil {
 		return from, to, fmt.Errorf("hop sample window: %w", err)
 	}
+	length := time.Until(started.Add(w.run - 500*time.Millisecond))
+	if length < minHopWindow {
+		return from, to, fmt.Errorf("hop sample window: pgbench's first progress report came %v after its start, leaving %v of its %v (want at least %v): run longer (-duration)",
+			s0.at.Sub(started).Round(time.Millisecond), length.Round(time.Millisecond), w.run, minHopWindow)
+	}
 	select {
-	case <-time.After(w.length):
+	case <-time.After(length):
 	case <-ended:
-		return from, to, fmt.Errorf("hop sample window: pgbench ended within %v of its first progress report", w.length)
+		return from, to, fmt.Errorf("hop sample window: pgbench ended within %v of its first progress report", length.Round(time.Millisecond))
 	case <-ctx.Done():
 		return from, to, ctx.Err()
 	}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,26 +40,6 @@ func newCheckEnv(t *testing.T) *checkEnv {
 		t.Fatal(err)
 	}
 	return e
-}
-
-// runCheckCmd runs `pgverifyproxy check args...` in-process and returns
-// what the user sees and the exit status main would give.
-func runCheckCmd(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(append([]string{"check"}, args...))
-	err := root.Execute()
-	var ue usageError
-	switch {
-	case err == nil:
-		return out.String(), 0
-	case errors.As(err, &ue):
-		return out.String() + "pgverifyproxy: error: " + err.Error() + "\n", 2
-	}
-	return out.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
 }
 
 // serveRefusingTLS answers every SSLRequest with 'N' and returns the port.

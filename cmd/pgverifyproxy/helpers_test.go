@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,16 +126,92 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
-// runRootCmd runs `pgverifyproxy args...` in-process.
-func runRootCmd(t *testing.T, args ...string) (string, int) {
+// runCLI runs the root command with args as main would and returns what
+// it wrote to standard output and standard error (main's error line
+// included) and the exit status main would give: 2 for a usage error, 1 for
+// any other.
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	root := newRootCmd()
-	var out bytes.Buffer
+	var out, errb bytes.Buffer
 	root.SetOut(&out)
-	root.SetErr(&out)
+	root.SetErr(&errb)
 	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
-		return out.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
+	err := root.Execute()
+	var ue usageError
+	switch {
+	case err == nil:
+		return out.String(), errb.String(), 0
+	case errors.As(err, &ue):
+		return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 2
 	}
-	return out.String(), 0
+	return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
+}
+
+// runReadyCmd runs `pgverifyproxy ready args...` (see runCLI).
+func runReadyCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runCLI(t, append([]string{"ready"}, args...)...)
+}
+
+// runWaitCmd runs `pgverifyproxy wait args...` (see runCLI).
+func runWaitCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runCLI(t, append([]string{"wait"}, args...)...)
+}
+
+// runCheckCmd runs `pgverifyproxy check args...` and returns standard
+// output and error together, and the exit status.
+func runCheckCmd(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, errs, code := runCLI(t, append([]string{"check"}, args...)...)
+	return out + errs, code
+}
+
+// runRootCmd runs the root command with args and returns standard output
+// and error together, and 0 or 1 (a usage error included).
+func runRootCmd(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, errs, code := runCLI(t, args...)
+	return out + errs, min(code, 1)
+}
+
+// cliCase is one row of a command's table test: its arguments, the admin
+// address in the environment, and what main prints and returns.
+type cliCase struct {
+	name string
+	args []string
+	env  string // PGVERIFYPROXY_ADMIN
+	code int
+	// out is the standard output, exactly; errs must all be in what main
+	// prints on standard error.
+	out  string
+	errs []string
+}
+
+// runCLICases runs each case through run as a subtest.
+func runCLICases(t *testing.T, cases []cliCase, run func(t *testing.T, args ...string) (stdout, stderr string, code int)) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("PGVERIFYPROXY_ADMIN", tc.env)
+			if tc.env == "" {
+				os.Unsetenv("PGVERIFYPROXY_ADMIN")
+			}
+			stdout, stderr, code := run(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit status %d, want %d\nstdout: %q\nstderr: %q", code, tc.code, stdout, stderr)
+			}
+			if tc.out != "" && stdout != tc.out {
+				t.Errorf("stdout %q, want %q", stdout, tc.out)
+			}
+			for _, want := range tc.errs {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr)
+				}
+			}
+			if code == 0 && stderr != "" {
+				t.Errorf("stderr on success: %q", stderr)
+			}
+		})
+	}
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,27 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-// runReadyCmd runs `pgverifyproxy ready args...` in-process and returns its
-// standard output, what main would print on standard error, and the exit
-// status main would give.
-func runReadyCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	root := newRootCmd()
-	var out, errb bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	root.SetArgs(append([]string{"ready"}, args...))
-	err := root.Execute()
-	var ue usageError
-	switch {
-	case err == nil:
-		return out.String(), errb.String(), 0
-	case errors.As(err, &ue):
-		return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 2
-	}
-	return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
-}
 
 // readyServer answers /readyz with code and body, and 404 elsewhere.
 func readyServer(t *testing.T, code int, body string) *httptest.Server {
@@ -80,16 +57,7 @@ func TestReadyCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tests := []struct {
-		name string
-		args []string
-		env  string // PGVERIFYPROXY_ADMIN
-		code int
-		// out is the standard output, exactly; errs must all be in what
-		// main prints on standard error.
-		out  string
-		errs []string
-	}{
+	tests := []cliCase{
 		{name: "ready", args: []string{"--admin", okAddr}, code: 0,
 			out: "ok   default: upstream verified 3s ago\n"},
 		{name: "not ready prints every route's line", args: []string{"--admin", failing.Listener.Addr().String()}, code: 1,
@@ -141,29 +109,7 @@ func TestReadyCommand(t *testing.T) {
 		{name: "missing config file", args: []string{"--config", filepath.Join(t.TempDir(), "nope.yaml")}, code: 2,
 			errs: []string{"reading config file"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("PGVERIFYPROXY_ADMIN", tc.env)
-			if tc.env == "" {
-				os.Unsetenv("PGVERIFYPROXY_ADMIN")
-			}
-			stdout, stderr, code := runReadyCmd(t, tc.args...)
-			if code != tc.code {
-				t.Errorf("exit status %d, want %d\nstdout: %q\nstderr: %q", code, tc.code, stdout, stderr)
-			}
-			if tc.out != "" && stdout != tc.out {
-				t.Errorf("stdout %q, want %q", stdout, tc.out)
-			}
-			for _, want := range tc.errs {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr lacks %q:\n%s", want, stderr)
-				}
-			}
-			if code == 0 && stderr != "" {
-				t.Errorf("stderr on success: %q", stderr)
-			}
-		})
-	}
+	runCLICases(t, tests, runReadyCmd)
 }
 
 func TestReadyAddr(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -241,26 +240,6 @@ func TestWaitEscapesTheBody(t *testing.T) {
 	}
 }
 
-// runWaitCmd runs `pgverifyproxy wait args...` in-process, like
-// runReadyCmd.
-func runWaitCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	root := newRootCmd()
-	var out, errb bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	root.SetArgs(append([]string{"wait"}, args...))
-	err := root.Execute()
-	var ue usageError
-	switch {
-	case err == nil:
-		return out.String(), errb.String(), 0
-	case errors.As(err, &ue):
-		return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 2
-	}
-	return out.String(), errb.String() + "pgverifyproxy: error: " + err.Error() + "\n", 1
-}
-
 func TestWaitCommand(t *testing.T) {
 	ok := readyServer(t, http.StatusOK, "ok   default: upstream verified 3s ago\n")
 	okAddr := ok.Listener.Addr().String()
@@ -272,14 +251,7 @@ func TestWaitCommand(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("upstream: db.example.com:5432\nadmin: "+okAddr+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name string
-		args []string
-		env  string // PGVERIFYPROXY_ADMIN
-		code int
-		out  string
-		errs []string
-	}{
+	tests := []cliCase{
 		{name: "ready", args: []string{"--admin", okAddr}, code: 0, out: "ok   default: upstream verified 3s ago\n"},
 		{name: "PORT means 127.0.0.1:PORT", args: []string{"--admin", okPort}, code: 0, out: "ok   default: upstream verified 3s ago\n"},
 		{name: "from PGVERIFYPROXY_ADMIN", env: okAddr, code: 0, out: "ok   default: upstream verified 3s ago\n"},
@@ -296,29 +268,7 @@ func TestWaitCommand(t *testing.T) {
 		{name: "extra argument", args: []string{"--admin", okAddr, "now"}, code: 2, errs: []string{`unknown command "now"`}},
 		{name: "unknown flag", args: []string{"--max", "5s"}, code: 2, errs: []string{"unknown flag: --max"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("PGVERIFYPROXY_ADMIN", tc.env)
-			if tc.env == "" {
-				os.Unsetenv("PGVERIFYPROXY_ADMIN")
-			}
-			stdout, stderr, code := runWaitCmd(t, tc.args...)
-			if code != tc.code {
-				t.Errorf("exit status %d, want %d\nstdout: %q\nstderr: %q", code, tc.code, stdout, stderr)
-			}
-			if tc.out != "" && stdout != tc.out {
-				t.Errorf("stdout %q, want %q", stdout, tc.out)
-			}
-			for _, want := range tc.errs {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr lacks %q:\n%s", want, stderr)
-				}
-			}
-			if code == 0 && stderr != "" {
-				t.Errorf("stderr on success: %q", stderr)
-			}
-		})
-	}
+	runCLICases(t, tests, runWaitCmd)
 }
 
 func TestWaitDefaults(t *testing.T) {
