@@ -58,9 +58,11 @@ func (wouldBlockError) Temporary() bool { return true }
 // loopPool is a set of event loops; each session goes to the loop with the
 // fewest sessions. Loops start with the first session they get.
 type loopPool struct {
-	loops []*evLoop
-	once  sync.Once
-	err   error
+	loops   []*evLoop
+	once    sync.Once
+	err     error
+	stopped sync.Once
+	down    atomic.Bool // stop was called: sessions go to the goroutine relay
 }
 
 // defaultLoops is how many loops a pool has when the setting is zero: one
@@ -85,9 +87,15 @@ var sharedLoops = newLoopPool(0)
 // check that a relay ran on the loop and did not fall back).
 var loopHandOvers atomic.Int64
 
+// errLoopsStopped is start's answer after stop.
+var errLoopsStopped = errors.New("relay: event loops stopped")
+
 // start opens every loop's epoll and eventfd descriptors and starts its
 // goroutine, once.
 func (p *loopPool) start() error {
+	if p.down.Load() {
+		return errLoopsStopped
+	}
 	p.once.Do(func() {
 		for i := range p.loops {
 			l, err := newEvLoop()
@@ -116,11 +124,15 @@ func (p *loopPool) pick() *evLoop {
 // stop ends every loop that started, after its sessions have ended (the
 // Server stops its pool in Close, once every session is over).
 func (p *loopPool) stop() {
-	for _, l := range p.loops {
-		if l != nil {
-			l.post(func() { l.quit = true })
+	p.down.Store(true)
+	p.once.Do(func() {}) // a pool that never started stays so
+	p.stopped.Do(func() {
+		for _, l := range p.loops {
+			if l != nil {
+				l.post(func() { l.quit = true })
+			}
 		}
-	}
+	})
 }
 
 // evLoop is one event loop. Everything but the command queue belongs to
@@ -129,8 +141,9 @@ type evLoop struct {
 	epfd, evfd int
 	sessions   atomic.Int64
 
-	mu   sync.Mutex
-	cmds []func()
+	mu     sync.Mutex
+	cmds   []func()
+	closed bool // the loop has ended: its descriptors are closed
 
 	eps    []*endpoint // by descriptor
 	gen    int32       // the last generation given to an endpoint
@@ -165,13 +178,18 @@ func newEvLoop() (*evLoop, error) {
 	return l, nil
 }
 
-// post runs f on the loop's goroutine.
+// post runs f on the loop's goroutine; after the loop has ended it drops
+// f (a linger timer that fires late).
 func (l *evLoop) post(f func()) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
 	l.cmds = append(l.cmds, f)
-	l.mu.Unlock()
 	var one = [8]byte{1}
 	for {
+		// Under l.mu, so that the loop cannot close evfd meanwhile.
 		_, err := unix.Write(l.evfd, one[:])
 		if err != unix.EINTR {
 			return // EAGAIN: the counter is already non-zero, the loop will look
@@ -219,6 +237,9 @@ func (l *evLoop) run() {
 			}
 		}
 	}
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
 	unix.Close(l.evfd)
 	unix.Close(l.epfd)
 }

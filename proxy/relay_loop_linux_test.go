@@ -198,3 +198,55 @@ func TestLoopFairness(t *testing.T) {
 		echoThrough(t, r, []byte("small"))
 	}
 }
+
+// TestLoopPoolStop: a stopped pool's loops end and close their
+// descriptors; stopping again, and a command posted late (a linger timer
+// firing after the Server closed), are harmless and write to no
+// descriptor.
+func TestLoopPoolStop(t *testing.T) {
+	pool := newLoopPool(2)
+	if err := pool.start(); err != nil {
+		t.Fatal(err)
+	}
+	ln := rigListener(t)
+	_, pc := connectLeg(t, ln, legTCP, false)
+	_, pu := connectLeg(t, ln, legTLS, true)
+	done := loopRelay(t, pc, pu, pool)
+	for _, l := range pool.loops {
+		l.post(func() {
+			for _, ep := range l.eps {
+				if ep != nil {
+					l.abort(ep.s)
+				}
+			}
+		})
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session did not end")
+	}
+	pool.stop()
+	pool.stop()
+	for i, l := range pool.loops {
+		eventually(t, "loop ended", func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.closed
+		})
+		ran := false
+		l.post(func() { ran = true })
+		if ran || len(l.cmds) != 0 {
+			t.Errorf("loop %d: a command posted after the end was queued or ran", i)
+		}
+	}
+	// A session that comes after the stop goes to the goroutine relay.
+	if err := pool.start(); err != errLoopsStopped {
+		t.Fatalf("start after stop: %v, want %v", err, errLoopsStopped)
+	}
+	_, pc2 := connectLeg(t, ln, legTCP, false)
+	_, pu2 := connectLeg(t, ln, legTLS, true)
+	if _, ok := relayOnLoop(pc2, pu2, nil, pool, nil); ok {
+		t.Error("a stopped pool took a session")
+	}
+}
