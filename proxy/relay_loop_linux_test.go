@@ -211,16 +211,15 @@ func TestLoopPoolStop(t *testing.T) {
 	ln := rigListener(t)
 	_, pc := connectLeg(t, ln, legTCP, false)
 	_, pu := connectLeg(t, ln, legTLS, true)
-	done := loopRelay(t, pc, pu, pool)
-	for _, l := range pool.loops {
-		l.post(func() {
-			for _, ep := range l.eps {
-				if ep != nil {
-					l.abort(ep.s)
-				}
-			}
-		})
-	}
+	var stop stopHook
+	done := make(chan relayStats, 1)
+	go func() { done <- relay(pc, pu, nil, relayLoop, relayEnv{loops: pool, register: stop.register}) }()
+	eventually(t, "the session is on a loop", func() bool {
+		stop.mu.Lock()
+		defer stop.mu.Unlock()
+		return stop.f != nil
+	})
+	stop.stop()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
