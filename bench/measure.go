@@ -48,11 +48,11 @@ var (
 // the duration may or may not include that). The per-transaction logs then
 // give the transactions completed in between.
 type hopWindow struct {
-	pid    int
-	run    time.Duration // pgbench's -T
-	delta  hopDelta
-	tx     int64         // transactions completed inside the window
-	span   time.Duration // the window's wall time
+	pid   int
+	run   time.Duration // pgbench's -T
+	delta hopDelta
+	tx    int64         // transactions completed inside the window
+	span  time.Duration // the window's wall time
 }
 
 // newHopWindow is the window for a pgbench -T d run through the hop of
