@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -444,3 +445,53 @@ func TestGenReader(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowTx counts the transactions of pgbench's per-transaction logs
+// (client, tx, latency, script, epoch seconds, µs) inside the window, and
+// refuses a window that a client's connection did not last through.
+func TestWindowTx(t *testing.T) {
+	line := func(client int, sec, usec int64) string {
+		return strings.Join([]string{itoa(int64(client)), "0", "150", "0", itoa(sec), itoa(usec)}, " ")
+	}
+	const from, to = 100_000_000, 105_000_000 // µs
+	for _, tc := range []struct {
+		name    string
+		lines   []string
+		want    int64
+		wantErr string
+	}{
+		{name: "two clients through the window", lines: []string{
+			line(0, 99, 0), line(0, 101, 0), line(0, 104, 999_999), line(0, 106, 0),
+			line(1, 99, 500_000), line(1, 102, 0), line(1, 105, 1),
+		}, want: 3},
+		{name: "a client that starts inside the window counts", lines: []string{
+			line(0, 99, 0), line(0, 101, 0), line(0, 106, 0),
+			line(1, 103, 0), line(1, 106, 0),
+		}, want: 2},
+		{name: "a client that ends inside the window is refused", lines: []string{
+			line(0, 99, 0), line(0, 101, 0), line(0, 106, 0),
+			line(1, 99, 0), line(1, 102, 0),
+		}, wantErr: "client 1 completed transactions only from"},
+		{name: "nothing inside the window", lines: []string{line(0, 99, 0), line(0, 106, 0)}, wantErr: "no transaction completed inside the window"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "tx.1"), []byte(strings.Join(tc.lines, "\n")+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			n, err := windowTx(dir, from, to)
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one with %q", err, tc.wantErr)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case n != tc.want:
+				t.Errorf("%d transactions in the window, want %d", n, tc.want)
+			}
+		})
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
