@@ -217,7 +217,13 @@ func (ss *session) admit() (*startupPacket, error) {
 func (ss *session) startTLS(c net.Conn, direct bool) error {
 	// On a rawsock.Conn, so that the event-loop relay can take the socket
 	// over after the login (a TCP socket; anything else stays as it is).
-	tc := tls.Server(rawsock.Wrap(c), ss.route.TLSConfig)
+	// The bytes read to recognise TLS come first (prefixConn).
+	if pc, ok := c.(*prefixConn); ok {
+		pc.Conn = rawsock.Wrap(pc.Conn)
+	} else {
+		c = rawsock.Wrap(c)
+	}
+	tc := tls.Server(c, ss.route.TLSConfig)
 	if err := tc.Handshake(); err != nil {
 		return errQuiet{err: errors.New("client: TLS handshake: " + err.Error())}
 	}

@@ -723,7 +723,11 @@ type loopLeg struct {
 func loopLegOf(c net.Conn) (loopLeg, bool) {
 	switch cc := c.(type) {
 	case *tls.Conn:
-		rc, ok := cc.NetConn().(*rawsock.Conn)
+		under := cc.NetConn()
+		if pc, ok := under.(*prefixConn); ok && len(pc.prefix) == 0 {
+			under = pc.Conn // the client's TLS, past the bytes admission read first
+		}
+		rc, ok := under.(*rawsock.Conn)
 		if !ok || rc.Detached() || !cc.ConnectionState().HandshakeComplete {
 			return loopLeg{}, false
 		}

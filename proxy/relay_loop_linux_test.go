@@ -8,6 +8,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestLoopLegs: what the event loop takes over, and what falls back to the
@@ -247,5 +249,44 @@ func TestLoopPoolStop(t *testing.T) {
 	_, pu2 := connectLeg(t, ln, legTLS, true)
 	if _, ok := relayOnLoop(pc2, pu2, nil, pool, nil); ok {
 		t.Error("a stopped pool took a session")
+	}
+}
+
+// TestSessionsRelayOnLoop: whatever the client leg (plaintext, TLS after an
+// SSLRequest, PostgreSQL 17's direct TLS), a session of the Server is
+// handed to the event loop after its login, and still relays both ways.
+func TestSessionsRelayOnLoop(t *testing.T) {
+	addr := startProxy(t, ClientTLSAllow, echoUpstream(t))
+	for _, leg := range []string{"plaintext", "sslrequest", "direct"} {
+		t.Run(leg, func(t *testing.T) {
+			before := loopHandOvers.Load()
+			c := dialProxy(t, addr)
+			switch leg {
+			case "sslrequest":
+				if _, err := c.Write(sslRequest()); err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err != nil || b[0] != 'S' {
+					t.Fatalf("SSLRequest answer %q, %v", b, err)
+				}
+				c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+			case "direct":
+				c = tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{alpnPostgres}})
+			}
+			if _, err := c.Write(startupBytes(t, map[string]string{"user": "alice"})); err != nil {
+				t.Fatal(err)
+			}
+			fe := pgproto3.NewFrontend(c, c)
+			for range 2 { // AuthenticationOk, ReadyForQuery
+				if _, err := fe.Receive(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			echo(t, c, "after the login")
+			if loopHandOvers.Load() == before {
+				t.Error("the session was not handed to the event loop")
+			}
+		})
 	}
 }
