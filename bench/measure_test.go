@@ -468,6 +468,10 @@ func TestWindowTx(t *testing.T) {
 			line(0, 99, 0), line(0, 101, 0), line(0, 106, 0),
 			line(1, 103, 0), line(1, 106, 0),
 		}, want: 2},
+		{name: "a client whose last transaction was still running at the end counts", lines: []string{
+			line(0, 99, 0), line(0, 101, 0), line(0, 106, 0),
+			line(1, 99, 0), line(1, 104, 400_000),
+		}, want: 2},
 		{name: "a client that ends inside the window is refused", lines: []string{
 			line(0, 99, 0), line(0, 101, 0), line(0, 106, 0),
 			line(1, 99, 0), line(1, 102, 0),
