@@ -66,13 +66,13 @@ func parseFlags() options {
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor of the select-only data set")
 	flag.StringVar(&o.out, "out", "bench/results.md", "write the results as Markdown here (with -quick: bench/results-quick.md unless given)")
 	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
-	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,goroutine,scram,prewarm,pgbouncer,stunnel")
-	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); 5 rounds of 10s`)
+	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,goroutine,scram,prewarm,prewarm-goroutine,pgbouncer,stunnel")
+	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); "connect": only the connection figures (new connections/s, time to first query, also over the RTT) of pgverifyproxy on each relay, with and without -prewarm (default 4); 5 rounds of 10s`)
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 4s runs, 16 MB COPY, 50 idle, 1 round")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")
 	flag.BoolVar(&o.verbose, "v", false, "print every command the bench runs")
 	flag.Parse()
-	if o.focus == "select" {
+	if o.focus != "" {
 		applyFocus(&o)
 	}
 	if o.quick {
@@ -81,8 +81,8 @@ func parseFlags() options {
 	return o
 }
 
-// applyFocus sets -focus select's defaults on every flag not set on the
-// command line: 5 rounds of 10 s fit in about 15 minutes on 2 cores.
+// applyFocus sets -focus's defaults on every flag not set on the command
+// line: 5 rounds of 10 s fit in about 15 minutes on 2 cores.
 func applyFocus(o *options) {
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -95,8 +95,11 @@ func applyFocus(o *options) {
 	if !set["strace-t"] {
 		o.straceTx = 1000
 	}
+	if !set["prewarm"] && o.focus == "connect" {
+		o.prewarm = 4
+	}
 	if !set["out"] {
-		o.out = "bench/results-select.md"
+		o.out = "bench/results-" + o.focus + ".md"
 	}
 }
 
@@ -132,8 +135,8 @@ func (o options) validate() error {
 		return errors.New("-rounds must be at least 1")
 	case o.duration < 4*time.Second:
 		return errors.New("-duration must be at least 4s (the hop is sampled from the first progress report, after the clients connect, to 0.5s before the run can end, for at least 2s)")
-	case o.focus != "" && o.focus != "select":
-		return fmt.Errorf("-focus %q: the only focus is select", o.focus)
+	case o.focus != "" && o.focus != "select" && o.focus != "connect":
+		return fmt.Errorf("-focus %q: select or connect", o.focus)
 	case o.copyMB < 1:
 		return errors.New("-copy-mb must be at least 1")
 	case o.idle < 1 || o.idle > 1100:
@@ -158,15 +161,15 @@ func (o options) validate() error {
 	for _, k := range strings.Split(o.paths, ",") {
 		switch k = strings.TrimSpace(k); k {
 		case "direct", "pgverifyproxy", "goroutine", "scram", "pgbouncer", "stunnel":
-		case "prewarm":
+		case "prewarm", "prewarm-goroutine":
 			if o.prewarm == 0 {
-				return errors.New("-paths prewarm needs -prewarm N")
+				return fmt.Errorf("-paths %s needs -prewarm N", k)
 			}
 			if o.focus == "select" {
-				return errors.New("-paths prewarm: --prewarm has no select figures (-focus select)")
+				return fmt.Errorf("-paths %s: --prewarm has no select figures (-focus select)", k)
 			}
 		default:
-			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, goroutine, scram, prewarm, pgbouncer, stunnel)", k)
+			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, goroutine, scram, prewarm, prewarm-goroutine, pgbouncer, stunnel)", k)
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,7 +58,7 @@ func (b *bench) allPaths() []*path {
 	}
 	// The goroutine relay, the event loop's fallback, in the same rounds:
 	// the before and after of the event loop in one run.
-	gr := &path{key: "goroutine", title: "pgverifyproxy relay: goroutine", stages: []stage{stSelect, stStrace, stCopy, stIdle},
+	gr := &path{key: "goroutine", title: "pgverifyproxy relay: goroutine", stages: []stage{stSelect, stStrace, stConnRate, stTTFQ, stTTFQDelayed, stCopy, stIdle},
 		start: func(ctx context.Context, delayed bool) (*hop, error) {
 			return b.startPGVP(ctx, false, delayed, 0, "--relay", "goroutine")
 		}}
@@ -71,10 +72,18 @@ func (b *bench) allPaths() []*path {
 			start: func(ctx context.Context, delayed bool) (*hop, error) {
 				return b.startPGVP(ctx, false, delayed, b.o.prewarm)
 			}}
+		pg := &path{key: "prewarm-goroutine", title: fmt.Sprintf("pgverifyproxy --prewarm %d, relay: goroutine", b.o.prewarm),
+			stages: []stage{stConnRate, stTTFQ, stTTFQDelayed},
+			start: func(ctx context.Context, delayed bool) (*hop, error) {
+				return b.startPGVP(ctx, false, delayed, b.o.prewarm, "--relay", "goroutine")
+			}}
 		if !b.hasPrewarm {
 			p.unavailable = "n/a (binary has no --prewarm)"
+			pg.unavailable = p.unavailable
+		} else if !b.hasRelay {
+			pg.unavailable = "n/a (binary has no --relay)"
 		}
-		paths = append(paths, p)
+		paths = append(paths, p, pg)
 	}
 	paths = append(paths,
 		&path{key: "pgbouncer", title: "PgBouncer", stages: full,
@@ -82,10 +91,10 @@ func (b *bench) allPaths() []*path {
 		&path{key: "stunnel", title: "stunnel", stages: full,
 			start: func(ctx context.Context, _ bool) (*hop, error) { return b.startStunnel(ctx) }},
 	)
-	if b.o.focus == "select" {
+	if b.o.focus != "" {
 		var focused []*path
 		for _, p := range paths {
-			if p.stages = focusStages(p.stages); len(p.stages) > 0 {
+			if p.stages = focusStages(b.o.focus, p.stages); len(p.stages) > 0 {
 				focused = append(focused, p)
 			}
 		}
@@ -94,12 +103,17 @@ func (b *bench) allPaths() []*path {
 	return paths
 }
 
-// focusStages keeps the stages of -focus select: the select-only runs and
-// the syscall count.
-func focusStages(stages []stage) []stage {
+// focusStages keeps the stages of a -focus: for select, the select-only
+// runs and the syscall count; for connect, the connection rate and the
+// times to first query.
+func focusStages(focus string, stages []stage) []stage {
+	keep := map[string][]stage{
+		"select":  {stSelect, stStrace},
+		"connect": {stConnRate, stTTFQ, stTTFQDelayed},
+	}[focus]
 	var out []stage
 	for _, st := range stages {
-		if st == stSelect || st == stStrace {
+		if slices.Contains(keep, st) {
 			out = append(out, st)
 		}
 	}
@@ -109,11 +123,16 @@ func focusStages(stages []stage) []stage {
 // selectPaths applies -paths (direct is always kept: it is the baseline).
 func (b *bench) selectPaths() ([]*path, error) {
 	all := b.allPaths()
-	if b.o.paths == "" && b.o.focus == "select" {
-		// The figures the relay work is judged on: one column per tool.
+	if b.o.paths == "" && b.o.focus != "" {
+		// select: the figures the relay work is judged on, one column per
+		// tool; connect: pgverifyproxy on each relay, with and without
+		// prewarm.
 		var out []*path
 		for _, p := range all {
-			if p.key != "scram" {
+			switch {
+			case p.key == "scram":
+			case b.o.focus == "connect" && (p.key == "pgbouncer" || p.key == "stunnel"):
+			default:
 				out = append(out, p)
 			}
 		}

@@ -254,7 +254,7 @@ func (b *bench) setupData(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgbench -i: %w\n%s", err, tail(string(out), 20))
 	}
-	if b.o.focus == "select" {
+	if b.o.focus != "" {
 		// No COPY: only the pgbench tables, readable by the test users.
 		return b.cluster.Exec(ctx, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+harness.MD5User+", "+harness.ScramUser)
 	}

@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,11 +328,13 @@ func (g *protoCopyRows) fill() {
 // server's count, total payload length and md5 over the payloads' md5s in id
 // order must equal what the client computed while sending, and the sha256
 // of the COPY TO output (text format, ordered by id) must equal the sha256
-// of the COPY FROM input, byte for byte the same stream.
+// of the COPY FROM input, byte for byte the same stream. On Linux both
+// sessions run on the default relay, the event loop.
 func TestProtocolCopyLarge(t *testing.T) {
 	const size = 1 << 30
 	const table = "pgvp_proto_copy"
-	p := startProxy(t, proxyOpts{})
+	logger, logBuf := relayLog()
+	p := startProxy(t, proxyOpts{log: logger})
 	protoAdminExec(t, fmt.Sprintf("drop table if exists %[1]s; create unlogged table %[1]s (id bigint not null, payload text not null); grant select, insert on %[1]s to %[2]s", table, harness.MD5User))
 	t.Cleanup(func() { protoAdminExec(t, "drop table if exists "+table) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -405,6 +408,15 @@ func TestProtocolCopyLarge(t *testing.T) {
 	if w.Len() != gen.produced || outSHA != inSHA || tag.RowsAffected() != gen.rows {
 		t.Errorf("COPY TO gave %d bytes, %d rows, sha256 %s; COPY FROM sent %d bytes, %d rows, sha256 %s",
 			w.Len(), tag.RowsAffected(), outSHA, gen.produced, gen.rows, inSHA)
+	}
+
+	if runtime.GOOS == "linux" {
+		_ = in.Close(ctx)
+		_ = out.Close(ctx)
+		waitFor(t, "both COPY sessions ended", func() bool { return strings.Count(logBuf.String(), `msg="session ended"`) == 2 })
+		if n := strings.Count(logBuf.String(), " relay=loop"); n != 2 {
+			t.Errorf("%d of the 2 COPY sessions were relayed by the event loop, want both:\n%s", n, logBuf.String())
+		}
 	}
 }
 
