@@ -26,7 +26,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -328,8 +327,8 @@ func (g *protoCopyRows) fill() {
 // server's count, total payload length and md5 over the payloads' md5s in id
 // order must equal what the client computed while sending, and the sha256
 // of the COPY TO output (text format, ordered by id) must equal the sha256
-// of the COPY FROM input, byte for byte the same stream. On Linux both
-// sessions run on the default relay, the event loop.
+// of the COPY FROM input, byte for byte the same stream. Both sessions run
+// on the default relay (on Linux the event loop).
 func TestProtocolCopyLarge(t *testing.T) {
 	const size = 1 << 30
 	const table = "pgvp_proto_copy"
@@ -410,13 +409,11 @@ func TestProtocolCopyLarge(t *testing.T) {
 			w.Len(), tag.RowsAffected(), outSHA, gen.produced, gen.rows, inSHA)
 	}
 
-	if runtime.GOOS == "linux" {
-		_ = in.Close(ctx)
-		_ = out.Close(ctx)
-		waitFor(t, "both COPY sessions ended", func() bool { return strings.Count(logBuf.String(), `msg="session ended"`) == 2 })
-		if n := strings.Count(logBuf.String(), " relay=loop"); n != 2 {
-			t.Errorf("%d of the 2 COPY sessions were relayed by the event loop, want both:\n%s", n, logBuf.String())
-		}
+	_ = in.Close(ctx)
+	_ = out.Close(ctx)
+	waitFor(t, "both COPY sessions ended", func() bool { return strings.Count(logBuf.String(), `msg="session ended"`) == 2 })
+	if n := strings.Count(logBuf.String(), " relay="+harness.DefaultRelay()); n != 2 {
+		t.Errorf("%d of the 2 COPY sessions were relayed by the default relay (%s), want both:\n%s", n, harness.DefaultRelay(), logBuf.String())
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -256,8 +255,8 @@ func (r *Runner) scanProxyLog(res *Result) {
 			res.ProxyLogPanic++
 		case strings.Contains(line, `msg="session ended"`):
 			res.ProxySessionsLogged++
-			if strings.Contains(line, " relay=loop") {
-				res.ProxySessionsOnLoop++
+			if strings.Contains(line, " relay="+harness.DefaultRelay()) {
+				res.ProxySessionsOnDefaultRelay++
 			}
 			continue
 		case strings.Contains(line, `msg="proxy login"`):
@@ -283,12 +282,11 @@ func (r *Runner) scanProxyLog(res *Result) {
 		res.fail("proxy log: the proxy logged in itself %d times on the auth auto route and %d times on the auth relay route; want both above 0",
 			res.ProxyLoginsAuto, res.ProxyLoginsRelay)
 	}
-	// On Linux the event loop is the default relay: every session the soak
-	// relayed ran on it, unless the test switch chose the portable relay.
-	if runtime.GOOS == "linux" && os.Getenv("PGVERIFYPROXY_TEST_PORTABLE_RELAY") == "" &&
-		(res.ProxySessionsOnLoop != res.ProxySessionsLogged || res.ProxySessionsLogged == 0) {
-		res.fail("proxy log: %d of %d ended sessions were relayed by the event loop (relay=loop); want all",
-			res.ProxySessionsOnLoop, res.ProxySessionsLogged)
+	// Every session the soak relayed ran on the default relay (on Linux
+	// the event loop).
+	if res.ProxySessionsOnDefaultRelay != res.ProxySessionsLogged || res.ProxySessionsLogged == 0 {
+		res.fail("proxy log: %d of %d ended sessions were relayed by the default relay (relay=%s); want all",
+			res.ProxySessionsOnDefaultRelay, res.ProxySessionsLogged, harness.DefaultRelay())
 	}
 	if n := res.ProxyLogWarn + res.ProxyLogError + res.ProxyLogPanic; n > 0 {
 		res.fail("proxy log: %d warning(s), %d error(s), %d panic(s); first:\n  %s",

@@ -332,9 +332,9 @@ type Result struct {
 	ProxyExit string
 	// Proxy log lines: all, warnings, errors, panics, ended sessions.
 	ProxyLogLines, ProxyLogWarn, ProxyLogError, ProxyLogPanic, ProxySessionsLogged int
-	// ProxySessionsOnLoop counts the ended sessions the event loop relayed
-	// (relay=loop).
-	ProxySessionsOnLoop int
+	// ProxySessionsOnDefaultRelay counts the ended sessions relayed by
+	// harness.DefaultRelay (on Linux the event loop).
+	ProxySessionsOnDefaultRelay int
 	// ProxyLoginsAuto and ProxyLoginsRelay count the proxy's own logins
 	// on each route.
 	ProxyLoginsAuto, ProxyLoginsRelay int
@@ -438,8 +438,8 @@ func (r *Result) Summary() string {
 		settle = fmt.Sprintf("NOT back at the baseline after %v", r.SettleTime.Round(time.Millisecond))
 	}
 	fmt.Fprintf(&b, "  %s; exit after SIGTERM: %s\n", settle, r.ProxyExit)
-	fmt.Fprintf(&b, "proxy log: %d lines, %d sessions ended (%d on the event loop), %d proxy logins (auto route %d, relay route %d), %d warnings, %d errors, %d panics\n",
-		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxySessionsOnLoop, r.ProxyLoginsAuto+r.ProxyLoginsRelay, r.ProxyLoginsAuto, r.ProxyLoginsRelay, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
+	fmt.Fprintf(&b, "proxy log: %d lines, %d sessions ended (%d on the %s relay), %d proxy logins (auto route %d, relay route %d), %d warnings, %d errors, %d panics\n",
+		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxySessionsOnDefaultRelay, harness.DefaultRelay(), r.ProxyLoginsAuto+r.ProxyLoginsRelay, r.ProxyLoginsAuto, r.ProxyLoginsRelay, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
 	if len(r.ErrorMessages) > 0 {
 		b.WriteString("first errors:\n")
 		for _, m := range r.ErrorMessages {
