@@ -135,7 +135,7 @@ func (o options) validate() error {
 		return errors.New("-rounds must be at least 1")
 	case o.duration < 4*time.Second:
 		return errors.New("-duration must be at least 4s (the hop is sampled from the first progress report, after the clients connect, to 0.5s before the run can end, for at least 2s)")
-	case o.focus != "" && o.focus != "select" && o.focus != "connect":
+	case o.focus != "" && focuses[o.focus] == nil:
 		return fmt.Errorf("-focus %q: select or connect", o.focus)
 	case o.copyMB < 1:
 		return errors.New("-copy-mb must be at least 1")

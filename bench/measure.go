@@ -261,10 +261,9 @@ func appendLatencies(lat []float64, file string) ([]float64, error) {
 // open at the end of the window (a client whose last transaction was still
 // running when pgbench stopped logs nothing for it, and at 64 clients one
 // transaction can take several hundred ms). A client may start inside the
-// window (pgbench's
-// second thread may still be connecting its clients when the first
-// thread's progress report opens it); the hop's CPU and the transactions
-// are counted over the same window either way.
+// window (pgbench's second thread may still be connecting its clients when
+// the first thread's progress report opens it); the hop's CPU and the
+// transactions are counted over the same window either way.
 func windowTx(dir string, from, to int64) (int64, error) {
 	const windowGrace = 1_000_000 // µs
 	files, err := filepath.Glob(filepath.Join(dir, "tx.*"))

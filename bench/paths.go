@@ -103,14 +103,17 @@ func (b *bench) allPaths() []*path {
 	return paths
 }
 
-// focusStages keeps the stages of a -focus: for select, the select-only
-// runs and the syscall count; for connect, the connection rate and the
-// times to first query.
+// focuses are the -focus values and the stages each keeps: for select, the
+// select-only runs and the syscall count; for connect, the connection rate
+// and the times to first query.
+var focuses = map[string][]stage{
+	"select":  {stSelect, stStrace},
+	"connect": {stConnRate, stTTFQ, stTTFQDelayed},
+}
+
+// focusStages keeps the stages of -focus focus.
 func focusStages(focus string, stages []stage) []stage {
-	keep := map[string][]stage{
-		"select":  {stSelect, stStrace},
-		"connect": {stConnRate, stTTFQ, stTTFQDelayed},
-	}[focus]
+	keep := focuses[focus]
 	var out []stage
 	for _, st := range stages {
 		if slices.Contains(keep, st) {
