@@ -1,7 +1,16 @@
-// Package rawsock writes to plaintext sockets without announcing a system
-// call to the Go scheduler: see Writer. That is Linux only (rawsock_linux.go);
-// on every other system NewWriter returns nil and Wrap returns its
-// connection unchanged, so callers write through net.Conn as usual.
+// Package rawsock has two jobs, both Linux only (rawsock_linux.go):
+//
+//   - writing to plaintext sockets without announcing a system call to the
+//     Go scheduler (Writer, Conn, and WriteNonblock, the one non-blocking
+//     write loop every relay engine uses);
+//   - handing a socket over from Go's poller to an event loop (Take, then
+//     Claim.Commit or Claim.Abandon): the descriptor is duplicated before
+//     anything is closed, so a hand-over that fails leaves the connection
+//     as it was, and a committed one leaves no goroutine that can still
+//     read or write the socket through Go.
+//
+// On every other system NewWriter returns nil, Wrap returns its connection
+// unchanged and Take refuses, so callers write through net.Conn as usual.
 package rawsock
 
 import (
@@ -63,12 +72,13 @@ func OpError(op string, c net.Conn, err error) error {
 }
 
 // Conn is a TCP connection whose Write goes through a Writer; everything
-// else is the *net.TCPConn's, until Detach hands its socket to an event
-// loop (Linux): from then on Read and Write go to that loop's Transport.
+// else is the *net.TCPConn's, until a hand-over (Take, then Claim.Commit)
+// gives its socket to an event loop (Linux): from then on Read and Write go
+// to that loop's Transport, and nothing reaches the socket through Go.
 type Conn struct {
 	*net.TCPConn
 	w *Writer
-	t atomic.Pointer[transportRef] // set once, by Detach
+	t atomic.Pointer[transportRef] // set once, by Claim.Commit
 }
 
 // Transport is what a detached Conn reads from and writes to: an event
@@ -82,6 +92,13 @@ type Transport interface {
 
 // transportRef boxes a Transport for an atomic pointer.
 type transportRef struct{ Transport }
+
+// closedTransport is the Transport of a Conn handed over to no one
+// (Claim.Commit with a nil Transport): every call fails.
+type closedTransport struct{}
+
+func (closedTransport) Read([]byte) (int, error)  { return 0, net.ErrClosed }
+func (closedTransport) Write([]byte) (int, error) { return 0, net.ErrClosed }
 
 // Wrap returns c as a Conn when it is a *net.TCPConn and NewWriter makes a
 // Writer for it (on Linux), else c itself.
@@ -115,7 +132,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	return c.w.Write(b)
 }
 
-// Detached reports whether Detach has handed the socket over.
+// Detached reports whether a hand-over has given the socket away.
 func (c *Conn) Detached() bool { return c.t.Load() != nil }
 
 // Close closes the socket; once detached, the event loop owns the socket
