@@ -166,7 +166,7 @@ func TestBuildInfoUnknownVersion(t *testing.T) {
 
 func TestStatsAtScrapeTime(t *testing.T) {
 	stats := []proxy.RouteStats{
-		{Route: "main", Active: 2, BytesToUpstream: 100, BytesToClient: 2000},
+		{Route: "main", Active: 2, BytesToUpstream: 100, BytesToClient: 2000, Starting: 3, StartupWaits: 4},
 		{Route: "replica", Active: 0, BytesToUpstream: 7, BytesToClient: 9},
 	}
 	a := New(Options{Stats: func() []proxy.RouteStats { return stats }})
@@ -188,6 +188,16 @@ func TestStatsAtScrapeTime(t *testing.T) {
 	}
 	check("main", 2, 100, 2000)
 	check("replica", 0, 7, 9)
+	fams := scrape(t, a)
+	if got := value(t, fams, "pgverifyproxy_startup_connections", map[string]string{"route": "main"}); got != 3 {
+		t.Errorf("startup_connections{main} = %v, want 3", got)
+	}
+	if got := value(t, fams, "pgverifyproxy_startup_waits_total", map[string]string{"route": "main"}); got != 4 {
+		t.Errorf("startup_waits_total{main} = %v, want 4", got)
+	}
+	if typ := fams["pgverifyproxy_startup_waits_total"].GetType(); typ != dto.MetricType_COUNTER {
+		t.Errorf("startup_waits_total type = %v, want counter", typ)
+	}
 	stats[0] = proxy.RouteStats{Route: "main", Active: 1, BytesToUpstream: 150, BytesToClient: 2500}
 	check("main", 1, 150, 2500)
 }

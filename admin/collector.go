@@ -12,6 +12,10 @@ var (
 		"Client connections open now, by route.", []string{"route"}, nil)
 	bytesDesc = prometheus.NewDesc("pgverifyproxy_bytes_total",
 		"Bytes relayed, by route and direction (to_upstream, to_client).", []string{"route", "direction"}, nil)
+	startingDesc = prometheus.NewDesc("pgverifyproxy_startup_connections",
+		"Client connections in their startup phase now (accepted, not yet admitted), by route; max_startup_connections bounds their sum.", []string{"route"}, nil)
+	startupWaitsDesc = prometheus.NewDesc("pgverifyproxy_startup_waits_total",
+		"Accepts that waited because max_startup_connections connections were in their startup phase, by route.", []string{"route"}, nil)
 	leafExpiryDesc = prometheus.NewDesc("pgverifyproxy_upstream_leaf_expiry_seconds",
 		"Seconds until the NotAfter of the leaf certificate of the route's last verified upstream path (negative once expired).", []string{"route"}, nil)
 	anchorExpiryDesc = prometheus.NewDesc("pgverifyproxy_upstream_anchor_expiry_seconds",
@@ -31,7 +35,7 @@ type liveCollector struct {
 
 // Describe sends the descriptions of the metrics liveCollector exports.
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, bytesDesc, leafExpiryDesc, anchorExpiryDesc, readyDesc, buildDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, bytesDesc, startingDesc, startupWaitsDesc, leafExpiryDesc, anchorExpiryDesc, readyDesc, buildDesc} {
 		ch <- d
 	}
 }
@@ -50,6 +54,8 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(s.Active), s.Route)
 			ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.BytesToUpstream), s.Route, "to_upstream")
 			ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(s.BytesToClient), s.Route, "to_client")
+			ch <- prometheus.MustNewConstMetric(startingDesc, prometheus.GaugeValue, float64(s.Starting), s.Route)
+			ch <- prometheus.MustNewConstMetric(startupWaitsDesc, prometheus.CounterValue, float64(s.StartupWaits), s.Route)
 		}
 	}
 	now := c.a.now()

@@ -3,10 +3,10 @@
 package integration
 
 // Each relay engine end to end against the real PostgreSQL 15 of TestMain:
-// the event loop (Linux's default), the goroutine relay (--relay
-// goroutine), and the portable relay that Windows and macOS use, which the
-// Linux binary takes with the test switch PGVERIFYPROXY_TEST_PORTABLE_RELAY=1.
-// A slice of what the other integration tests check runs through each.
+// the event loop (Linux's default), the goroutine engine (--relay
+// goroutine), and the portable engine that Windows and macOS use (--relay
+// portable). A slice of what the other integration tests check runs
+// through each.
 
 import (
 	"context"
@@ -27,16 +27,10 @@ import (
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 )
 
-// portableSwitch is the proxy's test switch for the portable relay.
-const portableSwitch = "PGVERIFYPROXY_TEST_PORTABLE_RELAY=1"
-
-// portableMark is what the proxy logs at its first relay under the switch.
-const portableMark = "relay: portable (test switch)"
-
 // TestRelayEngines runs, through each relay engine of the binary (the
 // event loop, Linux's default; the goroutine relay, its fallback, with
-// --relay goroutine; the portable relay that Windows and macOS use, with the
-// test switch): psql in plaintext and with sslmode=require; a COPY FROM
+// --relay goroutine; the portable engine that Windows and macOS use, with
+// --relay portable): psql in plaintext and with sslmode=require; a COPY FROM
 // STDIN and a COPY TO STDOUT of 32 MiB on each client leg, the output's
 // sha256 equal to the input's; a cancel request; a client that half-closes
 // after its query (the answer still arrives, then the end) and one that
@@ -46,17 +40,15 @@ const portableMark = "relay: portable (test switch)"
 func TestRelayEngines(t *testing.T) {
 	for _, e := range []struct {
 		name  string
-		env   []string
 		args  []string
 		relay string // the relay field of every "session ended" line
-		mark  string // a log line the engine must write
 	}{
 		{name: "loop", relay: "loop"},
 		{name: "goroutine", args: []string{"--relay", "goroutine"}, relay: "goroutine"},
-		{name: "portable", env: []string{portableSwitch}, relay: "portable", mark: portableMark},
+		{name: "portable", args: []string{"--relay", "portable"}, relay: "portable"},
 	} {
 		t.Run(e.name, func(t *testing.T) {
-			p := startCLI(t, e.env, append([]string{
+			p := startCLI(t, nil, append([]string{
 				"--upstream", fmt.Sprintf("localhost:%d", cluster.Port), "--ca-file", rootFile, "--pin-dir", t.TempDir()}, e.args...)...)
 
 			t.Run("psql", func(t *testing.T) {
@@ -68,9 +60,6 @@ func TestRelayEngines(t *testing.T) {
 				}
 				// The relay that carried these sessions was this engine.
 				waitForLog(t, p, "relay="+e.relay)
-				if e.mark != "" {
-					waitForLog(t, p, e.mark)
-				}
 			})
 
 			t.Run("COPY", func(t *testing.T) { portableCopy(t, p.port) })
@@ -182,8 +171,8 @@ func TestRelayEngines(t *testing.T) {
 			if n := strings.Count(log, "relay="+e.relay); n != ended || ended == 0 {
 				t.Errorf("%d of %d sessions relayed by the %s relay, want all:\n%s", n, ended, e.relay, log)
 			}
-			if e.mark == "" && strings.Contains(log, portableMark) {
-				t.Errorf("a proxy started without the switch used the portable relay:\n%s", log)
+			if strings.Contains(log, "relay_fallback") {
+				t.Errorf("a session fell back to another engine:\n%s", log)
 			}
 		})
 	}

@@ -96,6 +96,16 @@ type prefixConn struct {
 	prefix []byte
 }
 
+// Underlying returns the wrapped connection once the prefix has been read
+// (from then on prefixConn changes nothing), else nil: the relay's event
+// loop looks through it (relay.Wrapper).
+func (c *prefixConn) Underlying() net.Conn {
+	if len(c.prefix) == 0 {
+		return c.Conn
+	}
+	return nil
+}
+
 func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)

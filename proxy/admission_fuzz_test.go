@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgverifyproxy/pgverifyproxy/internal/relay"
 )
 
 // This file holds the fuzz target of client admission and the helpers the
@@ -74,6 +76,21 @@ func clientOutput(t *testing.T, out []byte) (answers []byte, tlsBytes int, errRe
 }
 
 // fzModes are the client_tls modes a fuzz input selects from.
+// fzRelay is the fuzz Servers' relay pool: one for the whole run.
+var fzRelay = func() func(testing.TB) *relay.Pool {
+	var once sync.Once
+	var p *relay.Pool
+	return func(tb testing.TB) *relay.Pool {
+		once.Do(func() {
+			var err error
+			if p, err = relay.NewPool(relay.Options{Engine: relay.Goroutine}); err != nil {
+				tb.Fatal(err)
+			}
+		})
+		return p
+	}
+}()
+
 var fzModes = [...]ClientTLSMode{ClientTLSAllow, ClientTLSDisable, ClientTLSRequire}
 
 // admissionSeeds are valid and near-valid first packets.
@@ -245,9 +262,9 @@ func FuzzAdmission(f *testing.F) {
 				ups = append(ups, u)
 				return u, nil
 			}}
-		s := &Server{log: fzDiscard, obs: nopObserver{}}
+		s := &Server{log: fzDiscard, obs: nopObserver{}, relay: fzRelay(t)}
 		hc := newFzConn(data)
-		fzRun(t, "Server.handle", func() { s.handle(context.Background(), r, new(routeState), hc) })
+		fzRun(t, "Server.handle", func() { s.handle(context.Background(), r, new(routeState), hc, testSlot()) })
 
 		_, _, errResp := clientOutput(t, hc.out.Bytes())
 		accepted := pkt != nil && paramsErr == nil

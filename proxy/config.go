@@ -126,13 +126,18 @@ type Config struct {
 	// Observer receives session, refusal and dial events (metrics and
 	// health); nil means none.
 	Observer Observer
-	// Relay is how authenticated sessions are relayed: RelayEventLoop (the
-	// default; on Linux, event loops) or RelayGoroutines.
+	// Relay is how authenticated sessions are relayed: RelayLoop (the
+	// default; on Linux, event loops), RelayGoroutine or RelayPortable.
 	Relay RelayEngine
 	// RelayLoops is how many event loops relay sessions; zero means one
 	// per four of GOMAXPROCS, at least one. Outside Linux it has no
 	// effect.
 	RelayLoops int
+	// MaxStartupConnections bounds the connections in their startup phase
+	// (accepted, not yet admitted), over all routes: at the bound the
+	// proxy stops accepting until one is admitted or times out, and logs
+	// it. Zero means DefaultMaxStartupConnections.
+	MaxStartupConnections int
 }
 
 func (r *Route) validate() error {

@@ -21,10 +21,15 @@
 //     SCRAM-SHA-256-PLUS, or hands over to the proxy's own login (login.go:
 //     the client's or a stored password, SCRAM with channel binding to the
 //     verified server);
-//   - relay: relay.go copies bytes both ways, parsing nothing (the Linux fast
-//     path in relay_linux.go).
+//   - relay: internal/relay copies bytes both ways, parsing nothing, on the
+//     engine of the relay setting (relay.go names them): by default, on
+//     Linux, an event loop that owns both sockets; the proxy hands it the
+//     session under its lock (Server.relayRegister), so that Close never
+//     meets a socket half handed over.
 //
 // session.go runs those phases for one connection, forwards CancelRequests
 // and refuses what fails before the relay with a FATAL error (errors.go).
+// startup.go bounds the connections before admission
+// (max_startup_connections).
 // observe.go is the Observer that metrics and health are fed through.
 package proxy

@@ -12,8 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +21,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
-	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
 )
 
@@ -450,333 +447,27 @@ func decodeFatal(t *testing.T, b []byte) *pgproto3.ErrorResponse {
 	return &er
 }
 
-// The relay rig: relayed sessions over loopback TCP, with a TLS upstream
-// leg (bench_test.go, relay_test.go, relay_linux_test.go).
-
-var benchTLS struct {
-	once sync.Once
-	cfg  *tls.Config
-	err  error
+// testSlot is a startup slot for a session run without an accept loop.
+func testSlot() *startupSlot {
+	g := newStartupGate(1, slog.New(slog.DiscardHandler))
+	g.slots <- struct{}{}
+	return &startupSlot{g: g, n: func(int64) {}}
 }
 
-// rigServerTLS is the upstream server's TLS configuration. Dynamic record
-// sizing is off, as in OpenSSL (PostgreSQL's TLS library), so that the
-// server's records are as large as its writes.
-func rigServerTLS(tb testing.TB) *tls.Config {
-	tb.Helper()
-	benchTLS.once.Do(func() {
-		benchTLS.cfg, benchTLS.err = SelfSignedTLSConfig()
-		if benchTLS.err == nil {
-			benchTLS.cfg.DynamicRecordSizingDisabled = true
-		}
-	})
-	if benchTLS.err != nil {
-		tb.Fatal(benchTLS.err)
-	}
-	return benchTLS.cfg
-}
-
-// rigClientTLS is the proxy's upstream TLS configuration: like
-// chain.Dialer.TLSConfig, Go's defaults (dynamic record sizing on).
-var rigClientTLS = &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"} //nolint:gosec // test rig
-
-// rigTCPPair returns both ends of a loopback TCP connection accepted on ln.
-func rigTCPPair(tb testing.TB, ln net.Listener) (dialed, accepted net.Conn) {
-	tb.Helper()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- res{c, err}
-	}()
-	d, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		tb.Fatal(r.err)
-	}
-	return d, r.c
-}
-
-// relayRig is one relayed session: app ⇄ (pc | relay | pu) ⇄ server.
-type relayRig struct {
-	app      net.Conn  // the application's end of the client leg (plaintext)
-	server   *tls.Conn // the upstream server's end of the upstream leg
-	pc       net.Conn  // the proxy's client leg
-	pu       net.Conn  // the proxy's upstream leg (*tls.Conn)
-	counters byteCounters
-	done     chan relayStats
-	mode     relayMode // the relay's implementation: defaultRelayMode unless a test sets it
-	stop     stopHook  // ends an event-loop relay
-	finished chan struct{}
-}
-
-func rigListener(tb testing.TB) net.Listener {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// newRig connects both legs (the upstream leg with a TLS handshake) on ln,
-// without starting the relay.
-func newRig(tb testing.TB, ln net.Listener) *relayRig {
-	tb.Helper()
-	r := &relayRig{done: make(chan relayStats, 1), mode: defaultRelayMode}
-	r.app, r.pc = rigTCPPair(tb, ln)
-	ut, st := rigTCPPair(tb, ln)
-	r.server = tls.Server(st, rigServerTLS(tb))
-	cli := tls.Client(rawsock.Wrap(ut), rigClientTLS)
-	errc := make(chan error, 1)
-	go func() { errc <- r.server.Handshake() }()
-	if err := cli.Handshake(); err != nil {
-		tb.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		tb.Fatal(err)
-	}
-	r.pu = cli
-	tb.Cleanup(r.close)
-	return r
-}
-
-func (r *relayRig) start() {
-	r.finished = make(chan struct{})
-	go func() {
-		defer close(r.finished)
-		r.done <- relay(r.pc, r.pu, &r.counters, r.mode, relayEnv{register: r.stop.register})
-	}()
-}
-
-func (r *relayRig) close() {
-	r.app.Close()
-	r.server.Close()
-	if r.stop.stop() {
-		<-r.finished
-	}
-	r.pc.Close()
-	r.pu.Close()
-}
-
-// stopHook is a relay's register hook for tests: it hands over at once and
-// keeps the stop function, which closing the connections no longer
-// reaches on the event loop.
-type stopHook struct {
+// lockedBuffer is a log sink for tests.
+type lockedBuffer struct {
 	mu sync.Mutex
-	f  func()
+	b  bytes.Buffer
 }
 
-func (h *stopHook) register(handOver func() (stop func())) bool {
-	f := handOver()
-	h.mu.Lock()
-	h.f = f
-	h.mu.Unlock()
-	return true
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }
 
-// stop ends an event-loop relay as closing both connections would, and
-// reports whether there was one to stop.
-func (h *stopHook) stop() bool {
-	h.mu.Lock()
-	f := h.f
-	h.mu.Unlock()
-	if f != nil {
-		f()
-	}
-	return f != nil
-}
-
-// loopRelay runs relay on the event loop of pool (nil: the shared one)
-// until the test ends; the cleanup stops it and waits for its end before
-// the legs' own cleanups close them.
-func loopRelay(t *testing.T, pc, pu net.Conn, pool *loopPool) <-chan relayStats {
-	var stop stopHook
-	done := make(chan relayStats, 1)
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		done <- relay(pc, pu, nil, relayLoop, relayEnv{loops: pool, register: stop.register})
-	}()
-	t.Cleanup(func() {
-		stop.stop()
-		<-finished
-	})
-	return done
-}
-
-// idleSessionMemory opens n relayed sessions, passes traffic through each
-// (a small query and answer; with bulk, then a 64 KiB burst each way and
-// another small exchange), lets them go idle and returns the heap+stack
-// bytes per session that the relays hold (the connections and their TLS
-// state are measured before the relays start and excluded, and so is what
-// the relayed traffic added to crypto/tls's own buffers), the capacity of
-// crypto/tls's buffers of the proxy's upstream leg, and the heap+stack bytes
-// per session of everything (both ends of both legs included: an upper
-// bound of a session's cost). The relays use mode.
-func idleSessionMemory(tb testing.TB, n int, bulk bool, mode relayMode) idleMem {
-	tb.Helper()
-	ln := rigListener(tb)
-	base := relayMemInUse()
-	rigs := make([]*relayRig, n)
-	small := bytes.Repeat([]byte{'s'}, 100)
-	burst := bytes.Repeat([]byte{'b'}, 64<<10)
-	// Grow both TLS ends' buffers as the relayed traffic will, so that the
-	// relay's own cost is what remains.
-	exchange := func(a, b net.Conn) {
-		buf := make([]byte, len(burst))
-		msgs := [][]byte{small}
-		if bulk {
-			msgs = append(msgs, burst, small)
-		}
-		for _, msg := range msgs {
-			for _, pair := range [][2]net.Conn{{a, b}, {b, a}} {
-				errc := make(chan error, 1)
-				go func() { _, err := pair[0].Write(msg); errc <- err }()
-				if _, err := io.ReadFull(pair[1], buf[:len(msg)]); err != nil {
-					tb.Fatal(err)
-				}
-				if err := <-errc; err != nil {
-					tb.Fatal(err)
-				}
-			}
-		}
-	}
-	for i := range rigs {
-		rigs[i] = newRig(tb, ln)
-		rigs[i].mode = mode
-		exchange(rigs[i].pu, rigs[i].server)
-	}
-	tlsP0, tlsS0 := tlsBufs(rigs)
-	before := relayMemInUse()
-	for _, r := range rigs {
-		r.start()
-		exchange(r.app, r.server)
-	}
-	time.Sleep(100 * time.Millisecond) // let every relay block in Read
-	after := relayMemInUse()
-	tlsP1, tlsS1 := tlsBufs(rigs)
-	for _, r := range rigs {
-		r.app.Close()
-		r.server.Close()
-	}
-	for _, r := range rigs {
-		<-r.done
-	}
-	per := func(d int64) float64 { return float64(d) / float64(n) }
-	return idleMem{
-		// The relayed traffic may have grown crypto/tls's buffers (of
-		// both ends) past what the direct exchange did: not the relay's.
-		relayHeap:  per(after.heap - before.heap - (tlsP1 - tlsP0) - (tlsS1 - tlsS0)),
-		tlsIn:      per(tlsP1),
-		relayStack: per(after.stack - before.stack),
-		all:        per(after.heap + after.stack - base.heap - base.stack),
-	}
-}
-
-// relayMemUse is heap and stack in use after a collection.
-type relayMemUse struct{ heap, stack int64 }
-
-func relayMemInUse() relayMemUse {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return relayMemUse{int64(ms.HeapInuse), int64(ms.StackInuse)}
-}
-
-// idleMem is the result of idleSessionMemory, in bytes per session.
-type idleMem struct {
-	relayHeap, relayStack float64 // held by the relays
-	tlsIn                 float64 // crypto/tls's buffers of the proxy's upstream leg
-	all                   float64 // everything, both ends of both legs included
-}
-
-func (m idleMem) relay() float64 { return m.relayHeap + m.relayStack }
-
-// tlsBufCap is the capacity of a tls.Conn's internal buffers (raw input,
-// handshake, send), read by reflection: crypto/tls grows its raw input
-// buffer to the records it receives (and to how much arrives per read) and
-// never shrinks it, whoever reads. It is measured apart so that the relay's
-// own memory is what the benchmark reports. It returns 0 if crypto/tls's
-// fields are not found.
-func tlsBufCap(c *tls.Conn) int64 {
-	v := reflect.ValueOf(c).Elem()
-	var n int64
-	for _, f := range []string{"rawInput", "hand"} {
-		if b := v.FieldByName(f); b.IsValid() {
-			if buf := b.FieldByName("buf"); buf.IsValid() && buf.Kind() == reflect.Slice {
-				n += int64(buf.Cap())
-			}
-		}
-	}
-	if b := v.FieldByName("sendBuf"); b.IsValid() && b.Kind() == reflect.Slice {
-		n += int64(b.Cap())
-	}
-	return n
-}
-
-// tlsBufs sums tlsBufCap over the rigs' TLS conns: the proxy's upstream leg
-// and the server's end.
-func tlsBufs(rigs []*relayRig) (proxy, server int64) {
-	for _, r := range rigs {
-		proxy += tlsBufCap(r.pu.(*tls.Conn))
-		server += tlsBufCap(r.server)
-	}
-	return proxy, server
-}
-
-// legKind is how one leg of a test relay is connected. The relay reads a
-// plain socket through RawConn and anything else through its small idle
-// buffer, so every kind is covered in both directions.
-type legKind string
-
-const (
-	legTCP  legKind = "tcp"  // plaintext loopback TCP
-	legTLS  legKind = "tls"  // TLS over loopback TCP
-	legPipe legKind = "pipe" // net.Pipe: no socket, synchronous
-)
-
-// connectLeg returns the outer end (the application's or the server's) and
-// the proxy's end of one leg.
-func connectLeg(t *testing.T, ln net.Listener, kind legKind, upstream bool) (outer, inner net.Conn) {
-	t.Helper()
-	switch kind {
-	case legPipe:
-		outer, inner = net.Pipe()
-	case legTCP:
-		outer, inner = rigTCPPair(t, ln)
-	case legTLS:
-		o, i := rigTCPPair(t, ln)
-		var to, ti *tls.Conn
-		// The proxy's end is on a rawsock.Conn, as in production (chain's
-		// dialer, the client TLS of admission.go), so that the event loop
-		// can take it over.
-		if upstream { // the proxy is the TLS client
-			to, ti = tls.Server(o, rigServerTLS(t)), tls.Client(rawsock.Wrap(i), rigClientTLS)
-		} else {
-			to, ti = tls.Client(o, rigClientTLS), tls.Server(rawsock.Wrap(i), rigServerTLS(t))
-		}
-		errc := make(chan error, 1)
-		go func() { errc <- to.Handshake() }()
-		if err := ti.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		outer, inner = to, ti
-	}
-	t.Cleanup(func() {
-		outer.Close()
-		inner.Close()
-	})
-	return outer, inner
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

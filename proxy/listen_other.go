@@ -24,3 +24,8 @@ func unixListenersUnavailable(port int) error {
 func listenUnix(a ListenAddr) (net.Listener, bool, error) {
 	return nil, false, unixListenersUnavailable(suggestedPort(a.Address, defaultSocketPort))
 }
+
+// openFilesLimit is Windows' (and any other system's without
+// RLIMIT_NOFILE) stand-in: sockets are handles there, limited by memory;
+// 16384 gives the 4096 cap.
+func openFilesLimit() int { return 16384 }

@@ -180,3 +180,15 @@ func removeStaleSocket(path string) (bool, error) {
 	}
 	return true, nil
 }
+
+// openFilesLimit is the soft RLIMIT_NOFILE (1024 when unknown).
+func openFilesLimit() int {
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil || r.Cur == 0 {
+		return 1024
+	}
+	if r.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(r.Cur)
+}

@@ -59,6 +59,12 @@ type RouteStats struct {
 	BytesToUpstream int64
 	// BytesToClient counts bytes relayed from the server to clients.
 	BytesToClient int64
+	// Starting is the number of connections in their startup phase now
+	// (accepted, not yet admitted), which Config.MaxStartupConnections
+	// bounds over all routes.
+	Starting int64
+	// StartupWaits counts the accepts that waited for a startup slot.
+	StartupWaits int64
 }
 
 // nopObserver is used when Config.Observer is nil.

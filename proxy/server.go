@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/internal/relay"
 )
 
 // Server runs every route of a Config.
@@ -32,15 +34,17 @@ type Server struct {
 	draining  bool
 	wg        sync.WaitGroup // sessions
 	loops     sync.WaitGroup // accept loops
-	relay     relayMode
-	relayPool *loopPool // the event loops, started with the first session on them
+	relay     *relay.Pool    // relays authenticated sessions (internal/relay)
+	startup   *startupGate   // bounds the connections before admission
 }
 
 // routeState is what a route keeps across reloads: its live counters.
 type routeState struct {
-	active   atomic.Int64 // accepted connections still open
-	admitted atomic.Int64 // sessions past admission (what max_connections limits)
-	counters byteCounters
+	active       atomic.Int64 // accepted connections still open
+	admitted     atomic.Int64 // sessions past admission (what max_connections limits)
+	starting     atomic.Int64 // connections before admission (what max_startup_connections limits)
+	startupWaits atomic.Int64 // accepts that waited for a startup slot
+	counters     relay.Counters
 }
 
 // admit takes a session slot when the route has one free.
@@ -57,6 +61,15 @@ type listener struct {
 	key     string // the configured listen address; "" for Route.Listeners
 	route   *Route // guarded by Server.mu; replaced by Reload
 	retired bool   // guarded by Server.mu; closed by Reload
+	done    chan struct{}
+	once    sync.Once
+}
+
+// shut closes the listener and ends its accept loop's wait for a startup
+// slot.
+func (l *listener) shut() {
+	l.once.Do(func() { close(l.done) })
+	l.Close()
 }
 
 // New validates cfg and returns a Server; nothing is opened yet.
@@ -73,17 +86,21 @@ func New(cfg Config) (*Server, error) {
 	if obs == nil {
 		obs = nopObserver{}
 	}
-	engine, err := ParseRelayEngine(string(cfg.Relay))
+	pool, err := relay.NewPool(relay.Options{Engine: relay.Engine(cfg.Relay), Loops: cfg.RelayLoops, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	if cfg.RelayLoops < 0 {
-		return nil, fmt.Errorf("proxy: relay_loops %d: want 0 (from GOMAXPROCS) or more", cfg.RelayLoops)
+	maxStartup := cfg.MaxStartupConnections
+	switch {
+	case maxStartup < 0:
+		return nil, fmt.Errorf("proxy: max_startup_connections %d: want 0 (from the open-files limit) or more", maxStartup)
+	case maxStartup == 0:
+		maxStartup = DefaultMaxStartupConnections()
 	}
 	cfg.Routes = nil
 	return &Server{cfg: cfg, log: log, obs: obs, routes: routes, states: map[string]*routeState{},
-		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1),
-		relay: engine.mode(), relayPool: newLoopPool(cfg.RelayLoops)}, nil
+		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1), relay: pool,
+		startup: newStartupGate(maxStartup, log)}, nil
 }
 
 // validateRoutes copies and validates routes; names must be unique.
@@ -164,7 +181,7 @@ func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
 	var opened, out []*listener
 	fail := func(err error) ([]*listener, error) {
 		for _, l := range opened {
-			l.Close()
+			l.shut()
 		}
 		return nil, err
 	}
@@ -190,7 +207,7 @@ func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
 					continue
 				}
 			}
-			nl := &listener{Listener: l, route: r}
+			nl := &listener{Listener: l, route: r, done: make(chan struct{})}
 			opened = append(opened, nl)
 			out = append(out, nl)
 		}
@@ -226,7 +243,7 @@ func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
 			if err != nil {
 				return fail(fmt.Errorf("proxy: route %s: listening on %s: %w", r.Name, addr, err))
 			}
-			nl := &listener{Listener: l, key: addr, route: r}
+			nl := &listener{Listener: l, key: addr, route: r, done: make(chan struct{})}
 			opened = append(opened, nl)
 			out = append(out, nl)
 		}
@@ -311,8 +328,17 @@ func (s *Server) startAccept(l *listener) {
 func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 	var backoff time.Duration
 	for {
+		s.mu.Lock()
+		st := s.state(l.route.Name)
+		route := l.route.Name
+		s.mu.Unlock()
+		if !s.startup.acquire(l.done, route, func() { st.startupWaits.Add(1) }) {
+			return nil // closed or retired
+		}
+		slot := &startupSlot{g: s.startup}
 		conn, err := l.Accept()
 		if err != nil {
+			s.startup.release()
 			s.mu.Lock()
 			closed := s.closed || s.draining || l.retired
 			s.mu.Unlock()
@@ -342,12 +368,16 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) error {
 		backoff = 0
 		r, st, ok := s.track(conn, l)
 		if !ok {
+			s.startup.release()
 			conn.Close()
 			continue
 		}
+		st.starting.Add(1)
+		slot.n = func(d int64) { st.starting.Add(d) }
 		go func() {
 			defer s.untrack(conn, r, st)
-			s.handle(ctx, r, st, conn)
+			defer slot.release()
+			s.handle(ctx, r, st, conn, slot)
 		}()
 	}
 }
@@ -381,9 +411,9 @@ func (s *Server) track(c net.Conn, l *listener) (*Route, *routeState, bool) {
 }
 
 // upstreamOpened records that client c's session has the upstream
-// connection up: closing the session closes up first, then c (a relay's
-// client-side copy may be writing to up: see copySocket). If the server is
-// already closed it closes both at once.
+// connection up: closing the session closes up first, then c
+// (relay.CloseUpstreamFirst). If the server is already closed it closes
+// both at once.
 func (s *Server) upstreamOpened(c, up net.Conn) {
 	cl := sessionCloser{client: c, upstream: up}
 	s.mu.Lock()
@@ -403,15 +433,14 @@ type sessionCloser struct{ client, upstream net.Conn }
 
 // Close closes the upstream connection, then the client's.
 func (c sessionCloser) Close() error {
-	c.upstream.Close()
-	return c.client.Close()
+	return relay.CloseUpstreamFirst(c.client, c.upstream)
 }
 
-// relayRegister returns the hand-over hook of client c's event-loop relay
-// (see relayOnLoop): it runs the hand-over under s.mu, so that Close never
-// meets a connection half handed over, and from then on closing the
-// session means stopping it on its loop.
-func (s *Server) relayRegister(c net.Conn) func(handOver func() (stop func())) bool {
+// relayRegister returns client c's relay.Register: it runs a loop
+// hand-over under s.mu, so that Close never meets a connection half handed
+// over, and from then on closing the session means stopping it on its
+// loop.
+func (s *Server) relayRegister(c net.Conn) relay.Register {
 	return func(handOver func() (stop func())) bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -419,7 +448,7 @@ func (s *Server) relayRegister(c net.Conn) func(handOver func() (stop func())) b
 			return false
 		}
 		stop := handOver()
-		if _, tracked := s.conns[c]; tracked {
+		if _, tracked := s.conns[c]; tracked && stop != nil {
 			s.conns[c] = stopCloser(stop)
 		}
 		return true
@@ -468,7 +497,7 @@ func (s *Server) Reload(routes []Route) error {
 	for _, l := range s.listeners {
 		if !inUse[l] {
 			l.retired = true
-			l.Close()
+			l.shut()
 			s.log.Info("stopped listening (no longer configured)", "route", l.route.Name, "addr", l.Addr().String())
 		}
 	}
@@ -507,7 +536,8 @@ func (s *Server) RouteStats() []RouteStats {
 	for _, r := range s.routes {
 		st := s.state(r.Name)
 		out = append(out, RouteStats{Route: r.Name, Active: st.active.Load(),
-			BytesToUpstream: st.counters.ClientToUpstream.Load(), BytesToClient: st.counters.UpstreamToClient.Load()})
+			BytesToUpstream: st.counters.ClientToUpstream.Load(), BytesToClient: st.counters.UpstreamToClient.Load(),
+			Starting: st.starting.Load(), StartupWaits: st.startupWaits.Load()})
 	}
 	return out
 }
@@ -579,7 +609,7 @@ func (s *Server) Close() error {
 		}
 		stopPools(s.routes)
 		for _, l := range s.listeners {
-			l.Close()
+			l.shut()
 		}
 		for _, cl := range s.conns {
 			cl.Close()
@@ -587,7 +617,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	s.relayPool.stop()
+	s.relay.Stop()
 	return nil
 }
 
@@ -597,7 +627,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
 	for _, l := range s.listeners {
-		l.Close()
+		l.shut()
 	}
 	stopPools(s.routes)
 	s.mu.Unlock()

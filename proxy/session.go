@@ -35,7 +35,9 @@ type session struct {
 }
 
 // handle runs one client connection from its first byte to its close.
-func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.Conn) {
+// slot is the connection's startup slot (max_startup_connections): given
+// back once the connection is admitted or refused.
+func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.Conn, slot *startupSlot) {
 	defer conn.Close()
 	ss := &session{s: s, route: r, state: st, conn: conn, client: conn, start: time.Now(), result: ResultClientLeft,
 		log: s.log.With("route", r.Name, "client", conn.RemoteAddr().String())}
@@ -63,7 +65,9 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		return
 	}
 	ss.log = ss.log.With("user", params["user"], "database", params["database"], "client_tls", ss.tls)
-	if !st.admit(r.MaxConnections) {
+	admitted := st.admit(r.MaxConnections)
+	slot.release()
+	if !admitted {
 		ss.refuse(&clientError{Reason: chain.ReasonLimit,
 			Message: fmt.Sprintf("pgverifyproxy: sorry, too many clients already: route %s allows %d connections (max_connections)", r.Name, r.MaxConnections),
 			Hint:    "close idle connections (or use a pool with fewer connections), or raise max_connections for this route"})
@@ -154,22 +158,25 @@ func (ss *session) clientLeft(ax *authExchange) {
 		"hint", "psql does this to prompt for a password; a client with channel_binding=require does it because channel binding cannot cross the proxy: set channel_binding=prefer (libpq's default) on that client, and the proxy binds its own login to the verified server")
 }
 
-// relay runs the raw relay after authentication and logs the session's end.
-// The caller has registered up with upstreamOpened, so that closing the
-// server closes up before the client (see copySocket).
+// relay runs the raw relay after authentication (internal/relay) and logs
+// the session's end. The caller has registered up with upstreamOpened, so
+// that closing the server closes up before the client.
 func (ss *session) relay(up net.Conn) {
 	_ = ss.client.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
 	ss.result = ResultCompleted
-	st := relay(ss.client, up, &ss.state.counters, ss.s.relay, relayEnv{loops: ss.s.relayPool, register: ss.s.relayRegister(ss.conn)})
+	st := ss.s.relay.Relay(ss.client, up, &ss.state.counters, ss.s.relayRegister(ss.conn))
 	attrs := []any{
 		"duration", time.Since(ss.start).Round(time.Millisecond).String(),
 		"bytes_to_upstream", st.ClientToUpstream,
 		"bytes_to_client", st.UpstreamToClient,
 		"closed_by", string(st.ClosedBy),
-		"relay", st.Relay,
+		"relay", string(st.Engine),
 	}
-	if st.Err != nil && !isClosedErr(st.Err) {
+	if st.Fallback != nil {
+		attrs = append(attrs, "relay_fallback", st.Fallback.Error())
+	}
+	if st.Err != nil && !errors.Is(st.Err, net.ErrClosed) {
 		attrs = append(attrs, "error", st.Err.Error())
 	}
 	ss.log.Info("session ended", attrs...)

@@ -54,6 +54,7 @@ type runConfig struct {
 	PasswordCommandTTL     time.Duration `mapstructure:"password_command_ttl"`
 	PasswordCommandTimeout time.Duration `mapstructure:"password_command_timeout"`
 	MaxConnections         int           `mapstructure:"max_connections"`
+	MaxStartupConnections  int           `mapstructure:"max_startup_connections"`
 	Prewarm                int           `mapstructure:"prewarm"`
 	PrewarmMaxAge          time.Duration `mapstructure:"prewarm_max_age"`
 	TCPKeepalive           time.Duration `mapstructure:"tcp_keepalive"`
@@ -140,10 +141,11 @@ var runOptions = []option{
 	{"password_command_ttl", "password-command-ttl", time.Duration(0), "reuse the password_command's password for this long (0: run it for every login)"},
 	{"password_command_timeout", "password-command-timeout", defaultPasswordCommandTimeout, "stop password_command after this long and refuse the login"},
 	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
+	{"max_startup_connections", "max-startup-connections", 0, "most connections in their startup phase at once over all routes (accepted, no startup message or TLS handshake yet, not past max_connections); beyond it the proxy accepts no more until one is admitted or its startup_timeout runs out (0: a quarter of the open-files limit, 64 to 4096)"},
 	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
 	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long: 1s to 50s, below the server's authentication_timeout (60s by default)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
-	{"relay", "relay", string(proxy.RelayEventLoop), "how authenticated sessions are relayed: loop (on Linux, event loops own both sockets of each session: less CPU and latency per message) or goroutine (two goroutines per session, every other system's relay and the fallback)"},
+	{"relay", "relay", string(proxy.RelayLoop), "how authenticated sessions are relayed: loop (on Linux, event loops own both sockets of each session: less CPU and latency per message), goroutine (two goroutines per session: the loop's fallback) or portable (nothing but net.Conn: every other system's relay; elsewhere loop and goroutine mean portable)"},
 	{"relay_loops", "relay-loops", 0, "with relay loop: how many event loops share the sessions (0: one per four CPUs of GOMAXPROCS, at least one)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
 	{"admin_quit", "admin-quit", false, "with --admin: serve POST /quitquitquit, which starts the same drain as SIGTERM (to end a Kubernetes Job's sidecar); anyone who can reach the admin address can then stop the proxy"},
@@ -503,6 +505,9 @@ func (rc *runConfig) validate() error {
 	}
 	if rc.RelayLoops < 0 {
 		return fmt.Errorf("relay_loops must be 0 (one per four CPUs) or more, not %d", rc.RelayLoops)
+	}
+	if rc.MaxStartupConnections < 0 {
+		return fmt.Errorf("max_startup_connections must be 0 (from the open-files limit) or more, not %d", rc.MaxStartupConnections)
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/admin"
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/rawsock"
 	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
@@ -227,8 +228,13 @@ func serveProxy(cmd *cobra.Command, configFile string, ctl *control) error {
 		return usageError{err}
 	}
 	r.rc = rc
+	if proxy.RelayEngine(rc.Relay).OnThisSystem() == proxy.RelayPortable {
+		// Nothing but net.Conn, as on every other system: the upstream's
+		// TLS writes too. Before the first dial wraps a socket.
+		rawsock.Disable()
+	}
 	srv, err := proxy.New(proxy.Config{Routes: proxyRoutes(routes), Logger: log, Observer: obs,
-		Relay: proxy.RelayEngine(rc.Relay), RelayLoops: rc.RelayLoops})
+		Relay: proxy.RelayEngine(rc.Relay), RelayLoops: rc.RelayLoops, MaxStartupConnections: rc.MaxStartupConnections})
 	if err != nil {
 		return usageError{err}
 	}
@@ -362,6 +368,7 @@ func (r *runner) reload(sig os.Signal) {
 		{"ready_window", r.rc.ReadyWindow.String(), rc.ReadyWindow.String()},
 		{"relay", r.rc.Relay, rc.Relay},
 		{"relay_loops", fmt.Sprint(r.rc.RelayLoops), fmt.Sprint(rc.RelayLoops)},
+		{"max_startup_connections", fmt.Sprint(r.rc.MaxStartupConnections), fmt.Sprint(rc.MaxStartupConnections)},
 	} {
 		if k.old != k.new {
 			r.log.Warn("this setting changes only on restart; the running value stays", "setting", k.name, "running", k.old, "configured", k.new)

@@ -1,17 +1,13 @@
 package harness
 
-import (
-	"os"
-	"runtime"
-)
+import "runtime"
 
-// DefaultRelay is the relay a proxy started by the tests uses when no
-// relay setting is given, as its "session ended" lines name it: the event
-// loop ("loop") on Linux, unless the test switch
-// PGVERIFYPROXY_TEST_PORTABLE_RELAY=1 chose the portable relay, and the
-// portable relay on every other system (see proxy/relay_linux.go).
+// DefaultRelay is the relay engine a proxy started by the tests uses when
+// no relay setting is given, as its "session ended" lines name it: the
+// event loop ("loop") on Linux, the portable engine on every other system
+// (internal/relay's Engine.OnThisSystem).
 func DefaultRelay() string {
-	if runtime.GOOS == "linux" && os.Getenv("PGVERIFYPROXY_TEST_PORTABLE_RELAY") != "1" {
+	if runtime.GOOS == "linux" {
 		return "loop"
 	}
 	return "portable"

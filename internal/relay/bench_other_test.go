@@ -1,6 +1,6 @@
 //go:build !unix
 
-package proxy
+package relay
 
 // rusage returns zeros: there is no getrusage here, so the relay
 // benchmarks report no cs/op and cpu-ns/op.
