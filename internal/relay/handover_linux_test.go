@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -103,6 +104,7 @@ func TestHandOverFailuresLeaveNothingToUndo(t *testing.T) {
 		for _, l := range [][2]legKind{{legTCP, legTLS}, {legTLS, legTLS}} {
 			t.Run(tc.name+"/"+legName(l), func(t *testing.T) {
 				var p *Pool
+				var mu sync.Mutex
 				var freed []int // descriptors the hand-over claimed: given back on failure
 				calls := 0
 				o := Options{take: func(c net.Conn) (*rawsock.Claim, error) {
@@ -112,7 +114,9 @@ func TestHandOverFailuresLeaveNothingToUndo(t *testing.T) {
 					}
 					cl, err := rawsock.Take(c)
 					if err == nil {
+						mu.Lock()
 						freed = append(freed, cl.FD())
+						mu.Unlock()
 					}
 					if calls == tc.stopAfter {
 						p.Stop()
@@ -154,7 +158,10 @@ func TestHandOverFailuresLeaveNothingToUndo(t *testing.T) {
 					// The session goes on, on the Goroutine engine.
 					echoThrough(t, s, []byte("after the failed hand-over"))
 				}
-				for _, fd := range freed {
+				mu.Lock()
+				given := append([]int(nil), freed...)
+				mu.Unlock()
+				for _, fd := range given {
 					by.occupy(t, fd)
 				}
 				if !tc.refuse {
