@@ -144,6 +144,14 @@ func (rw *RecordWriter) KeyUpdate(requested bool) error {
 // Data adds an application-data record.
 func (rw *RecordWriter) Data(b []byte) { rw.seal(23, b) }
 
+// Take returns the records added so far and forgets them (for a caller
+// that writes them itself).
+func (rw *RecordWriter) Take() []byte {
+	b := append([]byte(nil), rw.rec...)
+	rw.rec = rw.rec[:0]
+	return b
+}
+
 // Flush writes the records added so far.
 func (rw *RecordWriter) Flush() error {
 	_, err := rw.w.Write(rw.rec)
