@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -233,11 +235,14 @@ func TestLoopPoolStop(t *testing.T) {
 // it cannot write, up to MaxPending; the write that would pass it fails
 // with the backstop's error, which sticks, and nothing more is kept.
 func TestEndpointBackstop(t *testing.T) {
-	l, err := newEvLoop(DefaultLinger)
+	l, err := newEvLoop(newLoopPool(1), DefaultLinger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Close(l.epfd); syscall.Close(l.evfd) })
+	// The parking epoll through the os.File that owns it: a descriptor
+	// closed under it would be closed again by its finalizer, whoever holds
+	// the number then.
+	t.Cleanup(func() { l.park.Close(); syscall.Close(l.epfd); syscall.Close(l.evfd) })
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -279,5 +284,79 @@ func TestEndpointBackstop(t *testing.T) {
 	}
 	if ep.fd != -1 {
 		t.Errorf("a closed endpoint still names descriptor %d", ep.fd)
+	}
+}
+
+// loopState reads a loop's wait state on its own goroutine.
+func loopState(t *testing.T, l *evLoop) (parked, hold bool) {
+	t.Helper()
+	type st struct{ parked, hold bool }
+	ch := make(chan st, 1)
+	if !l.post(func() { ch <- st{l.parked, l.hold} }) {
+		t.Fatal("the loop has ended")
+	}
+	select {
+	case s := <-ch:
+		return s.parked, s.hold
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop did not run a command")
+		return false, false
+	}
+}
+
+// TestLoopWaitModes: a loop holds its processor while traffic flows (with
+// processors to spare), parks in Go's poller once quiet for holdWait, and
+// wakes from the park for the next message; with one processor it never
+// holds. Each way, the session relays and the GC can stop the world.
+func TestLoopWaitModes(t *testing.T) {
+	for _, procs := range []int{0, 1} {
+		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
+			if procs > 0 {
+				old := runtime.GOMAXPROCS(procs)
+				t.Cleanup(func() { runtime.GOMAXPROCS(old) })
+			}
+			p := newTestPool(t, Loop, Options{Loops: 1})
+			s := startSession(t, p, legTCP, legTLS)
+			echoThrough(t, s, []byte("first"))
+			if err := p.loops.start(p.opts.Linger); err != nil { // (its once orders the read below)
+				t.Fatal(err)
+			}
+			l := p.loops.loops[0]
+			wantHold := runtime.GOMAXPROCS(0) > 1
+			// Traffic and collections at once: the world stops whatever
+			// the loop waits in.
+			stop := make(chan struct{})
+			gcs := make(chan int, 1)
+			go func() {
+				n := 0
+				for {
+					select {
+					case <-stop:
+						gcs <- n
+						return
+					default:
+					}
+					runtime.GC()
+					n++
+				}
+			}()
+			for range 200 {
+				echoThrough(t, s, []byte("ping"))
+			}
+			close(stop)
+			if n := <-gcs; n == 0 {
+				t.Error("no collection completed while the session relayed")
+			}
+			// Asking wakes the loop: ask once, after it was quiet for long.
+			time.Sleep(10 * holdWait * time.Millisecond)
+			parked, hold := loopState(t, l)
+			if !parked {
+				t.Error("the loop did not park after 10 × holdWait without an event")
+			}
+			if hold != wantHold {
+				t.Errorf("hold = %v with GOMAXPROCS %d and 1 loop, want %v", hold, runtime.GOMAXPROCS(0), wantHold)
+			}
+			echoThrough(t, s, []byte("after the park"))
+		})
 	}
 }
