@@ -212,6 +212,11 @@ func (b *bench) startDirect(_ context.Context, delayed bool) (*hop, error) {
 // proxy when delayed), with --prewarm N when prewarm > 0, and the extra
 // arguments.
 func (b *bench) startPGVP(ctx context.Context, scram, delayed bool, prewarm int, extra ...string) (*hop, error) {
+	return b.startPGVPBin(ctx, b.bin, scram, delayed, prewarm, extra...)
+}
+
+// startPGVPBin is startPGVP with the binary bin.
+func (b *bench) startPGVPBin(ctx context.Context, bin string, scram, delayed bool, prewarm int, extra ...string) (*hop, error) {
 	upstream := b.cluster.Port
 	if delayed {
 		upstream = b.delay.Addr().Port
@@ -224,7 +229,7 @@ func (b *bench) startPGVP(ctx context.Context, scram, delayed bool, prewarm int,
 	if err != nil {
 		return nil, err
 	}
-	argv := []string{b.bin, "run",
+	argv := []string{bin, "run",
 		"--upstream", fmt.Sprintf("localhost:%d", upstream),
 		"--ca-file", b.rootFile,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", port),

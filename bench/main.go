@@ -43,6 +43,7 @@ type options struct {
 	scale        int
 	out          string
 	bin          string
+	baseBin      string
 	paths        string
 	focus        string
 	quick        bool
@@ -66,7 +67,8 @@ func parseFlags() options {
 	flag.IntVar(&o.scale, "scale", 10, "pgbench -i scale factor of the select-only data set")
 	flag.StringVar(&o.out, "out", "bench/results.md", "write the results as Markdown here (with -quick: bench/results-quick.md unless given)")
 	flag.StringVar(&o.bin, "bin", "", "use this pgverifyproxy binary instead of building ./cmd/pgverifyproxy")
-	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,goroutine,scram,prewarm,prewarm-goroutine,pgbouncer,stunnel")
+	flag.StringVar(&o.baseBin, "base-bin", "", "also measure this pgverifyproxy binary (an earlier build), in the same rounds: the before and after of a change in one run (path base)")
+	flag.StringVar(&o.paths, "paths", "", "comma-separated subset of paths to run (direct always runs): pgverifyproxy,base,goroutine,scram,prewarm,prewarm-goroutine,pgbouncer,stunnel (base: with -base-bin)")
 	flag.StringVar(&o.focus, "focus", "", `"select": only the select-only figures (TPS, latency, hop CPU, context switches, syscalls); "connect": only the connection figures (new connections/s, time to first query, also over the RTT) of pgverifyproxy on each relay, with and without -prewarm (default 4); 5 rounds of 10s`)
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 4s runs, 16 MB COPY, 50 idle, 1 round")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and hop logs) after the run")

@@ -53,6 +53,10 @@ func (b *bench) allPaths() []*path {
 			start: func(ctx context.Context, delayed bool) (*hop, error) { return b.startDirect(ctx, delayed) }},
 		{key: "pgverifyproxy", title: "pgverifyproxy", stages: []stage{stSelect, stStrace, stConnRate, stTTFQ, stTTFQDelayed, stCopy, stIdle},
 			start: func(ctx context.Context, delayed bool) (*hop, error) { return b.startPGVP(ctx, false, delayed, 0) }},
+		{key: "base", title: "pgverifyproxy (base)", stages: []stage{stSelect, stStrace, stConnRate, stTTFQ, stTTFQDelayed, stCopy, stIdle},
+			start: func(ctx context.Context, delayed bool) (*hop, error) {
+				return b.startPGVPBin(ctx, b.o.baseBin, false, delayed, 0)
+			}},
 		{key: "scram", title: "pgverifyproxy SCRAM user", stages: []stage{stSelect},
 			start: func(ctx context.Context, delayed bool) (*hop, error) { return b.startPGVP(ctx, true, delayed, 0) }},
 	}
@@ -91,6 +95,9 @@ func (b *bench) allPaths() []*path {
 		&path{key: "stunnel", title: "stunnel", stages: full,
 			start: func(ctx context.Context, _ bool) (*hop, error) { return b.startStunnel(ctx) }},
 	)
+	if b.o.baseBin == "" {
+		paths = slices.DeleteFunc(paths, func(p *path) bool { return p.key == "base" })
+	}
 	if b.o.focus != "" {
 		var focused []*path
 		for _, p := range paths {

@@ -213,6 +213,11 @@ func (b *bench) setupBinary(ctx context.Context) error {
 	}
 	b.hasPrewarm = bytes.Contains(help, []byte("--prewarm"))
 	b.hasRelay = bytes.Contains(help, []byte("--relay "))
+	if b.o.baseBin != "" {
+		if out, err := exec.CommandContext(ctx, b.o.baseBin, "version").CombinedOutput(); err != nil {
+			return fmt.Errorf("-base-bin %s: %w\n%s", b.o.baseBin, err, tail(string(out), 10))
+		}
+	}
 	return nil
 }
 
@@ -315,6 +320,9 @@ func (b *bench) describeMachine(ctx context.Context) error {
 		"stunnel: " + firstLine(ctx, b.tools.stunnel, "-version"),
 		"strace: " + firstLine(ctx, b.tools.strace, "-V"),
 		"pgverifyproxy: " + firstLine(ctx, b.bin, "version"),
+	}
+	if b.o.baseBin != "" {
+		lines = append(lines, "pgverifyproxy (base): "+firstLine(ctx, b.o.baseBin, "version")+" ("+b.o.baseBin+")")
 	}
 	if p := findProgram("openssl"); p != "" {
 		lines = append(lines, "OpenSSL (PostgreSQL, libpq, PgBouncer, stunnel): "+firstLine(ctx, p, "version"))
