@@ -163,6 +163,10 @@ func (o options) validate() error {
 	for _, k := range strings.Split(o.paths, ",") {
 		switch k = strings.TrimSpace(k); k {
 		case "direct", "pgverifyproxy", "goroutine", "scram", "pgbouncer", "stunnel":
+		case "base":
+			if o.baseBin == "" {
+				return errors.New("-paths base needs -base-bin PATH")
+			}
 		case "prewarm", "prewarm-goroutine":
 			if o.prewarm == 0 {
 				return fmt.Errorf("-paths %s needs -prewarm N", k)
@@ -171,7 +175,7 @@ func (o options) validate() error {
 				return fmt.Errorf("-paths %s: --prewarm has no select figures (-focus select)", k)
 			}
 		default:
-			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, goroutine, scram, prewarm, prewarm-goroutine, pgbouncer, stunnel)", k)
+			return fmt.Errorf("-paths: unknown path %q (known: direct, pgverifyproxy, base, goroutine, scram, prewarm, prewarm-goroutine, pgbouncer, stunnel)", k)
 		}
 	}
 	return nil
