@@ -114,7 +114,8 @@ type proxyOpts struct {
 	auth       proxy.AuthMode
 	binding    string // relay login's channel binding
 	stored     func() ([]byte, error)
-	log        *slog.Logger // default: testLogger()
+	log        *slog.Logger      // default: testLogger()
+	relay      proxy.RelayEngine // default: the proxy's (loop on Linux)
 }
 
 // runningProxy is an in-process proxy on 127.0.0.1:0.
@@ -153,6 +154,7 @@ func startProxy(t *testing.T, o proxyOpts) *runningProxy {
 			Auth: o.auth, ChannelBinding: o.binding, StoredPassword: o.stored,
 		}},
 		Logger: logger,
+		Relay:  o.relay,
 	})
 	if err != nil {
 		t.Fatal(err)

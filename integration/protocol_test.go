@@ -41,6 +41,7 @@ import (
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
+	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
 // protoLegs are the two client legs to the proxy: plaintext and TLS. The md5
@@ -327,13 +328,25 @@ func (g *protoCopyRows) fill() {
 // server's count, total payload length and md5 over the payloads' md5s in id
 // order must equal what the client computed while sending, and the sha256
 // of the COPY TO output (text format, ordered by id) must equal the sha256
-// of the COPY FROM input, byte for byte the same stream. Both sessions run
-// on the default relay (on Linux the event loop).
+// of the COPY FROM input, byte for byte the same stream. It runs once per
+// relay engine of this system (on Linux the loop, the goroutine engine and
+// the portable one), and both sessions of each run must be relayed by
+// that engine.
 func TestProtocolCopyLarge(t *testing.T) {
+	engines := []proxy.RelayEngine{proxy.RelayLoop, proxy.RelayGoroutine, proxy.RelayPortable}
+	if harness.DefaultRelay() != "loop" {
+		engines = []proxy.RelayEngine{proxy.RelayPortable}
+	}
+	for _, e := range engines {
+		t.Run(string(e), func(t *testing.T) { protocolCopyLarge(t, e) })
+	}
+}
+
+func protocolCopyLarge(t *testing.T, engine proxy.RelayEngine) {
 	const size = 1 << 30
 	const table = "pgvp_proto_copy"
 	logger, logBuf := relayLog()
-	p := startProxy(t, proxyOpts{log: logger})
+	p := startProxy(t, proxyOpts{log: logger, relay: engine})
 	protoAdminExec(t, fmt.Sprintf("drop table if exists %[1]s; create unlogged table %[1]s (id bigint not null, payload text not null); grant select, insert on %[1]s to %[2]s", table, harness.MD5User))
 	t.Cleanup(func() { protoAdminExec(t, "drop table if exists "+table) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -412,8 +425,8 @@ func TestProtocolCopyLarge(t *testing.T) {
 	_ = in.Close(ctx)
 	_ = out.Close(ctx)
 	waitFor(t, "both COPY sessions ended", func() bool { return strings.Count(logBuf.String(), `msg="session ended"`) == 2 })
-	if n := strings.Count(logBuf.String(), " relay="+harness.DefaultRelay()); n != 2 {
-		t.Errorf("%d of the 2 COPY sessions were relayed by the default relay (%s), want both:\n%s", n, harness.DefaultRelay(), logBuf.String())
+	if n := strings.Count(logBuf.String(), " relay="+string(engine)); n != 2 {
+		t.Errorf("%d of the 2 COPY sessions were relayed by the %s engine, want both:\n%s", n, engine, logBuf.String())
 	}
 }
 

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/soakrun"
 )
 
@@ -26,16 +28,27 @@ var (
 	soakSettle   = flag.Duration("soak.settle", soakrun.DefaultSettleTimeout, "TestSoak: how long the proxy may take to return to its baseline after the last client")
 	soakKeep     = flag.Bool("soak.keep", false, "TestSoak: keep the work directory (the proxy's log, the PKI root)")
 	soakVerbose  = flag.Bool("soak.verbose", false, "TestSoak: log every unexpected error as it happens and the proxy's figures every 5s (shown as they happen with -v)")
+	soakRelays   = flag.String("soak.relays", defaultSoakRelays(), "TestSoak: the relay engines to soak, one run each, comma-separated")
 )
+
+// defaultSoakRelays is every engine of this system: on Linux the loop,
+// the goroutine engine and the portable one.
+func defaultSoakRelays() string {
+	if harness.DefaultRelay() == "loop" {
+		return "loop,goroutine,portable"
+	}
+	return "portable"
+}
 
 // soakMargin is what a soak needs besides -soak.duration: its own cluster,
 // the warm-up, the settling and the cleanup.
-const soakMargin = 3 * time.Minute
+const soakMargin = 2 * time.Minute
 
 // TestSoak runs pgverifyproxy under a long, mixed load and fails on any
 // unexpected error or leak; it is the one entry point of the soak
-// (integration/soakrun). By default 200 clients for 20s; -soak.duration,
-// -soak.clients and the other -soak.* flags above change that.
+// (integration/soakrun). By default 200 clients for 20s, once per relay
+// engine (a subtest each); -soak.duration, -soak.clients, -soak.relays and
+// the other -soak.* flags above change that.
 //
 // It starts a PKI and a PostgreSQL of its own (max_connections
 // 2×clients+20, so reconnects never hit it) and the binary TestMain built
@@ -70,6 +83,23 @@ const soakMargin = 3 * time.Minute
 // Ctrl-C (SIGINT) or SIGTERM stops the clients, the proxy and the soak's
 // PostgreSQL, and removes the work directory before the test fails.
 func TestSoak(t *testing.T) {
+	relays := strings.Split(*soakRelays, ",")
+	if deadline, ok := t.Deadline(); ok {
+		// go test's -timeout (10m unless given) ends the whole binary with
+		// a panic and no cleanup: refuse soaks that cannot fit.
+		need := time.Duration(len(relays)) * (*soakDuration + soakMargin)
+		if left := time.Until(deadline); left < need {
+			t.Fatalf("%d soaks of %v need about %v, and go test's -timeout leaves %v: pass -timeout %dm (or more), or fewer -soak.relays",
+				len(relays), *soakDuration, need, left.Round(time.Second), int((need+5*time.Minute)/time.Minute))
+		}
+	}
+	for _, relay := range relays {
+		t.Run(relay, func(t *testing.T) { soak(t, strings.TrimSpace(relay)) })
+	}
+}
+
+// soak runs one soak with the relay engine relay.
+func soak(t *testing.T, relay string) {
 	o := soakrun.Options{
 		Duration:      *soakDuration,
 		Clients:       *soakClients,
@@ -78,6 +108,7 @@ func TestSoak(t *testing.T) {
 		Keep:          *soakKeep,
 		Verbose:       *soakVerbose,
 		Bin:           binPath,
+		Relay:         relay,
 		Logf: func(format string, args ...any) {
 			t.Logf("%s %s", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		},
@@ -88,13 +119,7 @@ func TestSoak(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), o.Duration+soakMargin)
 	defer cancel()
 	if deadline, ok := t.Deadline(); ok {
-		// go test's -timeout (10m unless given) ends the whole binary with
-		// a panic and no cleanup: refuse a soak that cannot fit, and end
-		// one that overruns early enough to clean up.
-		if left := time.Until(deadline); left < o.Duration+soakMargin {
-			t.Fatalf("a %v soak needs about %v, and go test's -timeout leaves %v: pass -timeout %dm (or more)",
-				o.Duration, o.Duration+soakMargin, left.Round(time.Second), int((o.Duration+soakMargin+5*time.Minute)/time.Minute))
-		}
+		// End a soak that overruns early enough to clean up.
 		var cancelD context.CancelFunc
 		ctx, cancelD = context.WithDeadline(ctx, deadline.Add(-30*time.Second))
 		defer cancelD()

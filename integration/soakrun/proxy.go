@@ -108,6 +108,7 @@ func (r *Runner) startProxy(ctx context.Context, attempt int) error {
 	}
 	argv := []string{"run",
 		"--config", configPath,
+		"--relay", r.relay(),
 		"--ca-file", r.rootFile,
 		"--admin", fmt.Sprintf("127.0.0.1:%d", adminPort),
 		"--pin-dir", filepath.Join(r.work, "pins"),
@@ -255,8 +256,8 @@ func (r *Runner) scanProxyLog(res *Result) {
 			res.ProxyLogPanic++
 		case strings.Contains(line, `msg="session ended"`):
 			res.ProxySessionsLogged++
-			if strings.Contains(line, " relay="+harness.DefaultRelay()) {
-				res.ProxySessionsOnDefaultRelay++
+			if strings.Contains(line, " relay="+r.relay()+" ") || strings.HasSuffix(line, " relay="+r.relay()) {
+				res.ProxySessionsOnRelay++
 			}
 			continue
 		case strings.Contains(line, `msg="proxy login"`):
@@ -282,16 +283,23 @@ func (r *Runner) scanProxyLog(res *Result) {
 		res.fail("proxy log: the proxy logged in itself %d times on the auth auto route and %d times on the auth relay route; want both above 0",
 			res.ProxyLoginsAuto, res.ProxyLoginsRelay)
 	}
-	// Every session the soak relayed ran on the default relay (on Linux
-	// the event loop).
-	if res.ProxySessionsOnDefaultRelay != res.ProxySessionsLogged || res.ProxySessionsLogged == 0 {
-		res.fail("proxy log: %d of %d ended sessions were relayed by the default relay (relay=%s); want all",
-			res.ProxySessionsOnDefaultRelay, res.ProxySessionsLogged, harness.DefaultRelay())
+	// Every session the soak relayed ran on the engine under test.
+	if res.ProxySessionsOnRelay != res.ProxySessionsLogged || res.ProxySessionsLogged == 0 {
+		res.fail("proxy log: %d of %d ended sessions were relayed by the %s engine (relay=%s); want all",
+			res.ProxySessionsOnRelay, res.ProxySessionsLogged, r.relay(), r.relay())
 	}
 	if n := res.ProxyLogWarn + res.ProxyLogError + res.ProxyLogPanic; n > 0 {
 		res.fail("proxy log: %d warning(s), %d error(s), %d panic(s); first:\n  %s",
 			res.ProxyLogWarn, res.ProxyLogError, res.ProxyLogPanic, strings.Join(bad, "\n  "))
 	}
+}
+
+// relay is the engine under test.
+func (r *Runner) relay() string {
+	if r.o.Relay != "" {
+		return r.o.Relay
+	}
+	return harness.DefaultRelay()
 }
 
 // fileTail returns the last n lines of the file at path.

@@ -96,7 +96,7 @@ func (r *Runner) waitNoSessions(ctx context.Context, timeout time.Duration) (Sam
 // proxy returns to the baseline.
 func (r *Runner) soak(ctx context.Context) (*Result, error) {
 	o := r.o
-	res := &Result{Clients: o.Clients, Duration: o.Duration, Seed: o.Seed, PGMaxConnections: pgMaxConnections(o.Clients),
+	res := &Result{Clients: o.Clients, Duration: o.Duration, Seed: o.Seed, Relay: r.relay(), PGMaxConnections: pgMaxConnections(o.Clients),
 		ProxyMaxConnections: proxyMaxConnections(o.Clients), WorkDir: r.work}
 	if err := r.warmup(ctx); err != nil {
 		return nil, err
@@ -300,6 +300,8 @@ type Result struct {
 	Clients  int
 	Duration time.Duration
 	Seed     int64
+	// Relay is the relay engine the proxy ran with.
+	Relay string
 	// PGMaxConnections and ProxyMaxConnections are the limits the run set.
 	PGMaxConnections, ProxyMaxConnections int
 	// WorkDir is the work directory (removed at the end unless Keep).
@@ -332,9 +334,9 @@ type Result struct {
 	ProxyExit string
 	// Proxy log lines: all, warnings, errors, panics, ended sessions.
 	ProxyLogLines, ProxyLogWarn, ProxyLogError, ProxyLogPanic, ProxySessionsLogged int
-	// ProxySessionsOnDefaultRelay counts the ended sessions relayed by
-	// harness.DefaultRelay (on Linux the event loop).
-	ProxySessionsOnDefaultRelay int
+	// ProxySessionsOnRelay counts the ended sessions relayed by the engine
+	// under test (Options.Relay).
+	ProxySessionsOnRelay int
 	// ProxyLoginsAuto and ProxyLoginsRelay count the proxy's own logins
 	// on each route.
 	ProxyLoginsAuto, ProxyLoginsRelay int
@@ -439,7 +441,7 @@ func (r *Result) Summary() string {
 	}
 	fmt.Fprintf(&b, "  %s; exit after SIGTERM: %s\n", settle, r.ProxyExit)
 	fmt.Fprintf(&b, "proxy log: %d lines, %d sessions ended (%d on the %s relay), %d proxy logins (auto route %d, relay route %d), %d warnings, %d errors, %d panics\n",
-		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxySessionsOnDefaultRelay, harness.DefaultRelay(), r.ProxyLoginsAuto+r.ProxyLoginsRelay, r.ProxyLoginsAuto, r.ProxyLoginsRelay, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
+		r.ProxyLogLines, r.ProxySessionsLogged, r.ProxySessionsOnRelay, r.Relay, r.ProxyLoginsAuto+r.ProxyLoginsRelay, r.ProxyLoginsAuto, r.ProxyLoginsRelay, r.ProxyLogWarn, r.ProxyLogError, r.ProxyLogPanic)
 	if len(r.ErrorMessages) > 0 {
 		b.WriteString("first errors:\n")
 		for _, m := range r.ErrorMessages {

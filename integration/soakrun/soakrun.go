@@ -60,6 +60,10 @@ type Options struct {
 	Clients int
 	// Bin is the pgverifyproxy binary to run. Required.
 	Bin string
+	// Relay is the proxy's relay engine (loop, goroutine or portable);
+	// empty: its default (harness.DefaultRelay). Every session must be
+	// relayed by it.
+	Relay string
 	// Keep leaves the work directory (proxy log, PKI) in place.
 	Keep bool
 	// Verbose logs every unexpected error as it happens and a sample of
