@@ -54,6 +54,12 @@ type Options struct {
 	// reach the admin address can then stop the proxy; a request a
 	// browser marks as cross-site is refused (403), so a web page cannot.
 	Quit func(remoteAddr string)
+	// Hosts are the host names, besides IP literals and localhost, that a
+	// request's Host header may name (admin_hosts): the name Prometheus or
+	// a probe reaches the endpoint by. Every other Host is answered 421,
+	// so a web page cannot reach the endpoint by DNS rebinding (a name of
+	// the attacker's that resolves to 127.0.0.1).
+	Hosts []string
 }
 
 // sessionResults are the SessionResult values whose counters are created
@@ -167,9 +173,9 @@ func New(o Options) *Admin {
 		// browser sends for another site's page is refused with 403.
 		mux.Handle(QuitPath, http.NewCrossOriginProtection().Handler(http.HandlerFunc(a.serveQuit)))
 	}
-	a.handler = mux
+	a.handler = hostCheck(o.Hosts, mux)
 	a.srv = &http.Server{
-		Handler:           mux,
+		Handler:           a.handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,

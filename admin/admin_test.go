@@ -36,7 +36,7 @@ func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unloc
 func get(t *testing.T, h http.Handler, path string) (int, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9543"+path, nil))
 	return rec.Code, rec.Body.String()
 }
 
@@ -472,7 +472,7 @@ func TestRoutes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		rec := httptest.NewRecorder()
-		a.Handler().ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
+		a.Handler().ServeHTTP(rec, httptest.NewRequest(tt.method, "http://127.0.0.1:9543"+tt.path, nil))
 		if rec.Code != tt.code {
 			t.Errorf("%s %s = %d, want %d", tt.method, tt.path, rec.Code, tt.code)
 		}

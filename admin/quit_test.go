@@ -30,7 +30,7 @@ func (q *quitRecorder) got() []string {
 
 // do sends one request to h and returns the recorder.
 func do(h http.Handler, method, path string, header map[string]string) *httptest.ResponseRecorder {
-	req := httptest.NewRequest(method, path, nil)
+	req := httptest.NewRequest(method, "http://127.0.0.1:9543"+path, nil)
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}

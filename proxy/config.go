@@ -87,6 +87,9 @@ type Route struct {
 	// client (local trust: loopback and unix listeners only). It is called
 	// for each login, so a rotated password needs no restart.
 	StoredPassword func() ([]byte, error)
+	// StoredRejected, when set, is called when the server refused a login
+	// made with the stored password (so a cached one can be dropped).
+	StoredRejected func()
 
 	// MaxConnections caps the route's sessions past admission; beyond it a
 	// client gets FATAL 53300 too_many_connections. Zero means no limit.

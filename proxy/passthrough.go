@@ -110,6 +110,9 @@ type authExchange struct {
 	channelBinding string
 	// stored supplies the route's stored password; nil when it has none.
 	stored func() ([]byte, error)
+	// storedRejected is told when the server refused a login made with the
+	// stored password; nil when nobody needs to know.
+	storedRejected func()
 	// noAsk, when set, says why auth auto may not ask this client for its
 	// password (a listener off loopback with only the generated
 	// certificate): the exchange is passed through instead.
@@ -155,6 +158,9 @@ func (a *authExchange) run() error {
 
 // forwardError sends the server's ErrorResponse to the client byte for byte.
 func (a *authExchange) forwardError(m *message) error {
+	if a.passwordFrom == "stored" && a.storedRejected != nil {
+		a.storedRejected()
+	}
 	if _, err := a.client.Write(m.raw); err != nil {
 		return fmt.Errorf("client: forwarding server error: %w", err)
 	}
@@ -166,6 +172,28 @@ func (a *authExchange) forwardError(m *message) error {
 // none to give).
 func (a *authExchange) loggingIn() bool {
 	return a.mode == AuthRelay || a.stored != nil
+}
+
+// bindingRequired tells whether this login must end bound to the verified
+// server with SCRAM-SHA-256-PLUS: channel_binding require, in relay and in
+// auto (where the proxy can bind only by logging in itself), as libpq's
+// channel_binding=require. Passthrough never logs in, so the setting does
+// not apply there.
+func (a *authExchange) bindingRequired() bool {
+	return a.channelBinding == "require" && a.mode != AuthPassthrough
+}
+
+// unboundRelay refuses, under channel_binding require in auto, a SASL
+// exchange the proxy would have relayed to the client unbound, and says
+// what would let the proxy bind it.
+func (a *authExchange) unboundRelay(mechs []string) error {
+	switch {
+	case !slices.Contains(mechs, scramSHA256Plus) || a.upstreamTLS == nil:
+		return errBindingRequired("the server did not offer SCRAM-SHA-256-PLUS")
+	case a.noAsk != "":
+		return errBindingRequired("binding needs the client's password, and " + a.noAsk)
+	}
+	return errBindingRequired("binding needs the client's password, which the proxy asks for only inside the client's TLS, and this client connected without TLS")
 }
 
 // takeOverSASL tells whether the proxy runs the SCRAM exchange itself.
@@ -198,7 +226,7 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 			// would hand the client bytes the proxy has not understood.
 			return false, upstreamProtocol(fmt.Sprintf("upstream sent an AuthenticationOk of %d bytes instead of 8", len(m.raw)-1))
 		}
-		if a.mode == AuthRelay && a.channelBinding == "require" && !a.bound {
+		if a.bindingRequired() && !a.bound {
 			// As libpq: a server that lets the login in without the
 			// bound SCRAM exchange has not been authenticated by it.
 			return false, errBindingRequired("the server let the login in without SCRAM-SHA-256-PLUS")
@@ -218,6 +246,9 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 		if a.takeOverSASL(sasl.AuthMechanisms) {
 			return false, a.loginSCRAM(sasl.AuthMechanisms)
 		}
+		if a.bindingRequired() {
+			return false, a.unboundRelay(sasl.AuthMechanisms)
+		}
 		out, err := withoutChannelBinding(&sasl)
 		if err != nil {
 			return false, err
@@ -233,11 +264,20 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 			}
 			return false, a.loginPassword(code == authMD5Password, body[4:])
 		}
+		if a.bindingRequired() {
+			if code == authMD5Password {
+				return false, errBindingRequired("the server asked for an md5 password, which cannot be bound")
+			}
+			return false, errBindingRequired("the server asked for a cleartext password, which cannot be bound")
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding authentication request: %w", err)
 		}
 		return false, a.forwardClient(false)
 	case authGSS, authGSSContinue, authSSPI, authSASLContinue:
+		if a.bindingRequired() && a.mechanism == "" {
+			return false, errBindingRequired(fmt.Sprintf("the server asked for authentication method %d, which the proxy cannot bind", code))
+		}
 		if a.loggingIn() || a.mechanism != "" {
 			return false, loginError(chain.ReasonUnsupportedAuth,
 				fmt.Sprintf("the server asked for authentication method %d, which the proxy's own login does not speak", code),

@@ -113,7 +113,7 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 		return
 	}
 	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
-		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored,
+		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
 		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
 		fallback: func(reason string) {
 			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)

@@ -62,6 +62,7 @@ type runConfig struct {
 	RelayLoops             int           `mapstructure:"relay_loops"`
 	Admin                  string        `mapstructure:"admin"`
 	AdminQuit              bool          `mapstructure:"admin_quit"`
+	AdminHosts             []string      `mapstructure:"admin_hosts"`
 	ReadyWindow            time.Duration `mapstructure:"ready_window"`
 	// Routes come from the config file only. When there are none, the
 	// top-level settings make the one route.
@@ -138,7 +139,7 @@ var runOptions = []option{
 	{"password_file", "password-file", "", "with auth relay or auto: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
 	{"password_env", "password-env", "", "with auth relay or auto: the name of an environment variable holding that password instead"},
 	{"password_command", "password-command", "", "with auth relay or auto: a shell command run for each login whose first output line is the password (an IAM token: aws rds generate-db-auth-token ...); loopback and unix listeners only"},
-	{"password_command_ttl", "password-command-ttl", time.Duration(0), "reuse the password_command's password for this long (0: run it for every login)"},
+	{"password_command_ttl", "password-command-ttl", defaultPasswordCommandTTL, "reuse the password_command's password for this long (0: run it for every login; concurrent logins always share one run, and a login the server refuses drops the cached password)"},
 	{"password_command_timeout", "password-command-timeout", defaultPasswordCommandTimeout, "stop password_command after this long and refuse the login"},
 	{"max_connections", "max-connections", 0, "most client sessions a route serves at once (0: no limit); beyond it clients get FATAL 53300 too_many_connections"},
 	{"max_startup_connections", "max-startup-connections", 0, "most connections in their startup phase at once over all routes (accepted, no startup message or TLS handshake yet, not past max_connections); beyond it the proxy accepts no more until one is admitted or its startup_timeout runs out (0: a quarter of the open-files limit, 64 to 4096)"},
@@ -149,6 +150,7 @@ var runOptions = []option{
 	{"relay_loops", "relay-loops", 0, "with relay loop: how many event loops share the sessions (0: one per four CPUs of GOMAXPROCS, at least one)"},
 	{"admin", "admin", "", "serve /metrics, /healthz and /readyz on this address (PORT or :PORT means 127.0.0.1:PORT; off by default)"},
 	{"admin_quit", "admin-quit", false, "with --admin: serve POST /quitquitquit, which starts the same drain as SIGTERM (to end a Kubernetes Job's sidecar); anyone who can reach the admin address can then stop the proxy"},
+	{"admin_hosts", "admin-hosts", []string{}, "with --admin: host names a request's Host header may name besides IP addresses and localhost (the name Prometheus scrapes by, e.g. pgverifyproxy in a compose network); any other Host is refused (421) against DNS rebinding (repeatable)"},
 	{"ready_window", "ready-window", 30 * time.Second, "with --admin: /readyz passes when every route's upstream was reached and verified within this time (probed every third of it)"},
 	{"log_level", "log-level", "info", "debug, info, warn or error"},
 	{"log_format", "log-format", "text", "text or json"},

@@ -72,7 +72,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		Upstream: "file.example:1", CAFile: "/env/ca.pem", ServerName: "flag-name", Trust: "system", ExpiryWarning: 720 * time.Hour,
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
-		LogLevel: "info", LogFormat: "text", Negotiation: "postgres", Auth: "auto", ChannelBinding: "prefer", PasswordCommandTimeout: defaultPasswordCommandTimeout,
+		LogLevel: "info", LogFormat: "text", Negotiation: "postgres", Auth: "auto", ChannelBinding: "prefer", PasswordCommandTimeout: defaultPasswordCommandTimeout, PasswordCommandTTL: defaultPasswordCommandTTL, AdminHosts: []string{},
 		TCPKeepalive: 30 * time.Second, ReadyWindow: 30 * time.Second, PrewarmMaxAge: 30 * time.Second, Relay: "loop",
 	}
 	rc.setBy = nil

@@ -30,28 +30,29 @@ type passwordSource struct {
 }
 
 // storedPassword returns the route's password source for the proxy's own
-// logins, or nil when clients give their own password. A password file is
-// read (and its mode checked) at each login, so rotating it needs no
-// restart; an environment variable is read once, at start; a command runs
-// at each login (see passwordCommand).
-func storedPassword(src passwordSource, log *slog.Logger) (func() ([]byte, error), error) {
+// logins, or nil when clients give their own password, and a function that
+// forgets a cached password (called when the server refused a login made
+// with it). A password file is read (and its mode checked) at each login,
+// so rotating it needs no restart; an environment variable is read once, at
+// start; a command runs as passwordCommand says.
+func storedPassword(src passwordSource, log *slog.Logger) (get func() ([]byte, error), forget func(), err error) {
 	switch {
 	case src.File != "":
 		if _, err := readPasswordFile(src.File); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return func() ([]byte, error) { return readPasswordFile(src.File) }, nil
+		return func() ([]byte, error) { return readPasswordFile(src.File) }, nil, nil
 	case src.Env != "":
 		v := os.Getenv(src.Env)
 		if v == "" {
-			return nil, fmt.Errorf("password_env names %s, which is not set or empty", src.Env)
+			return nil, nil, fmt.Errorf("password_env names %s, which is not set or empty", src.Env)
 		}
-		return func() ([]byte, error) { return []byte(v), nil }, nil
+		return func() ([]byte, error) { return []byte(v), nil }, nil, nil
 	case src.Command != "":
-		pc := &passwordCommand{command: src.Command, ttl: src.TTL, timeout: src.Timeout, log: log}
-		return pc.password, nil
+		pc := &passwordCommand{command: src.Command, ttl: src.TTL, timeout: src.Timeout, log: log, runs: passwordRuns}
+		return pc.password, pc.forget, nil
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // readPasswordFile reads the first line of a 0600 (or stricter) file.
@@ -86,38 +87,130 @@ func readPasswordFile(path string) ([]byte, error) {
 // CLIs that mint tokens take a second or two.
 const defaultPasswordCommandTimeout = 10 * time.Second
 
+// defaultPasswordCommandTTL is how long a password_command's password is
+// reused by default: 5 minutes, well inside the lifetime of the tokens the
+// documented commands mint (RDS IAM: 15 minutes; Cloud SQL IAM and Azure
+// Entra: an hour), and short enough that a rotated secret is picked up
+// soon. A login the server refuses drops the cached password at once.
+const defaultPasswordCommandTTL = 5 * time.Minute
+
+// maxPasswordRuns bounds the password_command runs at a time in the whole
+// process, over all routes: a flood of connections to several routes
+// cannot start more processes than this.
+const maxPasswordRuns = 2
+
+// passwordRuns is the process-wide semaphore of password_command runs.
+var passwordRuns = make(chan struct{}, maxPasswordRuns)
+
+// passwordFailureHold is how long a failed password_command run answers
+// the logins that follow with its error instead of running again: a
+// broken command (no credentials, a quota hit) is not run once per
+// connection.
+const passwordFailureHold = 5 * time.Second
+
 // passwordCommand runs a command for a password: a token minted by a cloud
 // CLI (RDS IAM, Azure Entra, Cloud SQL IAM), or a secret manager's client.
+// Concurrent logins share one run (even with a TTL of 0, where a run's
+// password serves only the logins that waited for it); runs over all
+// routes are bounded by runs; a failure is held for passwordFailureHold.
 type passwordCommand struct {
 	command string
 	ttl     time.Duration
 	timeout time.Duration
 	log     *slog.Logger
+	runs    chan struct{}
 
-	mu      sync.Mutex
-	cached  []byte
-	expires time.Time
+	mu          sync.Mutex
+	cached      []byte
+	expires     time.Time
+	failed      error
+	failedUntil time.Time
+	flight      *passwordFlight
 }
 
-// password returns the cached password while it is fresh, else runs the
-// command.
+// passwordFlight is one run of the command and the logins waiting for it.
+type passwordFlight struct {
+	done    chan struct{}
+	pw      []byte
+	err     error
+	waiters int // logins that still have to copy pw; the last zeroes it
+}
+
+// password returns the cached password while it is fresh, the error of a
+// run that failed within passwordFailureHold, or the password of the run in
+// flight, starting one when none is.
 func (pc *passwordCommand) password() ([]byte, error) {
-	if pc.ttl > 0 {
-		pc.mu.Lock()
+	pc.mu.Lock()
+	now := time.Now()
+	if pc.cached != nil && now.Before(pc.expires) {
 		defer pc.mu.Unlock()
-		if pc.cached != nil && time.Now().Before(pc.expires) {
-			return bytes.Clone(pc.cached), nil
-		}
+		return bytes.Clone(pc.cached), nil
 	}
-	pw, err := pc.run()
-	if err != nil {
-		return nil, err
+	if pc.failed != nil && now.Before(pc.failedUntil) {
+		defer pc.mu.Unlock()
+		return nil, pc.failed
 	}
-	if pc.ttl > 0 {
-		zeroBytes(pc.cached)
-		pc.cached, pc.expires = bytes.Clone(pw), time.Now().Add(pc.ttl)
+	f := pc.flight
+	leader := f == nil
+	if leader {
+		f = &passwordFlight{done: make(chan struct{})}
+		pc.flight = f
+	}
+	f.waiters++
+	pc.mu.Unlock()
+
+	if leader {
+		pc.fly(f)
+	} else {
+		<-f.done
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	f.waiters--
+	if f.err != nil {
+		return nil, f.err
+	}
+	pw := bytes.Clone(f.pw)
+	if f.waiters == 0 {
+		zeroBytes(f.pw)
 	}
 	return pw, nil
+}
+
+// fly runs the command for a flight (within the process-wide bound) and
+// publishes its result.
+func (pc *passwordCommand) fly(f *passwordFlight) {
+	pc.runs <- struct{}{}
+	pw, err := pc.run()
+	<-pc.runs
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	f.pw, f.err = pw, err
+	pc.flight = nil
+	if err != nil {
+		pc.failed, pc.failedUntil = err, time.Now().Add(passwordFailureHold)
+		pc.log.Warn("password_command failed; logins in the next "+passwordFailureHold.String()+" get this error without a new run", "error", err)
+	} else {
+		pc.failed = nil
+		if pc.ttl > 0 {
+			zeroBytes(pc.cached)
+			pc.cached, pc.expires = bytes.Clone(pw), time.Now().Add(pc.ttl)
+		}
+	}
+	close(f.done)
+}
+
+// forget drops the cached password, so that the next login runs the
+// command again: the server refused a login made with it (a revoked or
+// rotated secret, an expired token).
+func (pc *passwordCommand) forget() {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.cached != nil {
+		zeroBytes(pc.cached)
+		pc.cached = nil
+		pc.log.Info("the server refused a login with password_command's cached password: the next login runs it again")
+	}
 }
 
 // run runs the command once: its first line of standard output is the

@@ -116,7 +116,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		}
 	}
 	auth, _ := proxy.ParseAuthMode(r.Auth)
-	stored, err := storedPassword(passwordSource{File: r.PasswordFile, Env: r.PasswordEnv, Command: r.PasswordCommand,
+	stored, forget, err := storedPassword(passwordSource{File: r.PasswordFile, Env: r.PasswordEnv, Command: r.PasswordCommand,
 		TTL: rc.PasswordCommandTTL, Timeout: rc.PasswordCommandTimeout}, log)
 	if err != nil {
 		return builtRoute{}, err
@@ -135,6 +135,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		Auth:               auth,
 		ChannelBinding:     r.ChannelBinding,
 		StoredPassword:     stored,
+		StoredRejected:     forget,
 		MaxConnections:     r.MaxConnections,
 		KeepAlive:          keepAlive(rc.TCPKeepalive),
 		Prewarm:            r.Prewarm,
@@ -220,7 +221,8 @@ func serveProxy(cmd *cobra.Command, configFile string, ctl *control) error {
 		r.adm = admin.New(admin.Options{Version: versionNumber(), ReadyWindow: rc.ReadyWindow,
 			// Read at scrape time; the admin endpoint starts after the server.
 			Stats: func() []proxy.RouteStats { return r.srv.RouteStats() },
-			Quit:  quitRequests(rc.AdminQuit, quit)})
+			Quit:  quitRequests(rc.AdminQuit, quit),
+			Hosts: adminHosts(&rc)})
 		obs = r.adm
 	}
 	rc, routes, err := loadRoutes(cmd, configFile, log, r.adm)
@@ -465,4 +467,16 @@ func checkUpstream(ctx context.Context, rt *chain.RouteTrust, log *slog.Logger, 
 // re-keyed root may keep its name.
 func describeRoot(c *x509.Certificate) string {
 	return c.Subject.String() + " (SPKI SHA-256 " + chain.SPKIHash(c) + ")"
+}
+
+// adminHosts is admin_hosts plus the admin address's own host when that is
+// a name (an address such as pgverifyproxy:9543 is reached by that name).
+func adminHosts(rc *runConfig) []string {
+	hosts := splitList(rc.AdminHosts)
+	if addr, err := admin.ResolveAddr(rc.Admin); err == nil {
+		if h, _, err := net.SplitHostPort(addr); err == nil && h != "" && net.ParseIP(h) == nil {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
 }

@@ -43,6 +43,9 @@ func renderDefault(def any) string {
 		}
 		return "`" + d + "`"
 	case []string:
+		if len(d) == 0 {
+			return "—"
+		}
 		return "`" + strings.Join(d, ", ") + "`"
 	case time.Duration:
 		return "`" + d.String() + "`"

@@ -78,7 +78,11 @@ func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 	nonce := make([]byte, 18)
 	_, _ = rand.Read(nonce)
 	combined := clientNonce + base64.StdEncoding.EncodeToString(nonce)
-	serverFirst := fmt.Sprintf("r=%s,s=%s,i=%d", combined, base64.StdEncoding.EncodeToString(salt), scramIterations)
+	iterations := scramIterations
+	if s.opts.SCRAMIterations > 0 {
+		iterations = s.opts.SCRAMIterations
+	}
+	serverFirst := fmt.Sprintf("r=%s,s=%s,i=%d", combined, base64.StdEncoding.EncodeToString(salt), iterations)
 	be.Send(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)})
 	if be.Flush() != nil {
 		return false
@@ -111,7 +115,7 @@ func (s *ScriptedServer) scramAuth(be *pgproto3.Backend) bool {
 			return fail("channel binding check failed")
 		}
 	}
-	salted, err := pbkdf2.Key(sha256.New, s.opts.SCRAMPassword, salt, scramIterations, sha256.Size)
+	salted, err := pbkdf2.Key(sha256.New, s.opts.SCRAMPassword, salt, iterations, sha256.Size)
 	if err != nil {
 		return fail(err.Error())
 	}

@@ -35,6 +35,9 @@ type ScriptedOptions struct {
 	SCRAMPassword string
 	// SCRAMNoPlus makes the SCRAM server offer SCRAM-SHA-256 alone.
 	SCRAMNoPlus bool
+	// SCRAMIterations is the iteration count the server asks for; zero
+	// means PostgreSQL's default, 4096.
+	SCRAMIterations int
 	// SCRAMSignature tampers with the server's proof of the password:
 	// "forge" sends a wrong signature in AuthenticationSASLFinal, "omit"
 	// sends AuthenticationOk without AuthenticationSASLFinal ("" is the
