@@ -90,6 +90,16 @@ type Route struct {
 	// StoredRejected, when set, is called when the server refused a login
 	// made with the stored password (so a cached one can be dropped).
 	StoredRejected func()
+	// AskPasswordFrom is where auth auto may ask a client for its password
+	// (to log in for it with SCRAM-SHA-256-PLUS) when TLSConfig is the
+	// generated certificate, which clients cannot verify: the keywords
+	// loopback (loopback and unix sockets), link (the client is on the
+	// network of the address it connected to, not through a default
+	// gateway) and private (both addresses private), and CIDR prefixes. nil
+	// means DefaultAskPasswordFrom; an empty list never asks. Elsewhere
+	// the client's own login is relayed. With a certificate of the route's
+	// own (clients verify it) auto may ask anywhere.
+	AskPasswordFrom []string
 
 	// MaxConnections caps the route's sessions past admission; beyond it a
 	// client gets FATAL 53300 too_many_connections. Zero means no limit.
@@ -118,6 +128,7 @@ type Route struct {
 	TrustGeneration func() uint64
 
 	pool *prewarmPool // set by the Server when Prewarm > 0
+	ask  *askRule     // AskPasswordFrom, parsed by validate
 }
 
 // Config is the whole proxy.
@@ -193,6 +204,9 @@ func (r *Route) validate() error {
 	if r.ChannelBinding, err = ParseChannelBinding(r.ChannelBinding); err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)
 	}
+	if r.ask, err = parseAskPasswordFrom(r.AskPasswordFrom); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
 	switch {
 	case r.Auth == AuthRelay:
 		return r.checkRelayListeners()
@@ -235,29 +249,25 @@ func CheckPrewarmMaxAge(d time.Duration) error {
 
 // noAsk says why auth auto may not ask the client of a connection (its
 // local and remote addresses) for its password, or "" when it may. Auto
-// asks only inside the client's TLS. It may on loopback and unix sockets;
-// with a certificate of the route's own; and between two private addresses
-// (RFC 1918, RFC 4193: a compose or pod network, the local hop of the
-// threat model). With the generated certificate on a public address,
-// clients cannot tell the proxy from anyone else on their path.
+// asks only inside the client's TLS: with a certificate of the route's own
+// anywhere, with the generated one (which clients cannot verify, so anyone
+// on their path could pose as the proxy) only where AskPasswordFrom allows.
 func (r *Route) noAsk(local, remote net.Addr) string {
-	if r.Auth != AuthAuto || !r.ClientTLSGenerated || (local != nil && isLoopback(local)) {
+	if r.Auth != AuthAuto || !r.ClientTLSGenerated {
 		return ""
 	}
-	if privateAddr(local) && privateAddr(remote) {
+	rule := r.ask
+	if rule == nil {
+		rule, _ = parseAskPasswordFrom(nil)
+	}
+	if local != nil && remote != nil && rule.allows(local, remote) {
 		return ""
 	}
 	where, from := "this listener", "the client"
 	if local != nil && remote != nil {
 		where, from = local.String(), remote.String()
 	}
-	return "the proxy does not ask for passwords with its generated certificate, which clients cannot verify, between " + from + " and " + where + ", which are not both loopback or private addresses"
-}
-
-// privateAddr reports whether a is a TCP address in a private range.
-func privateAddr(a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
-	return ok && ta.IP.IsPrivate()
+	return "the proxy asks for passwords with its generated certificate, which clients cannot verify, only from " + rule.describe() + " (ask_password_from), and the client " + from + " connected to " + where + " is not"
 }
 
 // checkRelayListeners enforces relay mode's rule: the client's password

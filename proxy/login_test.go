@@ -205,6 +205,9 @@ type loginCase struct {
 	// wantMech and wantGS2 are what the server saw of the SCRAM login
 	// ("" when none).
 	wantMech, wantGS2 string
+	// mechRacy: the proxy ends the exchange mid-way, and whether the
+	// server recorded it by then is a race; its mechanism is not checked.
+	mechRacy bool
 }
 
 func TestProxyLogin(t *testing.T) {
@@ -239,7 +242,7 @@ func TestProxyLogin(t *testing.T) {
 		{name: "auto: channel_binding require and a plaintext client", server: scram, mode: AuthAuto, cb: "require", password: pw,
 			wantCode: codeInvalidAuthorization, wantMessage: "connected without TLS"},
 		{name: "relay: a server asking for 2^31-1 SCRAM iterations is refused", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMIterations: 1<<31 - 1}, mode: AuthRelay, password: pw,
-			wantAsked: true, wantCode: codeProtocolViolation, wantMessage: "2147483647 iterations, more than the proxy computes", wantMech: scramSHA256Plus},
+			wantAsked: true, wantCode: codeProtocolViolation, wantMessage: "2147483647 iterations, more than the proxy computes", mechRacy: true},
 		{name: "relay: 600,000 SCRAM iterations are computed", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMIterations: 600_000}, mode: AuthRelay, password: pw,
 			wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
 		{name: "relay: md5 for a plaintext client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, password: pw, wantAsked: true},
@@ -360,7 +363,7 @@ func TestProxyLogin(t *testing.T) {
 					t.Errorf("the server saw binding data that is not its certificate's hash")
 				}
 			}
-			if mech != tc.wantMech || (tc.wantGS2 != "" && gs2 != tc.wantGS2) {
+			if !tc.mechRacy && (mech != tc.wantMech || (tc.wantGS2 != "" && gs2 != tc.wantGS2)) {
 				t.Errorf("server saw SCRAM %q with GS2 header %q, want %q %q", mech, gs2, tc.wantMech, tc.wantGS2)
 			}
 			if tc.wantCode != "" {

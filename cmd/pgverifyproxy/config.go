@@ -47,6 +47,7 @@ type runConfig struct {
 	Negotiation     string        `mapstructure:"negotiation"`
 	Auth            string        `mapstructure:"auth"`
 	ChannelBinding  string        `mapstructure:"channel_binding"`
+	AskPasswordFrom []string      `mapstructure:"ask_password_from"`
 	PasswordFile    string        `mapstructure:"password_file"`
 	PasswordEnv     string        `mapstructure:"password_env"`
 	// PasswordCommand and its TTL and timeout: see passwordSource.
@@ -91,8 +92,10 @@ type routeConfig struct {
 	ClientTLSKey   string   `mapstructure:"client_tls_key"`
 	Auth           string   `mapstructure:"auth"`
 	ChannelBinding string   `mapstructure:"channel_binding"`
-	PasswordFile   string   `mapstructure:"password_file"`
-	PasswordEnv    string   `mapstructure:"password_env"`
+	// AskPasswordFrom is the route's own or the top level's.
+	AskPasswordFrom []string `mapstructure:"ask_password_from"`
+	PasswordFile    string   `mapstructure:"password_file"`
+	PasswordEnv     string   `mapstructure:"password_env"`
 	// PasswordCommand is the route's own; the TTL and timeout come from
 	// the top level.
 	PasswordCommand string `mapstructure:"password_command"`
@@ -106,7 +109,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
+	"auth", "channel_binding", "ask_password_from", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -135,6 +138,7 @@ var runOptions = []option{
 	{"startup_timeout", "startup-timeout", proxy.DefaultStartupTimeout, "bound on everything before the relay: client startup, upstream dial, authentication"},
 	{"drain_timeout", "drain-timeout", 30 * time.Second, "on SIGTERM/SIGINT, how long running sessions may go on before they are closed"},
 	{"auth", "auth", string(proxy.AuthAuto), "who logs in upstream: auto (the client's own exchange is relayed, except where the server offers SCRAM channel binding to a TLS client: there the proxy asks for the password inside that TLS and logs in with channel binding itself), passthrough (always the client's own exchange) or relay (the proxy always asks for the password and logs in itself)"},
+	{"ask_password_from", "ask-password-from", proxy.DefaultAskPasswordFrom, "with auth auto and the generated client certificate: where the proxy may ask a TLS client for its password to log in for it with SCRAM-SHA-256-PLUS: loopback (and unix sockets), link (a client on the network of the address it reached, not through a default gateway: a compose or pod network), private (both addresses private), or CIDR prefixes; an empty list asks nowhere; elsewhere the client's own login is relayed (repeatable)"},
 	{"channel_binding", "channel-binding", "prefer", "SCRAM channel binding on the proxy's own logins (relay, and auto where it logs in): prefer, require or disable"},
 	{"password_file", "password-file", "", "with auth relay or auto: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
 	{"password_env", "password-env", "", "with auth relay or auto: the name of an environment variable holding that password instead"},
@@ -313,6 +317,16 @@ func checkKnownKeys(v *viper.Viper) error {
 	return nil
 }
 
+// askPasswordFrom is a route's ask_password_from for proxy.Route: the list
+// as given, where an empty one (ask nowhere) stays empty, never nil (the
+// default).
+func askPasswordFrom(in []string) []string {
+	if out := splitList(in); out != nil {
+		return out
+	}
+	return []string{}
+}
+
 // splitList lets PGVERIFYPROXY_LISTEN hold several comma-separated addresses.
 func splitList(in []string) []string {
 	var out []string
@@ -335,7 +349,7 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			Name: "default", Listen: rc.Listen, Upstream: rc.Upstream, ServerName: rc.ServerName,
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
-			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
+			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, AskPasswordFrom: rc.AskPasswordFrom, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
 			PasswordCommand: rc.PasswordCommand, MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
 		}}, nil
 	}
@@ -403,6 +417,13 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			}
 			*k.own = k.top
 		}
+		if r.set["ask_password_from"] {
+			if src := rc.setBy["ask_password_from"]; src == "flag" || src == "environment" {
+				return nil, fmt.Errorf("%s is given for this run and route %s sets ask_password_from itself: remove one (the route's own value would silently win)", describeSource(src, "ask_password_from"), r.Name)
+			}
+		} else {
+			r.AskPasswordFrom = rc.AskPasswordFrom
+		}
 		out[i] = r
 	}
 	return out, nil
@@ -452,6 +473,9 @@ func (r *routeConfig) validate() error {
 		return err
 	}
 	if _, err := proxy.ParseChannelBinding(r.ChannelBinding); err != nil {
+		return err
+	}
+	if err := proxy.CheckAskPasswordFrom(askPasswordFrom(r.AskPasswordFrom)); err != nil {
 		return err
 	}
 	stored := 0

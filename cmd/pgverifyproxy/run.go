@@ -136,6 +136,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		ChannelBinding:     r.ChannelBinding,
 		StoredPassword:     stored,
 		StoredRejected:     forget,
+		AskPasswordFrom:    askPasswordFrom(r.AskPasswordFrom),
 		MaxConnections:     r.MaxConnections,
 		KeepAlive:          keepAlive(rc.TCPKeepalive),
 		Prewarm:            r.Prewarm,
