@@ -41,10 +41,15 @@ func VerifyHostname(cert *x509.Certificate, host string) (HostnameMatch, error) 
 	if cert == nil {
 		return 0, fmt.Errorf("no certificate to check against host name %q", host)
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	hostIP := net.ParseIP(host)
-	isIP := hostIP != nil
-	hostIsV6 := isIP && strings.Contains(host, ":")
+	// As libpq: the host is an IP address when inet_aton (IPv4, in any of
+	// its notations) or inet_pton (IPv6) parses it; a bracketed IPv6
+	// literal is neither, and is compared as text, as a name.
+	v4, isV4 := inetAton(host)
+	var v6 net.IP
+	if strings.Contains(host, ":") {
+		v6 = net.ParseIP(host)
+	}
+	isIP := isV4 || v6 != nil
 
 	checkCN := true
 	for _, name := range cert.DNSNames {
@@ -61,10 +66,14 @@ func VerifyHostname(cert *x509.Certificate, host string) (HostnameMatch, error) 
 	for _, ip := range cert.IPAddresses {
 		if isIP {
 			checkCN = false
-			sanIsV6 := len(ip) == net.IPv6len
-			if sanIsV6 == hostIsV6 && ip.Equal(hostIP) {
-				return MatchSAN, nil
-			}
+		}
+		// libpq compares a 4-byte SAN with inet_aton(host), a 16-byte one
+		// with inet_pton(AF_INET6, host), byte for byte.
+		switch {
+		case len(ip) == net.IPv4len && isV4 && net.IP(v4[:]).Equal(ip):
+			return MatchSAN, nil
+		case len(ip) == net.IPv6len && v6 != nil && slices.Equal([]byte(v6.To16()), []byte(ip)):
+			return MatchSAN, nil
 		}
 	}
 	if checkCN {
@@ -262,4 +271,65 @@ func (e *HostnameError) Error() string {
 		return fmt.Sprintf("certificate is not valid for host name %q: it carries no names at all", e.Host)
 	}
 	return fmt.Sprintf("certificate is not valid for host name %q: it is valid for %s", e.Host, names)
+}
+
+// inetAton parses an IPv4 address as glibc's inet_aton does, which libpq
+// uses for the host it checks a certificate's IP address against: one to
+// four parts separated by dots, each decimal, octal (a leading 0) or
+// hexadecimal (0x), the last part filling the bytes that remain
+// ("192.0.2.1", "192.000.002.001" (octal zeros), "0xc0.0.2.1", "192.0.513",
+// "3221225985" are all 192.0.2.1). Unlike glibc it accepts nothing after
+// the address (glibc ignores what follows a space).
+func inetAton(s string) (addr [4]byte, ok bool) {
+	var parts []uint64
+	for part := range strings.SplitSeq(s, ".") {
+		if len(parts) == 4 || part == "" || part[0] < '0' || part[0] > '9' {
+			return addr, false
+		}
+		base, digits := uint64(10), part
+		switch {
+		case len(part) >= 2 && part[0] == '0' && (part[1] == 'x' || part[1] == 'X'):
+			base, digits = 16, part[2:]
+		case part[0] == '0':
+			base, digits = 8, part[1:]
+		}
+		var v uint64
+		for i := 0; i < len(digits); i++ {
+			d, ok := hexDigit(digits[i])
+			if !ok || d >= base {
+				return addr, false
+			}
+			if v = v*base + d; v > 0xffffffff {
+				return addr, false
+			}
+		}
+		parts = append(parts, v)
+	}
+	last := parts[len(parts)-1]
+	limit := uint64(0xffffffff) >> (8 * (len(parts) - 1))
+	if last > limit {
+		return addr, false
+	}
+	var n uint64
+	for i, p := range parts[:len(parts)-1] {
+		if p > 0xff {
+			return addr, false
+		}
+		n |= p << (24 - 8*i)
+	}
+	n |= last
+	return [4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, true
+}
+
+// hexDigit returns the value of a hexadecimal digit.
+func hexDigit(c byte) (uint64, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return uint64(c - '0'), true
+	case c >= 'a' && c <= 'f':
+		return uint64(c-'a') + 10, true
+	case c >= 'A' && c <= 'F':
+		return uint64(c-'A') + 10, true
+	}
+	return 0, false
 }

@@ -45,7 +45,22 @@ func TestVerifyHostnameLibpqRules(t *testing.T) {
 		{"IPv4 SAN", certWith("", nil, "127.0.0.1"), "127.0.0.1", MatchSAN},
 		{"IPv4 SAN other address", certWith("", nil, "127.0.0.2"), "127.0.0.1", 0},
 		{"IPv6 SAN", certWith("", nil, "::1"), "::1", MatchSAN},
-		{"IPv6 SAN bracketed host", certWith("", nil, "::1"), "[::1]", MatchSAN},
+		// libpq compares a bracketed literal as text (inet_pton refuses it).
+		{"IPv6 SAN, bracketed host is a name", certWith("", nil, "::1"), "[::1]", 0},
+		{"bracketed host matches a dNSName as text", certWith("", []string{"[::1]"}), "[::1]", MatchSAN},
+		// inet_aton's notations, as libpq parses the host.
+		{"IPv4 SAN, zero-padded octal parts", certWith("", nil, "192.0.2.1"), "192.000.002.001", MatchSAN},
+		{"IPv4 SAN, hexadecimal part", certWith("", nil, "192.0.2.1"), "0xc0.0.2.1", MatchSAN},
+		{"IPv4 SAN, three parts", certWith("", nil, "192.0.2.1"), "192.0.513", MatchSAN},
+		{"IPv4 SAN, one number", certWith("", nil, "192.0.2.1"), "3221225985", MatchSAN},
+		{"IPv4 SAN, octal 010 is 8", certWith("", nil, "10.0.0.1"), "010.0.0.1", 0},
+		{"IPv4 SAN, octal 010 is 8 (match)", certWith("", nil, "8.0.0.1"), "010.0.0.1", MatchSAN},
+		{"IPv4 SAN, not an address: 08", certWith("", nil, "8.0.0.1"), "08.0.0.1", 0},
+		{"IPv4 SAN, a part too large", certWith("", nil, "192.0.2.1"), "192.0.2.256", 0},
+		{"IPv4 SAN, five parts", certWith("", nil, "192.0.2.1"), "192.0.2.1.0", 0},
+		{"IPv4 SAN, trailing dot", certWith("", nil, "192.0.2.1"), "192.0.2.1.", 0},
+		{"an inet_aton address is an IP: no CN fallback past an IP SAN", certWith("0xc0.0.2.1", nil, "192.0.2.9"), "0xc0.0.2.1", 0},
+		{"IPv4-mapped IPv6 host is not a 4-byte SAN", certWith("", nil, "192.0.2.1"), "::ffff:192.0.2.1", 0},
 		{"IP SAN is not a DNS name", certWith("", nil, "127.0.0.1"), "localhost", 0},
 		{"dNSName holding an IP text matches (libpq compares text)", certWith("", []string{"127.0.0.1"}), "127.0.0.1", MatchSAN},
 		// CN: consulted only when no SAN of the host's type exists.

@@ -183,6 +183,15 @@ func Decide(f *Fetched, extra []*x509.Certificate, name string, policy Policy, s
 			Reason: fmt.Sprintf("the server sent only its own certificate %s (issued by %s), not the CA that signed it, and the CA could not be found: trust on first use pins a CA, never a server certificate that changes at each renewal", Quote(leaf.Subject.String()), Quote(leaf.Issuer.String())),
 			Hint:   "pass the provider's CA bundle with --ca-file (RDS, Cloud SQL and Azure publish theirs; for a private CA, ask the server's operator for its root certificate)"}
 	}
+	if !isSelfSigned(top) {
+		// libpq's verify-full needs the root in its root file (OpenSSL
+		// refuses a chain that ends at an intermediate), and the proxy
+		// accepts nothing it refuses: pinning this CA would give a pin,
+		// and a root.crt, that libpq cannot use.
+		return nil, &TrustError{Kind: KindUnknownAuthority,
+			Reason: fmt.Sprintf("the server's chain ends at the CA %s (SPKI SHA-256 %s), issued by %s, whose certificate neither the server nor AIA provides: trust on first use pins a root CA, as libpq's verify-full needs one, never an intermediate", Quote(top.Subject.String()), SPKIHash(top), Quote(top.Issuer.String())),
+			Hint:   fmt.Sprintf("get the root CA certificate %s from the server's operator and pass it with --ca-file (or have the server send its whole chain, root included, in its ssl_cert_file)", Quote(top.Issuer.String()))}
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(top)
 	chains, err = verifyWith(pool)

@@ -40,14 +40,17 @@ func TestDecide(t *testing.T) {
 		{name: "public chain pins its root", f: fetched(pki.Leaf, pki.Intermediate), system: testpki.Pool(pki.Root), wantAnchor: pki.Root, wantPolicy: chain.PolicySystem},
 		{name: "leaf only, intermediate from AIA", f: fetched(pki.Leaf), extra: []*testpki.Cert{pki.Intermediate}, system: testpki.Pool(pki.Root), wantAnchor: pki.Root, wantPolicy: chain.PolicySystem},
 		{name: "private CA refused", f: fetched(pki.Leaf, pki.Intermediate), system: system, wantErr: "not in the system trust store"},
-		{name: "private CA with tofu pins the top presented", f: fetched(pki.Leaf, pki.Intermediate), system: system, policy: chain.PolicyTOFU, wantAnchor: pki.Intermediate, wantPolicy: chain.PolicyTOFU},
+		// libpq's verify-full needs the root: an intermediate is never
+		// pinned (it would make a pin and a root.crt libpq refuses).
+		{name: "private CA, an intermediate on top, not pinned with tofu", f: fetched(pki.Leaf, pki.Intermediate), system: system, policy: chain.PolicyTOFU, wantErr: "pins a root CA, as libpq's verify-full needs one, never an intermediate"},
+		{name: "private CA sending its whole chain, tofu pins the root", f: fetched(pki.Leaf, pki.Intermediate, pki.Root), system: system, policy: chain.PolicyTOFU, wantAnchor: pki.Root, wantPolicy: chain.PolicyTOFU},
 		{name: "private CA with its root fetched, tofu pins the root", f: fetched(pki.Leaf, pki.Intermediate), extra: []*testpki.Cert{pki.Root}, system: system, policy: chain.PolicyTOFU, wantAnchor: pki.Root, wantPolicy: chain.PolicyTOFU},
 		{name: "private CA with --ca-file", f: fetched(pki.Leaf, pki.Intermediate), system: system, ca: testpki.Pool(pki.Root), wantAnchor: pki.Root, wantPolicy: chain.PolicyCAFile},
 		{name: "self-signed refused, retryable", f: fetched(pki.SelfSigned), system: system, wantErr: "self-signed certificate", retryable: true},
 		{name: "self-signed with tofu", f: fetched(pki.SelfSigned), system: system, policy: chain.PolicyTOFU, wantAnchor: pki.SelfSigned, wantPolicy: chain.PolicyTOFU},
 		{name: "expired refused even with tofu", f: fetched(pki.Expired, pki.Intermediate), system: testpki.Pool(pki.Root), policy: chain.PolicyTOFU, wantErr: "expired"},
 		{name: "wrong name refused", f: fetched(pki.WrongName, pki.Intermediate), system: testpki.Pool(pki.Root), wantErr: "not valid for host name"},
-		{name: "wrong name refused with tofu", f: fetched(pki.WrongName, pki.Intermediate), system: system, policy: chain.PolicyTOFU, wantErr: "not valid for host name"},
+		{name: "wrong name refused with tofu", f: fetched(pki.WrongName, pki.Intermediate, pki.Root), system: system, policy: chain.PolicyTOFU, wantErr: "not valid for host name"},
 		// A private leaf sent without its issuer: tofu would pin the leaf,
 		// and the server's next renewal would refuse every connection.
 		{name: "leaf without its issuer is not pinned with tofu", f: fetched(pki.Leaf), system: system, policy: chain.PolicyTOFU, wantErr: "pins a CA, never a server certificate"},

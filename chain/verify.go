@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -136,6 +137,9 @@ func (v *Verifier) VerifyContext(ctx context.Context, presented []*x509.Certific
 		}
 		return nil, verr
 	}
+	if chains, err = rootedChains(chains); err != nil {
+		return nil, &VerifyError{Kind: KindUnknownAuthority, Leaf: leaf, Err: err, Source: v.Source}
+	}
 	passed, match, err := verifyHostnameChains(chains, v.ServerName)
 	if err != nil {
 		return nil, &VerifyError{Kind: KindHostname, Leaf: leaf, Err: err, Source: v.Source}
@@ -148,6 +152,36 @@ func (v *Verifier) VerifyContext(ctx context.Context, presented []*x509.Certific
 		v.AIA.Remember(path, extra)
 	}
 	return path, nil
+}
+
+// PartialChainError is a chain that verified up to a trust anchor which
+// is not a self-signed root. libpq (OpenSSL without
+// X509_V_FLAG_PARTIAL_CHAIN) refuses it: its root file must hold the whole
+// chain up to the root CA. So does the proxy, which accepts what
+// verify-full accepts and nothing more.
+type PartialChainError struct {
+	// Anchor is the certificate of the anchors the chain ended at.
+	Anchor *x509.Certificate
+}
+
+func (e *PartialChainError) Error() string {
+	return fmt.Sprintf("the chain ends at %s in the trust anchors, which is not a self-signed root CA (it was issued by %s): libpq's verify-full refuses such a chain, as the proxy does; add the root CA certificate that issued it",
+		Quote(e.Anchor.Subject.String()), Quote(e.Anchor.Issuer.String()))
+}
+
+// rootedChains keeps the chains that end at a self-signed certificate, or
+// returns a PartialChainError naming the anchor of the first chain.
+func rootedChains(chains [][]*x509.Certificate) ([][]*x509.Certificate, error) {
+	var rooted [][]*x509.Certificate
+	for _, c := range chains {
+		if len(c) > 0 && isSelfSigned(c[len(c)-1]) {
+			rooted = append(rooted, c)
+		}
+	}
+	if len(rooted) == 0 && len(chains) > 0 && len(chains[0]) > 0 {
+		return nil, &PartialChainError{Anchor: chains[0][len(chains[0])-1]}
+	}
+	return rooted, nil
 }
 
 func isUnknownAuthority(err error) bool {
@@ -246,6 +280,10 @@ func (e *VerifyError) Error() string {
 	case KindSelfSigned:
 		return fmt.Sprintf("certificate is self-signed (subject %s, SPKI sha256 %s) and is not a trusted root", Quote(e.Leaf.Subject.String()), SPKIHash(e.Leaf))
 	case KindUnknownAuthority:
+		var pc *PartialChainError
+		if errors.As(e.Err, &pc) {
+			return pc.Error()
+		}
 		if e.Leaf != nil {
 			return fmt.Sprintf("certificate signed by unknown authority (leaf %s issued by %s)", Quote(e.Leaf.Subject.String()), Quote(e.Leaf.Issuer.String()))
 		}
@@ -336,6 +374,10 @@ func LoadCAFile(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	}
 	if len(certs) == 0 {
 		return nil, nil, fmt.Errorf("CA file %s holds no PEM certificate", path)
+	}
+	if !slices.ContainsFunc(certs, isSelfSigned) {
+		return nil, nil, fmt.Errorf("CA file %s holds no self-signed root CA certificate (its first is %s, issued by %s): libpq's verify-full refuses a root file without the root, so the proxy does too; add the root CA certificate that issued it (pgverifyproxy chain fetch --out FILE writes the whole chain's root)",
+			path, Quote(certs[0].Subject.String()), Quote(certs[0].Issuer.String()))
 	}
 	pool := x509.NewCertPool()
 	for _, c := range certs {

@@ -4,6 +4,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +113,64 @@ func TestPinnedVerifierReportsIdentityChange(t *testing.T) {
 	_, err = v.Verify([]*x509.Certificate{pki.WrongName.Cert, pki.Intermediate.Cert})
 	if !errors.As(err, &ve) || ve.Kind != chain.KindHostname {
 		t.Fatalf("got %v, want a host-name error", err)
+	}
+}
+
+// TestAnchorsMustIncludeTheRoot: as libpq (OpenSSL without
+// X509_V_FLAG_PARTIAL_CHAIN), a chain must end at a self-signed root in the
+// anchors: a CA file holding only the intermediate is refused at load, and
+// anchors that hold the intermediate without its root (a pin, a mixed file)
+// refuse the chain, naming what to add.
+func TestAnchorsMustIncludeTheRoot(t *testing.T) {
+	pki, err := testpki.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name string, certs ...*testpki.Cert) string {
+		var pem []byte
+		for _, c := range certs {
+			pem = append(pem, c.CertPEM...)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	if _, _, err := chain.LoadCAFile(write("inter.crt", pki.Intermediate)); err == nil ||
+		!strings.Contains(err.Error(), "no self-signed root CA certificate") || !strings.Contains(err.Error(), "add the root CA certificate") {
+		t.Fatalf("an intermediate-only CA file: %v, want a refusal that says to add the root", err)
+	}
+	if _, _, err := chain.LoadCAFile(write("both.crt", pki.Intermediate, pki.Root)); err != nil {
+		t.Fatalf("intermediate and root: %v", err)
+	}
+	tests := []struct {
+		name    string
+		anchors []*testpki.Cert
+		wantErr string
+	}{
+		{name: "root", anchors: []*testpki.Cert{pki.Root}},
+		{name: "intermediate and root", anchors: []*testpki.Cert{pki.Intermediate, pki.Root}},
+		{name: "intermediate alone (a pin)", anchors: []*testpki.Cert{pki.Intermediate},
+			wantErr: `the chain ends at "CN=pgverifyproxy test intermediate CA,O=pgverifyproxy tests" in the trust anchors, which is not a self-signed root CA`},
+		{name: "intermediate and an unrelated root", anchors: []*testpki.Cert{pki.Intermediate, pki.OtherRoot},
+			wantErr: "add the root CA certificate that issued it"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := &chain.Verifier{Roots: testpki.Pool(tc.anchors...), ServerName: "localhost"}
+			path, err := v.Verify([]*x509.Certificate{pki.Leaf.Cert, pki.Intermediate.Cert})
+			if tc.wantErr == "" {
+				if err != nil || !path[len(path)-1].Equal(pki.Root.Cert) {
+					t.Fatalf("got %v, %v; want a chain to the root", path, err)
+				}
+				return
+			}
+			var pc *chain.PartialChainError
+			if err == nil || !errors.As(err, &pc) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v; want a PartialChainError with %q", err, tc.wantErr)
+			}
+		})
 	}
 }
