@@ -25,6 +25,7 @@ import (
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/proxy"
 )
 
 // The packaging tests check what the Dockerfile and the examples ship: the
@@ -538,6 +539,22 @@ func TestPackagingComposeExample(t *testing.T) {
 	}
 	if v.IsSet(px + "ports") {
 		t.Error("the proxy publishes ports: only the app should reach it")
+	}
+	// The app keeps its connection string: the proxy runs on the defaults
+	// of its login rules. An app on the compose bridge is on the proxy's
+	// link (ask_password_from's default, loopback and link), so an app
+	// that switches to sslmode=require against a SCRAM server is asked
+	// and logged in by the proxy with channel binding, unchanged
+	// (proxy.TestAutoAsksOnlyWhereClientsAreLocalOrCanVerify, "compose
+	// network"); and the proxy publishes no port, so nothing arrives
+	// through the bridge's gateway.
+	for _, k := range []string{"pgverifyproxy_ask_password_from", "pgverifyproxy_auth", "pgverifyproxy_channel_binding", "pgverifyproxy_client_tls"} {
+		if v.IsSet(px + "environment." + k) {
+			t.Errorf("the compose example sets %s: the example must run on the defaults of the login rules", strings.ToUpper(k))
+		}
+	}
+	if !slices.Equal(proxy.DefaultAskPasswordFrom, []string{proxy.AskLoopback, proxy.AskLink}) {
+		t.Errorf("ask_password_from's default is %q: the compose example relies on link", proxy.DefaultAskPasswordFrom)
 	}
 }
 

@@ -84,8 +84,12 @@ func TestWindowsBinaryUnderWine(t *testing.T) {
 	})
 
 	t.Run("pinned by itself, in LOCALAPPDATA", func(t *testing.T) {
-		// The test CA is private: trust on first use pins the CA the
-		// server presents (never its own certificate).
+		// The test CA is private: trust on first use pins the root the
+		// server presents (never its own certificate, never an
+		// intermediate: libpq's verify-full needs the root), so the
+		// server sends its whole chain here.
+		restoreClusterCert(t)
+		serveCert(t, pki.Leaf.ChainPEM(pki.Intermediate, pki.Root), pki.Leaf.KeyPEM)
 		out, code := run("chain", "fetch", "--upstream", upstream, "--trust", "tofu")
 		if code != 0 || !strings.Contains(out, "Pinned:") {
 			t.Fatalf("chain fetch --trust tofu: exit %d\n%s", code, out)

@@ -204,3 +204,15 @@ func (r *askRule) describe() string {
 	}
 	return r.text
 }
+
+// askWarning is the start-up warning for a listener at addr where auth
+// auto may ask clients off loopback for their password with the generated
+// certificate, or "" when it may not.
+func (r *Route) askWarning(addr net.Addr) string {
+	if r.Auth != AuthAuto || !r.ClientTLSGenerated || r.ClientTLS == ClientTLSDisable || r.ask == nil ||
+		!r.ask.mayAskOffLoopback() || isLoopback(addr) {
+		return ""
+	}
+	return "auth auto may ask TLS clients off loopback for their password, with the generated certificate they cannot verify, where the server offers SCRAM-SHA-256-PLUS: set ask_password_from (now " +
+		r.ask.describe() + ") to the networks that are yours alone, [loopback] to ask nowhere else, or give the route client_tls_cert and client_tls_key"
+}

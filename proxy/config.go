@@ -88,8 +88,11 @@ type Route struct {
 	// for each login, so a rotated password needs no restart.
 	StoredPassword func() ([]byte, error)
 	// StoredRejected, when set, is called when the server refused a login
-	// made with the stored password (so a cached one can be dropped).
-	StoredRejected func()
+	// made with the stored password (SQLSTATE class 28), so that a cached
+	// one can be dropped; it reports whether it dropped one. When it did,
+	// the session logs in once more with a fresh password, on a new
+	// upstream connection, before the client sees anything.
+	StoredRejected func() bool
 	// AskPasswordFrom is where auth auto may ask a client for its password
 	// (to log in for it with SCRAM-SHA-256-PLUS) when TLSConfig is the
 	// generated certificate, which clients cannot verify: the keywords

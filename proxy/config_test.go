@@ -176,3 +176,33 @@ func TestDefaultGatewaysOfThisMachine(t *testing.T) {
 		}
 	}
 }
+
+func TestAskWarningAtStart(t *testing.T) {
+	tcp := func(s string) net.Addr { a, _ := net.ResolveTCPAddr("tcp", s); return a }
+	tests := []struct {
+		name     string
+		route    Route
+		addr     net.Addr
+		wantWarn bool
+	}{
+		{"auto, generated certificate, all interfaces, default rule", Route{Auth: AuthAuto, ClientTLSGenerated: true, ClientTLS: ClientTLSAllow}, tcp("0.0.0.0:5432"), true},
+		{"loopback listener", Route{Auth: AuthAuto, ClientTLSGenerated: true, ClientTLS: ClientTLSAllow}, tcp("127.0.0.1:5432"), false},
+		{"ask_password_from: [loopback]", Route{Auth: AuthAuto, ClientTLSGenerated: true, ClientTLS: ClientTLSAllow, AskPasswordFrom: []string{"loopback"}}, tcp("0.0.0.0:5432"), false},
+		{"a certificate of the route's own", Route{Auth: AuthAuto, ClientTLS: ClientTLSAllow}, tcp("0.0.0.0:5432"), false},
+		{"client_tls disable", Route{Auth: AuthAuto, ClientTLSGenerated: true, ClientTLS: ClientTLSDisable}, tcp("0.0.0.0:5432"), false},
+		{"passthrough", Route{Auth: AuthPassthrough, ClientTLSGenerated: true, ClientTLS: ClientTLSAllow}, tcp("0.0.0.0:5432"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.route
+			var err error
+			if r.ask, err = parseAskPasswordFrom(r.AskPasswordFrom); err != nil {
+				t.Fatal(err)
+			}
+			w := r.askWarning(tc.addr)
+			if (w != "") != tc.wantWarn || (w != "" && !strings.Contains(w, "ask_password_from")) {
+				t.Fatalf("warning %q, want one naming ask_password_from: %v", w, tc.wantWarn)
+			}
+		})
+	}
+}

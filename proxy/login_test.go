@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -189,11 +190,15 @@ func waitReady(t *testing.T, fe *pgproto3.Frontend) {
 // scripted server of internal/testpki (real TLS, SCRAM with
 // tls-server-end-point binding checked against its own certificate).
 type loginCase struct {
-	name      string
-	server    testpki.ScriptedOptions // Cert is filled in
-	mode      AuthMode
-	cb        string
-	stored    string
+	name   string
+	server testpki.ScriptedOptions // Cert is filled in
+	mode   AuthMode
+	cb     string
+	stored string
+	// stale is a cached stored password the server refuses: the first
+	// login uses it, StoredRejected drops it, and the proxy logs in once
+	// more with stored on a second connection.
+	stale     string
 	clientTLS bool
 	// password is what the client answers to a password request.
 	password string
@@ -245,6 +250,9 @@ func TestProxyLogin(t *testing.T) {
 			wantAsked: true, wantCode: codeProtocolViolation, wantMessage: "2147483647 iterations, more than the proxy computes", mechRacy: true},
 		{name: "relay: 600,000 SCRAM iterations are computed", server: testpki.ScriptedOptions{SCRAMPassword: pw, SCRAMIterations: 600_000}, mode: AuthRelay, password: pw,
 			wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
+		{name: "relay: a cached stored password the server refuses is replaced, unseen by the client", server: scram, mode: AuthRelay, stale: "expired token", stored: pw,
+			wantMech: scramSHA256Plus},
+		{name: "auto: a cached stored password the server refuses is replaced (md5)", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthAuto, stale: "expired token", stored: pw},
 		{name: "relay: md5 for a plaintext client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "md5"}, mode: AuthRelay, password: pw, wantAsked: true},
 		{name: "relay: cleartext for a plaintext client", server: testpki.ScriptedOptions{Password: pw, PasswordAuth: "password"}, mode: AuthRelay, password: pw, wantAsked: true},
 		{name: "relay: PLUS for a plaintext client", server: scram, mode: AuthRelay, password: pw, wantAsked: true, wantMech: scramSHA256Plus, wantGS2: "p=tls-server-end-point,,"},
@@ -299,6 +307,27 @@ func TestProxyLogin(t *testing.T) {
 			if tc.stored != "" {
 				route.StoredPassword = func() ([]byte, error) { return []byte(tc.stored), nil }
 			}
+			wantDials := int32(1)
+			if tc.stale != "" {
+				var mu sync.Mutex
+				cached := tc.stale
+				route.StoredPassword = func() ([]byte, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					if cached != "" {
+						return []byte(cached), nil
+					}
+					return []byte(tc.stored), nil
+				}
+				route.StoredRejected = func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					had := cached != ""
+					cached = ""
+					return had
+				}
+				wantDials = 2
+			}
 			srv, err := New(Config{Routes: []Route{route}, Logger: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
@@ -350,8 +379,8 @@ func TestProxyLogin(t *testing.T) {
 			if asked != tc.wantAsked {
 				t.Errorf("client asked for its password: %v, want %v", asked, tc.wantAsked)
 			}
-			if got := dials.Load(); got != 1 {
-				t.Errorf("%d upstream connections, want 1", got)
+			if got := dials.Load(); got != wantDials {
+				t.Errorf("%d upstream connections, want %d", got, wantDials)
 			}
 			ex := s.SCRAMExchanges()
 			var mech, gs2 string

@@ -44,6 +44,19 @@ const scramPlusSuffix = "-PLUS"
 // authentication phase; it was forwarded to the client as is.
 var errUpstreamRejected = errors.New("upstream rejected the session during authentication (its error was forwarded to the client)")
 
+// errStaleStored means the server refused a login made with a cached
+// stored password, which was dropped; nothing reached the client, and the
+// session may log in once more with a fresh one.
+var errStaleStored = errors.New("upstream refused the cached stored password")
+
+// isAuthFailure tells whether an ErrorResponse is an authentication
+// failure (SQLSTATE class 28: invalid_authorization_specification,
+// invalid_password).
+func isAuthFailure(m *message) bool {
+	var e pgproto3.ErrorResponse
+	return e.Decode(m.body()) == nil && strings.HasPrefix(e.Code, "28")
+}
+
 // errClientLeft means the client closed during authentication, as libpq
 // does when it needs a password it does not have yet.
 var errClientLeft = errors.New("client closed during authentication")
@@ -111,8 +124,12 @@ type authExchange struct {
 	// stored supplies the route's stored password; nil when it has none.
 	stored func() ([]byte, error)
 	// storedRejected is told when the server refused a login made with the
-	// stored password; nil when nobody needs to know.
-	storedRejected func()
+	// stored password, and reports whether it dropped a cached one (a
+	// fresh one may differ); nil when nobody needs to know.
+	storedRejected func() bool
+	// retryStale lets a refusal of a cached stored password end the
+	// exchange with errStaleStored instead of reaching the client.
+	retryStale bool
 	// noAsk, when set, says why auth auto may not ask this client for its
 	// password (a listener off loopback with only the generated
 	// certificate): the exchange is passed through instead.
@@ -158,8 +175,9 @@ func (a *authExchange) run() error {
 
 // forwardError sends the server's ErrorResponse to the client byte for byte.
 func (a *authExchange) forwardError(m *message) error {
-	if a.passwordFrom == "stored" && a.storedRejected != nil {
-		a.storedRejected()
+	if a.passwordFrom == "stored" && a.storedRejected != nil && isAuthFailure(m) &&
+		a.storedRejected() && a.retryStale {
+		return errStaleStored
 	}
 	if _, err := a.client.Write(m.raw); err != nil {
 		return fmt.Errorf("client: forwarding server error: %w", err)

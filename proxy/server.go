@@ -312,9 +312,8 @@ func (s *Server) startAccept(l *listener) {
 	s.log.Info("listening", "route", l.route.Name, "addr", l.Addr().String(), "upstream", l.route.UpstreamAddr, "client_tls", string(l.route.ClientTLS))
 	if !isLoopback(l.Addr()) {
 		s.log.Warn("listening on a non-loopback address: anyone who reaches it reaches the upstream", "addr", l.Addr().String())
-		if r := l.route; r.Auth == AuthAuto && r.ClientTLSGenerated && r.ClientTLS != ClientTLSDisable && r.ask != nil && r.ask.mayAskOffLoopback() {
-			s.log.Warn("auth auto may ask TLS clients off loopback for their password, with the generated certificate they cannot verify, where the server offers SCRAM-SHA-256-PLUS: set ask_password_from (now "+r.ask.describe()+") to the networks that are yours alone, [loopback] to ask nowhere else, or give the route client_tls_cert and client_tls_key",
-				"route", r.Name, "addr", l.Addr().String(), "ask_password_from", r.ask.describe())
+		if w := l.route.askWarning(l.Addr()); w != "" {
+			s.log.Warn(w, "route", l.route.Name, "addr", l.Addr().String(), "ask_password_from", l.route.ask.describe())
 		}
 	}
 	s.loops.Add(1)

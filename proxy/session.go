@@ -77,65 +77,20 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	// A relay route with a stored password will log in with it: read it
-	// before dialling, so that a failing password_command opens no
-	// upstream connection and costs no failed login at the server.
-	var stored func() ([]byte, error)
-	if r.StoredPassword != nil {
-		stored = r.StoredPassword
-		if r.Auth == AuthRelay {
-			pw, err := r.StoredPassword()
-			if err != nil {
-				ss.refuse(storedPasswordError(err))
-				return
-			}
-			defer zero(pw)
-			stored = func() ([]byte, error) { return slices.Clone(pw), nil }
+	var up net.Conn
+	var ax *authExchange
+	for attempt := 0; ; attempt++ {
+		var next loginOutcome
+		up, ax, next = ss.login(dctx, r, pkt, params, deadline, attempt == 0)
+		if next == loginDone {
+			return
 		}
-	}
-	up, warm, err := s.upstreamConn(dctx, r)
-	if err != nil {
-		ss.refuse(ss.dialFailed(dctx, err))
-		return
-	}
-	if warm {
-		ss.log = ss.log.With("prewarmed", true)
+		if next == loginOK {
+			break
+		}
+		ss.log.Info("the server refused the cached stored password: logging in once more with a fresh one")
 	}
 	defer up.Close()
-	// From here closing the session (Server.Close) closes up too, so an
-	// authentication exchange waiting for the server ends at once.
-	ss.s.upstreamOpened(ss.conn, up)
-	_ = up.SetDeadline(deadline)
-	// The client's StartupMessage goes to the server as it came, in every
-	// auth mode: the server negotiates the protocol with the client itself.
-	if _, err := up.Write(pkt.raw); err != nil {
-		ss.refuse(upstreamError(r, err))
-		return
-	}
-	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
-		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
-		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
-		fallback: func(reason string) {
-			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
-		}}
-	if err := ax.run(); err != nil {
-		switch {
-		case errors.Is(err, errUpstreamRejected):
-			ss.result = ResultAuthFailed
-			attrs := []any{}
-			if ax.mechanism != "" {
-				attrs = append(attrs, "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom)
-			}
-			ss.log.Info("session refused by upstream during authentication (its error was forwarded to the client)", attrs...)
-		case errors.Is(err, errClientLeft):
-			ss.clientLeft(ax)
-		case errors.As(err, new(*upstreamIOError)):
-			ss.refuse(upstreamLost(r, err))
-		default:
-			ss.refuse(err)
-		}
-		return
-	}
 	if ax.mechanism != "" {
 		ss.log.Info("proxy login", "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom, "channel_bound", ax.bound)
 	} else {
@@ -272,4 +227,88 @@ func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
 	// The server closes the connection once it has handled the request.
 	_, _ = io.Copy(io.Discard, up)
 	ss.log.Info("cancel request forwarded")
+}
+
+// loginOutcome is what one login attempt came to.
+type loginOutcome int
+
+const (
+	// loginOK: authenticated; the caller relays and closes the upstream.
+	loginOK loginOutcome = iota
+	// loginDone: refused or ended, the client answered; nothing to close.
+	loginDone
+	// loginRetry: the server refused a cached stored password, which was
+	// dropped, before anything reached the client: try once more.
+	loginRetry
+)
+
+// login dials (or takes a pre-dialled) upstream connection, sends the
+// client's StartupMessage and runs the authentication exchange. mayRetry
+// allows a loginRetry outcome (the first attempt only).
+func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, params map[string]string, deadline time.Time, mayRetry bool) (net.Conn, *authExchange, loginOutcome) {
+	// A relay route with a stored password will log in with it: read it
+	// before dialling, so that a failing password_command opens no
+	// upstream connection and costs no failed login at the server.
+	var stored func() ([]byte, error)
+	if r.StoredPassword != nil {
+		stored = r.StoredPassword
+		if r.Auth == AuthRelay {
+			pw, err := r.StoredPassword()
+			if err != nil {
+				ss.refuse(storedPasswordError(err))
+				return nil, nil, loginDone
+			}
+			defer zero(pw)
+			stored = func() ([]byte, error) { return slices.Clone(pw), nil }
+		}
+	}
+	up, warm, err := ss.s.upstreamConn(dctx, r)
+	if err != nil {
+		ss.refuse(ss.dialFailed(dctx, err))
+		return nil, nil, loginDone
+	}
+	if warm {
+		ss.log = ss.log.With("prewarmed", true)
+	}
+	// From here closing the session (Server.Close) closes up too, so an
+	// authentication exchange waiting for the server ends at once.
+	ss.s.upstreamOpened(ss.conn, up)
+	_ = up.SetDeadline(deadline)
+	// The client's StartupMessage goes to the server as it came, in every
+	// auth mode: the server negotiates the protocol with the client itself.
+	if _, err := up.Write(pkt.raw); err != nil {
+		up.Close()
+		ss.refuse(upstreamError(r, err))
+		return nil, nil, loginDone
+	}
+	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
+		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
+		retryStale: mayRetry,
+		noAsk:      r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
+		fallback: func(reason string) {
+			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
+		}}
+	err = ax.run()
+	if err == nil {
+		return up, ax, loginOK
+	}
+	up.Close()
+	switch {
+	case errors.Is(err, errStaleStored):
+		return nil, nil, loginRetry
+	case errors.Is(err, errUpstreamRejected):
+		ss.result = ResultAuthFailed
+		attrs := []any{}
+		if ax.mechanism != "" {
+			attrs = append(attrs, "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom)
+		}
+		ss.log.Info("session refused by upstream during authentication (its error was forwarded to the client)", attrs...)
+	case errors.Is(err, errClientLeft):
+		ss.clientLeft(ax)
+	case errors.As(err, new(*upstreamIOError)):
+		ss.refuse(upstreamLost(r, err))
+	default:
+		ss.refuse(err)
+	}
+	return nil, nil, loginDone
 }

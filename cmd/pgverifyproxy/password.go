@@ -35,7 +35,7 @@ type passwordSource struct {
 // with it). A password file is read (and its mode checked) at each login,
 // so rotating it needs no restart; an environment variable is read once, at
 // start; a command runs as passwordCommand says.
-func storedPassword(src passwordSource, log *slog.Logger) (get func() ([]byte, error), forget func(), err error) {
+func storedPassword(src passwordSource, log *slog.Logger) (get func() ([]byte, error), forget func() bool, err error) {
 	switch {
 	case src.File != "":
 		if _, err := readPasswordFile(src.File); err != nil {
@@ -203,14 +203,16 @@ func (pc *passwordCommand) fly(f *passwordFlight) {
 // forget drops the cached password, so that the next login runs the
 // command again: the server refused a login made with it (a revoked or
 // rotated secret, an expired token).
-func (pc *passwordCommand) forget() {
+func (pc *passwordCommand) forget() bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if pc.cached != nil {
-		zeroBytes(pc.cached)
-		pc.cached = nil
-		pc.log.Info("the server refused a login with password_command's cached password: the next login runs it again")
+	if pc.cached == nil {
+		return false
 	}
+	zeroBytes(pc.cached)
+	pc.cached = nil
+	pc.log.Info("the server refused a login with password_command's cached password: running it again")
+	return true
 }
 
 // run runs the command once: its first line of standard output is the
