@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 )
@@ -52,6 +53,14 @@ type Route struct {
 	// Listen are listen addresses: "HOST:PORT" for TCP, "unix:/DIR[:PORT]"
 	// for a unix socket in libpq's layout (see ParseListenAddr).
 	Listen []string
+	// UnixSocketMode is the mode of the route's unix socket files; zero
+	// means 0777 (every local user may connect, PostgreSQL's default
+	// unix_socket_permissions). 0770 with UnixSocketGroup limits a route
+	// (a stored-password one above all) to the members of a group.
+	UnixSocketMode os.FileMode
+	// UnixSocketGroup is the group of the route's unix socket files; empty
+	// keeps the proxy's own group.
+	UnixSocketGroup string
 	// Listeners are already-open listeners used in addition to Listen
 	// (tests, socket activation).
 	Listeners []net.Listener
@@ -192,6 +201,9 @@ func (r *Route) validate() error {
 	}
 	if err := CheckLimits(r.MaxConnections, r.Prewarm); err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	if r.UnixSocketMode&^0o777 != 0 {
+		return fmt.Errorf("route %s: unix_socket_permissions %04o: only the permission bits (0000 to 0777)", r.Name, r.UnixSocketMode)
 	}
 	if r.PrewarmMaxAge != 0 {
 		if err := CheckPrewarmMaxAge(r.PrewarmMaxAge); err != nil {

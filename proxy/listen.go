@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,6 +25,12 @@ type ListenAddr struct {
 	Network string
 	// Address is host:port, or the socket file's path.
 	Address string
+	// SocketMode is a unix socket file's mode; zero means 0777, as
+	// PostgreSQL's default unix_socket_permissions (Route.UnixSocketMode).
+	SocketMode os.FileMode
+	// SocketGroup, when set, is the group a unix socket file is given
+	// (Route.UnixSocketGroup).
+	SocketGroup string
 }
 
 // String returns the address as a user would write it.

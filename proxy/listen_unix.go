@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -53,17 +54,48 @@ func listenUnix(a ListenAddr) (l net.Listener, staleRemoved bool, err error) {
 	if staleRemoved, err = removeStaleSocket(a.Address); err != nil {
 		return nil, false, err
 	}
-	ul, err := listenUnixMode(a.Address, unixSocketMode)
+	mode := a.SocketMode
+	if mode == 0 {
+		mode = unixSocketMode
+	}
+	ul, err := listenUnixMode(a.Address, mode)
 	if err != nil {
 		return nil, false, err
 	}
 	ul.SetUnlinkOnClose(false)
+	if a.SocketGroup != "" {
+		if err := chgrpSocket(a.Address, a.SocketGroup); err != nil {
+			ul.Close()
+			_ = os.Remove(a.Address)
+			return nil, false, err
+		}
+	}
 	st, err := os.Lstat(a.Address)
 	if err != nil {
 		ul.Close()
 		return nil, false, err
 	}
 	return &unixListener{UnixListener: ul, path: a.Address, file: st, lock: lock}, staleRemoved, nil
+}
+
+// chgrpSocket gives the socket file at path the group named (or numbered)
+// group, as PostgreSQL's unix_socket_group: the process must be a member
+// of that group, or root.
+func chgrpSocket(path, group string) error {
+	gid, err := strconv.Atoi(group)
+	if err != nil {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			return fmt.Errorf("unix_socket_group %s: %w", strconv.Quote(group), lerr)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return fmt.Errorf("unix_socket_group %s: gid %s is not a number", strconv.Quote(group), g.Gid)
+		}
+	}
+	if err := os.Lchown(path, -1, gid); err != nil {
+		return fmt.Errorf("unix_socket_group %s: giving the socket %s that group: %w (the proxy must run as a member of the group, or as root)", strconv.Quote(group), path, err)
+	}
+	return nil
 }
 
 // umaskMu serialises the umask change around socket creation (the umask

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -145,4 +146,38 @@ func deadPID(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return cmd.Process.Pid
+}
+
+// TestUnixSocketModeAndGroup: unix_socket_permissions and
+// unix_socket_group give the socket file its mode and group at creation
+// (the kernel then lets only the group's members connect); a group the
+// proxy cannot give is an error that says why, and leaves no socket file.
+func TestUnixSocketModeAndGroup(t *testing.T) {
+	dir := shortTempDir(t)
+	path := filepath.Join(dir, ".s.PGSQL.5433")
+	gid := os.Getgid()
+	l, _, err := listen(ListenAddr{Network: "unix", Address: path, SocketMode: 0o770, SocketGroup: strconv.Itoa(gid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o770 || int(st.Gid) != gid {
+		t.Fatalf("socket file mode %o group %d; want 0770 and %d", fi.Mode().Perm(), st.Gid, gid)
+	}
+	l.Close()
+
+	if _, _, err := listen(ListenAddr{Network: "unix", Address: path, SocketGroup: "no-such-group-pgvp"}); err == nil || !strings.Contains(err.Error(), "unix_socket_group") {
+		t.Fatalf("an unknown group: %v, want an error naming unix_socket_group", err)
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("the refused listener left its socket file: %v", err)
+	}
+	r := Route{Name: "m", Listen: []string{"unix:" + dir}, Dial: neverDial(t), ClientTLS: ClientTLSDisable, UnixSocketMode: 0o1777}
+	if err := r.validate(); err == nil || !strings.Contains(err.Error(), "unix_socket_permissions") {
+		t.Fatalf("mode 1777: %v, want a refusal naming unix_socket_permissions", err)
+	}
 }

@@ -228,6 +228,7 @@ func (s *Server) open(routes []*Route, reuse []*listener) ([]*listener, error) {
 			if err != nil {
 				return fail(fmt.Errorf("proxy: route %s: %w", r.Name, err))
 			}
+			la.SocketMode, la.SocketGroup = r.UnixSocketMode, r.UnixSocketGroup
 			l, stale, err := listen(la)
 			if stale {
 				s.log.Warn("removed a stale socket file left by a process that did not shut down", "route", r.Name, "path", la.Address)

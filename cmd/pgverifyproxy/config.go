@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,8 +49,12 @@ type runConfig struct {
 	Auth            string        `mapstructure:"auth"`
 	ChannelBinding  string        `mapstructure:"channel_binding"`
 	AskPasswordFrom []string      `mapstructure:"ask_password_from"`
-	PasswordFile    string        `mapstructure:"password_file"`
-	PasswordEnv     string        `mapstructure:"password_env"`
+	// UnixSocketPermissions and UnixSocketGroup: the socket files of
+	// unix: listeners (octal mode; group name or number).
+	UnixSocketPermissions string `mapstructure:"unix_socket_permissions"`
+	UnixSocketGroup       string `mapstructure:"unix_socket_group"`
+	PasswordFile          string `mapstructure:"password_file"`
+	PasswordEnv           string `mapstructure:"password_env"`
 	// PasswordCommand and its TTL and timeout: see passwordSource.
 	PasswordCommand        string        `mapstructure:"password_command"`
 	PasswordCommandTTL     time.Duration `mapstructure:"password_command_ttl"`
@@ -93,9 +98,11 @@ type routeConfig struct {
 	Auth           string   `mapstructure:"auth"`
 	ChannelBinding string   `mapstructure:"channel_binding"`
 	// AskPasswordFrom is the route's own or the top level's.
-	AskPasswordFrom []string `mapstructure:"ask_password_from"`
-	PasswordFile    string   `mapstructure:"password_file"`
-	PasswordEnv     string   `mapstructure:"password_env"`
+	AskPasswordFrom       []string `mapstructure:"ask_password_from"`
+	UnixSocketPermissions string   `mapstructure:"unix_socket_permissions"`
+	UnixSocketGroup       string   `mapstructure:"unix_socket_group"`
+	PasswordFile          string   `mapstructure:"password_file"`
+	PasswordEnv           string   `mapstructure:"password_env"`
 	// PasswordCommand is the route's own; the TTL and timeout come from
 	// the top level.
 	PasswordCommand string `mapstructure:"password_command"`
@@ -109,7 +116,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "ask_password_from", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
+	"auth", "channel_binding", "ask_password_from", "unix_socket_permissions", "unix_socket_group", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -138,6 +145,8 @@ var runOptions = []option{
 	{"startup_timeout", "startup-timeout", proxy.DefaultStartupTimeout, "bound on everything before the relay: client startup, upstream dial, authentication"},
 	{"drain_timeout", "drain-timeout", 30 * time.Second, "on SIGTERM/SIGINT, how long running sessions may go on before they are closed"},
 	{"auth", "auth", string(proxy.AuthAuto), "who logs in upstream: auto (the client's own exchange is relayed, except where the server offers SCRAM channel binding to a TLS client: there the proxy asks for the password inside that TLS and logs in with channel binding itself), passthrough (always the client's own exchange) or relay (the proxy always asks for the password and logs in itself)"},
+	{"unix_socket_permissions", "unix-socket-permissions", "0777", "mode of the socket files of unix: listeners, in octal, as PostgreSQL's unix_socket_permissions: 0777 lets every local user connect; 0770 with unix_socket_group only that group's members (narrow a stored-password route this way)"},
+	{"unix_socket_group", "unix-socket-group", "", "group (name or number) of the socket files of unix: listeners, as PostgreSQL's unix_socket_group; the proxy must be a member of it, or root"},
 	{"ask_password_from", "ask-password-from", proxy.DefaultAskPasswordFrom, "with auth auto and the generated client certificate: where the proxy may ask a TLS client for its password to log in for it with SCRAM-SHA-256-PLUS: loopback (and unix sockets), link (a client on the network of the address it reached, not through a default gateway: a compose or pod network), private (both addresses private), or CIDR prefixes; an empty list asks nowhere; elsewhere the client's own login is relayed (repeatable)"},
 	{"channel_binding", "channel-binding", "prefer", "SCRAM channel binding on the proxy's own logins (relay, and auto where it logs in): prefer, require or disable"},
 	{"password_file", "password-file", "", "with auth relay or auto: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
@@ -317,6 +326,19 @@ func checkKnownKeys(v *viper.Viper) error {
 	return nil
 }
 
+// unixSocketMode reads unix_socket_permissions: an octal mode from 0000
+// to 0777 ("" means the default, 0777).
+func unixSocketMode(s string) (os.FileMode, error) {
+	if s == "" {
+		return 0o777, nil
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("unix_socket_permissions must be an octal mode from 0000 to 0777 (such as 0770), not %s", strconv.Quote(s))
+	}
+	return os.FileMode(m), nil
+}
+
 // askPasswordFrom is a route's ask_password_from for proxy.Route: the list
 // as given, where an empty one (ask nowhere) stays empty, never nil (the
 // default).
@@ -349,7 +371,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			Name: "default", Listen: rc.Listen, Upstream: rc.Upstream, ServerName: rc.ServerName,
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
-			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, AskPasswordFrom: rc.AskPasswordFrom, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
+			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, AskPasswordFrom: rc.AskPasswordFrom,
+			UnixSocketPermissions: rc.UnixSocketPermissions, UnixSocketGroup: rc.UnixSocketGroup, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
 			PasswordCommand: rc.PasswordCommand, MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
 		}}, nil
 	}
@@ -363,7 +386,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 	}
 	top := map[string]string{"ca_file": rc.CAFile, "trust": rc.Trust, "upstream_cert": rc.UpstreamCert, "upstream_key": rc.UpstreamKey,
 		"negotiation": rc.Negotiation, "client_tls": rc.ClientTLS, "client_tls_cert": rc.ClientTLSCert, "client_tls_key": rc.ClientTLSKey,
-		"auth": rc.Auth, "channel_binding": rc.ChannelBinding}
+		"auth": rc.Auth, "channel_binding": rc.ChannelBinding,
+		"unix_socket_permissions": rc.UnixSocketPermissions, "unix_socket_group": rc.UnixSocketGroup}
 	// Certificate and key come as a pair: a route that sets either one
 	// inherits neither.
 	pairs := map[string]string{"upstream_cert": "upstream_key", "upstream_key": "upstream_cert",
@@ -388,7 +412,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 		names[r.Name] = true
 		fields := map[string]*string{"ca_file": &r.CAFile, "trust": &r.Trust, "upstream_cert": &r.UpstreamCert, "upstream_key": &r.UpstreamKey,
 			"negotiation": &r.Negotiation, "client_tls": &r.ClientTLS, "client_tls_cert": &r.ClientTLSCert, "client_tls_key": &r.ClientTLSKey,
-			"auth": &r.Auth, "channel_binding": &r.ChannelBinding}
+			"auth": &r.Auth, "channel_binding": &r.ChannelBinding,
+			"unix_socket_permissions": &r.UnixSocketPermissions, "unix_socket_group": &r.UnixSocketGroup}
 		for k, f := range fields {
 			if r.set[k] {
 				// A route's own value would silently beat a flag or a
@@ -476,6 +501,9 @@ func (r *routeConfig) validate() error {
 		return err
 	}
 	if err := proxy.CheckAskPasswordFrom(askPasswordFrom(r.AskPasswordFrom)); err != nil {
+		return err
+	}
+	if _, err := unixSocketMode(r.UnixSocketPermissions); err != nil {
 		return err
 	}
 	stored := 0

@@ -121,6 +121,10 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 	if err != nil {
 		return builtRoute{}, err
 	}
+	sockMode, err := unixSocketMode(r.UnixSocketPermissions)
+	if err != nil {
+		return builtRoute{}, err
+	}
 	route := proxy.Route{
 		Name:               r.Name,
 		Listen:             r.Listen,
@@ -137,6 +141,8 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		StoredPassword:     stored,
 		StoredRejected:     forget,
 		AskPasswordFrom:    askPasswordFrom(r.AskPasswordFrom),
+		UnixSocketMode:     sockMode,
+		UnixSocketGroup:    r.UnixSocketGroup,
 		MaxConnections:     r.MaxConnections,
 		KeepAlive:          keepAlive(rc.TCPKeepalive),
 		Prewarm:            r.Prewarm,
