@@ -42,6 +42,7 @@ const serverUserName = "postgres"
 // pgHBA replaces the cluster's pg_hba.conf.
 const pgHBA = `# written by pgverifyproxy integration harness
 local     all  all                      trust
+local     replication all               trust
 hostssl   all  scram_user  127.0.0.1/32 scram-sha-256
 hostssl   all  scram_user  ::1/128      scram-sha-256
 hostssl   all  md5_user    127.0.0.1/32 md5
@@ -68,6 +69,10 @@ type ClusterOptions struct {
 	ClientCAPEM []byte
 	// ExtraConf is appended to postgresql.conf.
 	ExtraConf string
+	// Host is the TCP listen address; default 127.0.0.1 (any 127/8
+	// address works on Linux: a standby on 127.0.0.2 has a certificate
+	// of its own for that address).
+	Host string
 	// Logf, when set, receives progress output.
 	Logf func(format string, args ...any)
 }
@@ -166,6 +171,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (_ *Cluster, err error)
 		return nil, errors.New("harness: options: ServerCertPEM and ServerKeyPEM are required")
 	}
 	c := &Cluster{Host: "127.0.0.1", BinDir: o.BinDir, extra: o.ExtraConf, logf: o.Logf, clientCA: len(o.ClientCAPEM) > 0}
+	if o.Host != "" {
+		c.Host = o.Host
+	}
 	if c.logf == nil {
 		c.logf = func(string, ...any) {}
 	}
@@ -380,8 +388,11 @@ func (c *Cluster) Stop() error {
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
-		errs = append(errs, fmt.Errorf("harness: pg_ctl stop: %w\n%s\n---- server log tail ----\n%s", err, tail(out, 10), c.LogTail(20)))
+	if _, err := os.Stat(filepath.Join(c.DataDir, "postmaster.pid")); err == nil {
+		// (Not running after StopServer.)
+		if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+			errs = append(errs, fmt.Errorf("harness: pg_ctl stop: %w\n%s\n---- server log tail ----\n%s", err, tail(out, 10), c.LogTail(20)))
+		}
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("harness: removing cluster dir: %w", err))
@@ -581,4 +592,91 @@ func quoteConnValue(s string) string {
 		return s
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// StandbyOptions configure StartStandby.
+type StandbyOptions struct {
+	// Host is the standby's TCP listen address (127.0.0.2, say).
+	Host string
+	// ServerCertPEM and ServerKeyPEM are the standby's own certificate
+	// chain and key. Required.
+	ServerCertPEM, ServerKeyPEM []byte
+}
+
+// StartStandby makes a streaming standby of c with pg_basebackup -R (over
+// c's unix socket, as the superuser), gives it its own certificate,
+// address and free port, and starts it in hot standby. The standby is a
+// Cluster of its own: Stop it like one, Promote it to make it a primary.
+func (c *Cluster) StartStandby(ctx context.Context, o StandbyOptions) (_ *Cluster, err error) {
+	if len(o.ServerCertPEM) == 0 || len(o.ServerKeyPEM) == 0 {
+		return nil, errors.New("harness: standby options: ServerCertPEM and ServerKeyPEM are required")
+	}
+	sb := &Cluster{Host: o.Host, BinDir: c.BinDir, extra: c.extra, logf: c.logf, clientCA: c.clientCA, owner: c.owner, baseConf: c.baseConf}
+	if sb.Host == "" {
+		sb.Host = "127.0.0.1"
+	}
+	if sb.Dir, err = os.MkdirTemp(filepath.Dir(c.Dir), "pgvp-standby-"); err != nil {
+		return nil, fmt.Errorf("harness: creating standby dir: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sb.abort()
+		}
+	}()
+	sb.DataDir = filepath.Join(sb.Dir, "data")
+	sb.SocketDir = filepath.Join(sb.Dir, "sock")
+	sb.logFile = filepath.Join(sb.Dir, "postgres.log")
+	if err := os.Mkdir(sb.SocketDir, 0o700); err != nil {
+		return nil, fmt.Errorf("harness: creating standby socket dir: %w", err)
+	}
+	for _, d := range []string{sb.Dir, sb.SocketDir} {
+		if err := sb.chown(d); err != nil {
+			return nil, fmt.Errorf("harness: creating standby dir: %w", err)
+		}
+	}
+	out, err := sb.run(ctx, "pg_basebackup", "-h", c.SocketDir, "-p", strconv.Itoa(c.Port), "-U", "postgres",
+		"-D", sb.DataDir, "-R", "-X", "stream", "--no-sync", "-c", "fast")
+	if err != nil {
+		return nil, fmt.Errorf("harness: pg_basebackup: %w\n%s", err, tail(out, 20))
+	}
+	if err := sb.writeCert(o.ServerCertPEM, o.ServerKeyPEM); err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		if sb.Port, err = FreePort(); err != nil {
+			return nil, err
+		}
+		if err := sb.writeConf(); err != nil {
+			return nil, err
+		}
+		sb.logf("starting the standby on %s (attempt %d)", sb.Addr(), attempt)
+		out, err := sb.run(ctx, "pg_ctl", "-D", sb.DataDir, "-l", sb.logFile, "-w", "-t", "60", "start")
+		if err == nil {
+			break
+		}
+		sb.stopImmediate()
+		if attempt >= 2 || ctx.Err() != nil {
+			return nil, fmt.Errorf("harness: pg_ctl start (standby): %w\n%s\n---- server log tail ----\n%s",
+				err, tail(out, 10), sb.LogTail(30))
+		}
+	}
+	return sb, nil
+}
+
+// Promote ends recovery on a standby (pg_ctl promote, waiting until it
+// accepts writes).
+func (c *Cluster) Promote(ctx context.Context) error {
+	if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-w", "-t", "60", "promote"); err != nil {
+		return fmt.Errorf("harness: pg_ctl promote: %w\n%s\n---- server log tail ----\n%s", err, tail(out, 10), c.LogTail(20))
+	}
+	return nil
+}
+
+// StopServer stops the server (pg_ctl stop -m fast) and keeps its
+// directory, so that it can be inspected or removed later with Stop.
+func (c *Cluster) StopServer(ctx context.Context) error {
+	if out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir, "-m", "fast", "-w", "-t", "60", "stop"); err != nil {
+		return fmt.Errorf("harness: pg_ctl stop: %w\n%s", err, tail(out, 10))
+	}
+	return nil
 }
