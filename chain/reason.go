@@ -82,6 +82,10 @@ const (
 	// ReasonStartupTimeout: the startup phase took longer than
 	// startup_timeout.
 	ReasonStartupTimeout
+	// ReasonUpstreamRole: no host of the route had the role its
+	// target_session_attrs asks for (or the one that answered a relayed
+	// login had the wrong one).
+	ReasonUpstreamRole
 
 	// firstNotRefusal ends the refusals.
 	firstNotRefusal
@@ -96,9 +100,9 @@ const (
 	ReasonShutdown Reason = firstNotRefusal + iota
 )
 
-const reasonNames = "noneupstream_unreachableupstream_refused_tlsupstream_injectionupstream_tlsclient_certificateuntrustedverificationupstream_tls_alertupstream_closedupstream_protocolunsupported_authrelay_loginstored_passwordchannel_bindingclient_protocolunsupported_protocolclient_tls_requiredlimitstartup_timeoutshutdown"
+const reasonNames = "noneupstream_unreachableupstream_refused_tlsupstream_injectionupstream_tlsclient_certificateuntrustedverificationupstream_tls_alertupstream_closedupstream_protocolunsupported_authrelay_loginstored_passwordchannel_bindingclient_protocolunsupported_protocolclient_tls_requiredlimitstartup_timeoutupstream_roleshutdown"
 
-var reasonIndex = [...]uint16{0, 4, 24, 44, 62, 74, 92, 101, 113, 131, 146, 163, 179, 190, 205, 220, 235, 255, 274, 279, 294, 302}
+var reasonIndex = [...]uint16{0, 4, 24, 44, 62, 74, 92, 101, 113, 131, 146, 163, 179, 190, 205, 220, 235, 255, 274, 279, 294, 307, 315}
 
 // An "invalid array index" compiler error here means the constants above
 // changed: update reasonNames and reasonIndex (and the test's table).
@@ -124,7 +128,8 @@ func _() {
 	_ = x[ReasonClientTLSRequired-17]
 	_ = x[ReasonLimit-18]
 	_ = x[ReasonStartupTimeout-19]
-	_ = x[ReasonShutdown-20]
+	_ = x[ReasonUpstreamRole-20]
+	_ = x[ReasonShutdown-21]
 }
 
 // String is the reason's word, as in metrics and logs.

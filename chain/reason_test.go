@@ -36,6 +36,7 @@ func TestReasonWords(t *testing.T) {
 		{ReasonClientTLSRequired, "client_tls_required", true},
 		{ReasonLimit, "limit", true},
 		{ReasonStartupTimeout, "startup_timeout", true},
+		{ReasonUpstreamRole, "upstream_role", true},
 		{ReasonShutdown, "shutdown", false},
 	}
 	all := Reasons()

@@ -72,8 +72,23 @@ type Route struct {
 	// RepinCommand is the command that replaces the upstream's pin, named in
 	// hints; empty for a route that trusts a CA file rather than a pin.
 	RepinCommand string
-	// Dial opens a verified upstream connection. Required.
+	// Dial opens a verified upstream connection. Required unless Hosts is
+	// set (then it is Hosts[0]'s).
 	Dial DialFunc
+	// Hosts, when set, are the upstream's hosts in order (libpq's host
+	// list), each dialled and verified under its own name; a session
+	// takes the first that connects and has the role TargetSessionAttrs
+	// asks for. Unset: the one host UpstreamAddr, Dial.
+	Hosts []UpstreamHost
+	// TargetSessionAttrs is libpq's target_session_attrs: any (the
+	// default), read-write, read-only, primary, standby, prefer-standby.
+	// The role is read from the ParameterStatus messages PostgreSQL 14
+	// and later send at the end of the login (in_hot_standby,
+	// default_transaction_read_only).
+	TargetSessionAttrs string
+	// LoadBalanceHosts is libpq's load_balance_hosts: disable (the
+	// default, in order) or random.
+	LoadBalanceHosts string
 	// ClientTLS is the client-side TLS mode; "" means allow.
 	ClientTLS ClientTLSMode
 	// TLSConfig is the server-side TLS configuration for clients. Required
@@ -139,8 +154,10 @@ type Route struct {
 	// route's trust never changes while it runs.
 	TrustGeneration func() uint64
 
-	pool *prewarmPool // set by the Server when Prewarm > 0
-	ask  *askRule     // AskPasswordFrom, parsed by validate
+	pool   *prewarmPool // set by the Server when Prewarm > 0
+	holds  *hostHolds   // hosts on hold (wrong role for a relayed login)
+	cancel *cancelKeys  // which host serves which session's cancel key
+	ask    *askRule     // AskPasswordFrom, parsed by validate
 }
 
 // Config is the whole proxy.
@@ -167,9 +184,42 @@ type Config struct {
 }
 
 func (r *Route) validate() error {
-	if r.Dial == nil {
-		return fmt.Errorf("route %s: no upstream dialer", r.Name)
+	if len(r.Hosts) == 0 {
+		if r.Dial == nil {
+			return fmt.Errorf("route %s: no upstream dialer", r.Name)
+		}
+		r.Hosts = []UpstreamHost{{Addr: r.UpstreamAddr, Dial: r.Dial}}
 	}
+	for i, h := range r.Hosts {
+		if h.Dial == nil {
+			return fmt.Errorf("route %s: host %d (%s): no upstream dialer", r.Name, i+1, h.Addr)
+		}
+	}
+	if r.Dial == nil {
+		r.Dial = r.Hosts[0].Dial
+	}
+	if r.UpstreamAddr == "" {
+		addrs := make([]string, len(r.Hosts))
+		for i, h := range r.Hosts {
+			addrs[i] = h.Addr
+		}
+		r.UpstreamAddr = strings.Join(addrs, ",")
+	}
+	var err error
+	if r.TargetSessionAttrs, err = ParseTargetSessionAttrs(r.TargetSessionAttrs); err != nil {
+		return fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	switch r.LoadBalanceHosts {
+	case "":
+		r.LoadBalanceHosts = "disable"
+	case "disable", "random":
+	default:
+		return fmt.Errorf("route %s: load_balance_hosts must be disable or random, not %q", r.Name, r.LoadBalanceHosts)
+	}
+	if len(r.Hosts) > 1 && r.Prewarm > 0 {
+		return fmt.Errorf("route %s: prewarm with several upstream hosts is not supported yet: set prewarm: 0 for this route", r.Name)
+	}
+	r.holds, r.cancel = &hostHolds{}, &cancelKeys{}
 	if len(r.Listen) == 0 && len(r.Listeners) == 0 {
 		return fmt.Errorf("route %s: no listen address", r.Name)
 	}
@@ -181,7 +231,6 @@ func (r *Route) validate() error {
 		}
 		unix = unix || la.Network == "unix"
 	}
-	var err error
 	mode, err := ParseClientTLSMode(string(r.ClientTLS))
 	if err != nil {
 		return fmt.Errorf("route %s: %w", r.Name, err)

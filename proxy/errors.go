@@ -19,6 +19,7 @@ const (
 	codeInvalidAuthorization = "28000" // invalid_authorization_specification
 	codeFeatureNotSupported  = "0A000" // feature_not_supported
 	codeAdminShutdown        = "57P01" // admin_shutdown
+	codeCannotConnectNow     = "57P03" // cannot_connect_now
 )
 
 // sqlstate is the SQLSTATE of the FATAL error a client gets for a reason:
@@ -42,6 +43,9 @@ func sqlstate(r chain.Reason) string {
 		return codeTooManyConnections
 	case chain.ReasonShutdown:
 		return codeAdminShutdown
+	case chain.ReasonUpstreamRole:
+		// What a server in recovery answers: drivers and pools reconnect.
+		return codeCannotConnectNow
 	}
 	return ""
 }

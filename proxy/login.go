@@ -134,7 +134,17 @@ func (a *authExchange) password() ([]byte, error) {
 		return pw, nil
 	}
 	a.passwordFrom = "client"
-	return askPassword(a.client)
+	if a.clientPassword != nil && *a.clientPassword != nil {
+		return slices.Clone(*a.clientPassword), nil
+	}
+	if err := a.flushHeld(); err != nil {
+		return nil, err
+	}
+	pw, err := askPassword(a.client)
+	if err == nil && a.clientPassword != nil {
+		*a.clientPassword = slices.Clone(pw)
+	}
+	return pw, err
 }
 
 // loginPassword answers AuthenticationCleartextPassword (md5 false) or
@@ -334,7 +344,7 @@ func (a *authExchange) saslAnswer(want uint32) ([]byte, error) {
 		case 'E':
 			return nil, a.forwardError(m)
 		case 'N':
-			if _, err := a.client.Write(m.raw); err != nil {
+			if err := a.toClient(m.raw); err != nil {
 				return nil, fmt.Errorf("client: forwarding a notice: %w", err)
 			}
 			continue

@@ -130,6 +130,18 @@ type authExchange struct {
 	// retryStale lets a refusal of a cached stored password end the
 	// exchange with errStaleStored instead of reaching the client.
 	retryStale bool
+	// hold keeps what the server sends for the client (notices,
+	// AuthenticationOk) in held until the session knows that this host
+	// has the role it wants (target_session_attrs), so that another host
+	// can be tried with the client none the wiser. A relayed exchange
+	// (the client answers the server itself) ends holding: clientInvolved.
+	hold           bool
+	held           []byte
+	clientInvolved bool
+	// clientPassword, when set, keeps the password the client gave the
+	// proxy for the session's next login attempts (another host); the
+	// session zeroes it.
+	clientPassword *[]byte
 	// noAsk, when set, says why auth auto may not ask this client for its
 	// password (a listener off loopback with only the generated
 	// certificate): the exchange is passed through instead.
@@ -164,7 +176,7 @@ func (a *authExchange) run() error {
 			return a.forwardError(m)
 		case 'N', 'v':
 			// NoticeResponse, NegotiateProtocolVersion: pass through.
-			if _, err := a.client.Write(m.raw); err != nil {
+			if err := a.toClient(m.raw); err != nil {
 				return fmt.Errorf("client: forwarding %q: %w", m.typ, err)
 			}
 		default:
@@ -173,11 +185,47 @@ func (a *authExchange) run() error {
 	}
 }
 
+// toClient writes b to the client, or keeps it while holding.
+func (a *authExchange) toClient(b []byte) error {
+	if a.hold {
+		if len(a.held)+len(b) > maxAfterLogin {
+			return upstreamProtocol(fmt.Sprintf("upstream sent more than %d bytes of notices during authentication", maxAfterLogin))
+		}
+		a.held = append(a.held, b...)
+		return nil
+	}
+	_, err := a.client.Write(b)
+	return err
+}
+
+// flushHeld writes what was held to the client.
+func (a *authExchange) flushHeld() error {
+	if len(a.held) == 0 {
+		return nil
+	}
+	_, err := a.client.Write(a.held)
+	a.held = nil
+	if err != nil {
+		return fmt.Errorf("client: forwarding held messages: %w", err)
+	}
+	return nil
+}
+
+// involveClient ends holding before the client takes part in the
+// exchange: from here this login cannot move to another host unseen.
+func (a *authExchange) involveClient() error {
+	a.hold, a.clientInvolved = false, true
+	return a.flushHeld()
+}
+
 // forwardError sends the server's ErrorResponse to the client byte for byte.
 func (a *authExchange) forwardError(m *message) error {
 	if a.passwordFrom == "stored" && a.storedRejected != nil && isAuthFailure(m) &&
 		a.storedRejected() && a.retryStale {
 		return errStaleStored
+	}
+	if err := a.flushHeld(); err != nil {
+		return err
 	}
 	if _, err := a.client.Write(m.raw); err != nil {
 		return fmt.Errorf("client: forwarding server error: %w", err)
@@ -249,7 +297,7 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 			// bound SCRAM exchange has not been authenticated by it.
 			return false, errBindingRequired("the server let the login in without SCRAM-SHA-256-PLUS")
 		}
-		if _, err := a.client.Write(m.raw); err != nil {
+		if err := a.toClient(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationOk: %w", err)
 		}
 		return true, nil
@@ -271,6 +319,9 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 		if err != nil {
 			return false, err
 		}
+		if err := a.involveClient(); err != nil {
+			return false, err
+		}
 		if _, err := a.client.Write(out); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationSASL: %w", err)
 		}
@@ -288,6 +339,9 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 			}
 			return false, errBindingRequired("the server asked for a cleartext password, which cannot be bound")
 		}
+		if err := a.involveClient(); err != nil {
+			return false, err
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding authentication request: %w", err)
 		}
@@ -301,6 +355,9 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 				fmt.Sprintf("the server asked for authentication method %d, which the proxy's own login does not speak", code),
 				"use auth: passthrough for this route, so that the client logs in itself")
 		}
+		if err := a.involveClient(); err != nil {
+			return false, err
+		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding authentication request: %w", err)
 		}
@@ -308,6 +365,9 @@ func (a *authExchange) authRequest(m *message) (done bool, err error) {
 	case authSASLFinal:
 		if a.mechanism != "" {
 			return false, upstreamProtocol("upstream sent AuthenticationSASLFinal twice")
+		}
+		if err := a.involveClient(); err != nil {
+			return false, err
 		}
 		if _, err := a.client.Write(m.raw); err != nil {
 			return false, fmt.Errorf("client: forwarding AuthenticationSASLFinal: %w", err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
@@ -77,20 +78,16 @@ func (s *Server) handle(ctx context.Context, r *Route, st *routeState, conn net.
 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	var up net.Conn
-	var ax *authExchange
-	for attempt := 0; ; attempt++ {
-		var next loginOutcome
-		up, ax, next = ss.login(dctx, r, pkt, params, deadline, attempt == 0)
-		if next == loginDone {
-			return
-		}
-		if next == loginOK {
-			break
-		}
-		ss.log.Info("the server refused the cached stored password: logging in once more with a fresh one")
+	var clientPW []byte
+	defer func() { zero(clientPW) }()
+	up, ax, key, ok := ss.connect(dctx, r, pkt, params, deadline, &clientPW)
+	if !ok {
+		return
 	}
 	defer up.Close()
+	if key != nil && r.cancel != nil {
+		defer r.cancel.remove(key)
+	}
 	if ax.mechanism != "" {
 		ss.log.Info("proxy login", "upstream_auth", ax.mechanism, "password_from", ax.passwordFrom, "channel_bound", ax.bound)
 	} else {
@@ -240,12 +237,162 @@ const (
 	// loginRetry: the server refused a cached stored password, which was
 	// dropped, before anything reached the client: try once more.
 	loginRetry
+	// loginNext: this host cannot serve the session (unreachable, or the
+	// wrong role before the client took part): try the next one.
+	loginNext
 )
 
-// login dials (or takes a pre-dialled) upstream connection, sends the
-// client's StartupMessage and runs the authentication exchange. mayRetry
-// allows a loginRetry outcome (the first attempt only).
-func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, params map[string]string, deadline time.Time, mayRetry bool) (net.Conn, *authExchange, loginOutcome) {
+// connect logs the session in on the first of the route's hosts that
+// connects and has the role the route wants (target_session_attrs), as
+// libpq goes through its host list: in order (or shuffled with
+// load_balance_hosts random), hosts on hold last, and with prefer-standby
+// a second pass that takes any host. It answers the client itself when it
+// fails (ok false). key is the session's cancel key when the route has
+// several hosts (the caller removes it at the end).
+func (ss *session) connect(dctx context.Context, r *Route, pkt *startupPacket, params map[string]string, deadline time.Time, clientPW *[]byte) (up net.Conn, ax *authExchange, key []byte, ok bool) {
+	if len(r.Hosts) == 0 {
+		// A route that did not go through validate (tests): its one host.
+		rc := *r
+		rc.Hosts = []UpstreamHost{{Addr: r.UpstreamAddr, Dial: r.Dial}}
+		if rc.TargetSessionAttrs == "" {
+			rc.TargetSessionAttrs = AttrsAny
+		}
+		r = &rc
+	}
+	order := r.hostOrder(r.holds)
+	passes := 1
+	if r.TargetSessionAttrs == AttrsPreferStandby {
+		passes = 2
+	}
+	var last *clientError
+	for pass := 0; pass < passes; pass++ {
+		for _, hi := range order {
+			for attempt := 0; ; attempt++ {
+				a := loginAttempt{host: hi, pass: pass, mayRetry: attempt == 0, clientPW: clientPW}
+				var next loginOutcome
+				var why *clientError
+				up, ax, key, next, why = ss.login(dctx, r, pkt, params, deadline, a)
+				switch next {
+				case loginOK:
+					return up, ax, key, true
+				case loginDone:
+					return nil, nil, nil, false
+				case loginRetry:
+					ss.log.Info("the server refused the cached stored password: logging in once more with a fresh one")
+					continue
+				}
+				last = why
+				if len(r.Hosts) > 1 {
+					ss.log.Info("upstream host skipped", "host", r.Hosts[hi].Addr, "why", why.Message)
+				}
+				break
+			}
+		}
+	}
+	if last == nil {
+		last = &clientError{Reason: chain.ReasonUpstreamProtocol, Message: "pgverifyproxy: no upstream host"}
+	}
+	if len(r.Hosts) > 1 {
+		last = &clientError{Reason: last.Reason, Cause: last.Cause,
+			Message: fmt.Sprintf("pgverifyproxy: no host of upstream %s could serve this session (target_session_attrs=%s); the last: %s",
+				r.UpstreamAddr, r.TargetSessionAttrs, strings.TrimPrefix(last.Message, "pgverifyproxy: ")),
+			Hint: last.Hint}
+	}
+	ss.refuse(last)
+	return nil, nil, nil, false
+}
+
+// loginAttempt is one login on one host.
+type loginAttempt struct {
+	host     int  // index in Route.Hosts
+	pass     int  // prefer-standby's second pass takes any role
+	mayRetry bool // a refused cached stored password may be retried
+	clientPW *[]byte
+}
+
+// dialHost opens a verified connection to host hi of r: a pre-dialled one
+// when the route has one host and prewarm.
+func (ss *session) dialHost(ctx context.Context, r *Route, hi int) (net.Conn, bool, error) {
+	if len(r.Hosts) == 1 {
+		return ss.s.upstreamConn(ctx, r)
+	}
+	start := time.Now()
+	c, err := r.Hosts[hi].Dial(ctx)
+	if err == nil || ctx.Err() == nil {
+		ss.s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+	}
+	return c, false, err
+}
+
+// checkRole reads what the server sends after AuthenticationOk up to
+// ReadyForQuery, and decides whether this host serves the session. On
+// loginOK the client has everything the server sent; on loginNext nothing
+// reached the client and up is closed by the caller.
+func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExchange) (key []byte, next loginOutcome, why *clientError) {
+	al, err := readAfterLogin(up)
+	switch {
+	case errors.Is(err, errUpstreamRejected):
+		if ferr := ax.flushHeld(); ferr == nil {
+			_, _ = ss.client.Write(al.raw)
+		}
+		ss.result = ResultAuthFailed
+		ss.log.Info("session refused by upstream after authentication (its error was forwarded to the client)", "host", r.Hosts[a.host].Addr)
+		return nil, loginDone, nil
+	case err != nil:
+		var ce *clientError
+		if !errors.As(err, &ce) {
+			ce = upstreamLost(r.host(a.host), err)
+		}
+		if ax.hold {
+			return nil, loginNext, ce
+		}
+		ss.refuse(ce)
+		return nil, loginDone, nil
+	}
+	ok, known := al.role.matches(r.TargetSessionAttrs, a.pass)
+	if ok && known {
+		if err := ax.flushHeld(); err != nil {
+			ss.log.Info("client left", "error", err.Error())
+			return nil, loginDone, nil
+		}
+		if _, err := ss.client.Write(al.raw); err != nil {
+			ss.log.Info("client left", "error", err.Error())
+			return nil, loginDone, nil
+		}
+		if r.cancel != nil {
+			r.cancel.add(al.cancelKey, a.host)
+		}
+		if len(r.Hosts) > 1 {
+			ss.log = ss.log.With("host", r.Hosts[a.host].Addr)
+		}
+		return al.cancelKey, loginOK, nil
+	}
+	what := al.role.describe()
+	if !known {
+		what = "a server that does not report in_hot_standby and default_transaction_read_only (PostgreSQL 13 or older)"
+	}
+	why = &clientError{Reason: chain.ReasonUpstreamRole,
+		Message: fmt.Sprintf("pgverifyproxy: upstream host %s is %s, and this route wants target_session_attrs=%s", r.Hosts[a.host].Addr, what, r.TargetSessionAttrs),
+		Hint:    "connect again: the proxy tries the route's next host (this one is put last for a few seconds)"}
+	if ax.hold {
+		return nil, loginNext, why
+	}
+	// The client answered this server itself: the login cannot move to
+	// another host unseen. As a server shutting down would, refuse with
+	// a SQLSTATE drivers and pools take for "reconnect".
+	if r.holds != nil {
+		r.holds.hold(r.Hosts[a.host].Addr)
+	}
+	ss.refuse(why)
+	return nil, loginDone, nil
+}
+
+// login dials (or takes a pre-dialled) upstream connection to one host,
+// sends the client's StartupMessage, runs the authentication exchange and,
+// when the route has several hosts or wants a role, checks the role.
+// a.mayRetry allows a loginRetry outcome (the first attempt only). On
+// loginNext why says why the host was skipped.
+func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, params map[string]string, deadline time.Time, a loginAttempt) (net.Conn, *authExchange, []byte, loginOutcome, *clientError) {
 	// A relay route with a stored password will log in with it: read it
 	// before dialling, so that a failing password_command opens no
 	// upstream connection and costs no failed login at the server.
@@ -256,16 +403,19 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 			pw, err := r.StoredPassword()
 			if err != nil {
 				ss.refuse(storedPasswordError(err))
-				return nil, nil, loginDone
+				return nil, nil, nil, loginDone, nil
 			}
 			defer zero(pw)
 			stored = func() ([]byte, error) { return slices.Clone(pw), nil }
 		}
 	}
-	up, warm, err := ss.s.upstreamConn(dctx, r)
+	up, warm, err := ss.dialHost(dctx, r, a.host)
 	if err != nil {
+		if len(r.Hosts) > 1 && dctx.Err() == nil {
+			return nil, nil, nil, loginNext, upstreamError(r.host(a.host), err)
+		}
 		ss.refuse(ss.dialFailed(dctx, err))
-		return nil, nil, loginDone
+		return nil, nil, nil, loginDone, nil
 	}
 	if warm {
 		ss.log = ss.log.With("prewarmed", true)
@@ -278,24 +428,35 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 	// auth mode: the server negotiates the protocol with the client itself.
 	if _, err := up.Write(pkt.raw); err != nil {
 		up.Close()
+		if len(r.Hosts) > 1 {
+			return nil, nil, nil, loginNext, upstreamError(r.host(a.host), err)
+		}
 		ss.refuse(upstreamError(r, err))
-		return nil, nil, loginDone
+		return nil, nil, nil, loginDone, nil
 	}
 	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
 		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
-		retryStale: mayRetry,
-		noAsk:      r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
+		retryStale: a.mayRetry, hold: r.TargetSessionAttrs != AttrsAny, clientPassword: a.clientPW,
+		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
 		fallback: func(reason string) {
 			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
 		}}
 	err = ax.run()
 	if err == nil {
-		return up, ax, loginOK
+		if len(r.Hosts) == 1 && r.TargetSessionAttrs == AttrsAny {
+			return up, ax, nil, loginOK, nil
+		}
+		key, next, why := ss.checkRole(r, a, up, ax)
+		if next == loginOK {
+			return up, ax, key, loginOK, nil
+		}
+		up.Close()
+		return nil, nil, nil, next, why
 	}
 	up.Close()
 	switch {
 	case errors.Is(err, errStaleStored):
-		return nil, nil, loginRetry
+		return nil, nil, nil, loginRetry, nil
 	case errors.Is(err, errUpstreamRejected):
 		ss.result = ResultAuthFailed
 		attrs := []any{}
@@ -310,5 +471,5 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 	default:
 		ss.refuse(err)
 	}
-	return nil, nil, loginDone
+	return nil, nil, nil, loginDone, nil
 }

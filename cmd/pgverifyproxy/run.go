@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -77,7 +78,11 @@ type builtRoute struct {
 // path (for the expiry gauges) and a live-trust route's changes of root.
 func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin) (builtRoute, error) {
 	log = log.With("route", r.Name)
-	rt, err := buildTrust(rc.trustConfig(r), log, func(c *chain.RouteConfig) {
+	list, err := parseUpstreamList(r.Upstream)
+	if err != nil {
+		return builtRoute{}, err
+	}
+	adjust := func(c *chain.RouteConfig) {
 		if ka := keepAlive(rc.TCPKeepalive); ka.Enable {
 			c.Net = &net.Dialer{KeepAliveConfig: *ka}
 		} else {
@@ -99,8 +104,30 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 				adm.RootChanged(name, describeRoot(from), describeRoot(to))
 			}
 		}
-	})
-	if err != nil {
+	}
+	// A host list: each host is dialled and verified under its own name,
+	// with the route's one trust configuration (and, with tofu, a pin
+	// each); the first host's trust stands for the route in the start-up
+	// check and the readiness probe.
+	var hosts []proxy.UpstreamHost
+	var rt *chain.RouteTrust
+	if len(list.Hosts) > 1 {
+		if r.ServerName != "" {
+			return builtRoute{}, errors.New("server_name names one host, and the upstream lists several: each host is verified under its own name; remove server_name")
+		}
+		for _, h := range list.Hosts {
+			hr := r
+			hr.Upstream = net.JoinHostPort(h.Host, strconv.Itoa(h.Port))
+			ht, err := buildTrust(rc.trustConfig(hr), log.With("host", hr.Upstream), adjust)
+			if err != nil {
+				return builtRoute{}, fmt.Errorf("host %s: %w", hr.Upstream, err)
+			}
+			hosts = append(hosts, proxy.UpstreamHost{Addr: hr.Upstream, Dial: ht.Dial})
+			if rt == nil {
+				rt = ht
+			}
+		}
+	} else if rt, err = buildTrust(rc.trustConfig(r), log, adjust); err != nil {
 		return builtRoute{}, err
 	}
 	mode, _ := proxy.ParseClientTLSMode(r.ClientTLS)
@@ -128,7 +155,10 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 	route := proxy.Route{
 		Name:               r.Name,
 		Listen:             r.Listen,
-		UpstreamAddr:       rt.Addr(),
+		UpstreamAddr:       upstreamAddrs(rt, hosts),
+		Hosts:              hosts,
+		TargetSessionAttrs: list.TargetSessionAttrs,
+		LoadBalanceHosts:   list.LoadBalanceHosts,
 		Trust:              rt.Describe,
 		RepinCommand:       rt.HintContext().Repin,
 		Dial:               rt.Dial,
@@ -486,4 +516,17 @@ func adminHosts(rc *runConfig) []string {
 		}
 	}
 	return hosts
+}
+
+// upstreamAddrs names a route's upstream in messages: its one host, or the
+// host list.
+func upstreamAddrs(rt *chain.RouteTrust, hosts []proxy.UpstreamHost) string {
+	if len(hosts) < 2 {
+		return rt.Addr()
+	}
+	addrs := make([]string, len(hosts))
+	for i, h := range hosts {
+		addrs[i] = h.Addr
+	}
+	return strings.Join(addrs, ",")
 }

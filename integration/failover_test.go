@@ -1,0 +1,98 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
+	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
+)
+
+// haPair starts a primary on 127.0.0.1 and a streaming standby on
+// 127.0.0.2, each with a certificate for its own address only, under the
+// test CA.
+func haPair(t *testing.T) (primary, standby *harness.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	leaf := func(ip string) *testpki.Cert {
+		c, err := testpki.IssueLeaf(pki.Intermediate, testpki.LeafOptions{CommonName: ip, IPs: []net.IP{net.ParseIP(ip)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	pl, sl := leaf("127.0.0.1"), leaf("127.0.0.2")
+	primary, err := harness.StartCluster(ctx, harness.ClusterOptions{ServerCertPEM: pl.ChainPEM(pki.Intermediate), ServerKeyPEM: pl.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = primary.Stop() })
+	standby, err = primary.StartStandby(ctx, harness.StandbyOptions{Host: "127.0.0.2", ServerCertPEM: sl.ChainPEM(pki.Intermediate), ServerKeyPEM: sl.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = standby.Stop() })
+	return primary, standby
+}
+
+// whereAmI is what a session reports of its server: its address and
+// whether it is in recovery.
+const whereAmI = "select host(inet_server_addr()) || '|' || pg_is_in_recovery()"
+
+// TestFailoverHostList: a route whose upstream lists the standby first and
+// the primary second. With target_session_attrs=read-write the proxy's own
+// logins (auth relay) skip the standby unseen; a relayed login (auth
+// passthrough) that reached the standby is refused with 57P03 and the next
+// connection reaches the primary. read-only and prefer-standby reach the
+// standby. After the primary stops and the standby is promoted, new
+// read-write sessions reach the new primary without restarting the proxy.
+func TestFailoverHostList(t *testing.T) {
+	primary, standby := haPair(t)
+	hosts := fmt.Sprintf("127.0.0.2:%d,127.0.0.1:%d", standby.Port, primary.Port)
+	uri := func(attrs string) string { return "postgres://" + hosts + "/?target_session_attrs=" + attrs }
+	scram := "user=" + harness.ScramUser + " sslmode=disable"
+
+	rw := startCLI(t, nil, "--upstream", uri("read-write"), "--ca-file", rootFile, "--auth", "relay")
+	if r := runPsql(t, rw.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.1|false" {
+		t.Fatalf("read-write through auth relay: exit %d out %q err %q\n%s", r.code, r.out, r.err, rw.log())
+	}
+	ro := startCLI(t, nil, "--upstream", uri("read-only"), "--ca-file", rootFile, "--auth", "relay")
+	if r := runPsql(t, ro.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.2|true" {
+		t.Fatalf("read-only: exit %d out %q err %q\n%s", r.code, r.out, r.err, ro.log())
+	}
+	ps := startCLI(t, nil, "--upstream", uri("prefer-standby"), "--ca-file", rootFile, "--auth", "relay")
+	if r := runPsql(t, ps.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.2|true" {
+		t.Fatalf("prefer-standby: exit %d out %q err %q\n%s", r.code, r.out, r.err, ps.log())
+	}
+
+	pt := startCLI(t, nil, "--upstream", uri("read-write"), "--ca-file", rootFile, "--auth", "passthrough")
+	first := runPsql(t, pt.port, scram, harness.ScramPassword, whereAmI)
+	if first.code == 0 || !strings.Contains(first.err, "is a hot standby, and this route wants target_session_attrs=read-write") {
+		t.Fatalf("passthrough, first connection: exit %d out %q err %q, want a refusal naming the standby\n%s", first.code, first.out, first.err, pt.log())
+	}
+	if r := runPsql(t, pt.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.1|false" {
+		t.Fatalf("passthrough, next connection: exit %d out %q err %q\n%s", r.code, r.out, r.err, pt.log())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := primary.StopServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	if err := standby.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := runPsql(t, rw.port, scram, harness.ScramPassword, whereAmI)
+	if r.code != 0 || r.out != "127.0.0.2|false" {
+		t.Fatalf("read-write after the failover: exit %d out %q err %q\n%s", r.code, r.out, r.err, rw.log())
+	}
+	t.Logf("promote to the first read-write session on the new primary: %v", time.Since(promoted).Round(time.Millisecond))
+}
