@@ -4,11 +4,15 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgverifyproxy/pgverifyproxy/integration/harness"
 	"github.com/pgverifyproxy/pgverifyproxy/internal/testpki"
@@ -63,6 +67,28 @@ func TestFailoverHostList(t *testing.T) {
 	if r := runPsql(t, rw.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.1|false" {
 		t.Fatalf("read-write through auth relay: exit %d out %q err %q\n%s", r.code, r.out, r.err, rw.log())
 	}
+	// A cancel reaches the host that serves the session (the second of
+	// the list).
+	func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable",
+			rw.port, harness.ScramUser, harness.ScramPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			_ = conn.PgConn().CancelRequest(ctx)
+		}()
+		start := time.Now()
+		_, err = conn.Exec(ctx, "select pg_sleep(20)")
+		var pe *pgconn.PgError
+		if took := time.Since(start); !errors.As(err, &pe) || pe.Code != "57014" || took > 10*time.Second {
+			t.Fatalf("pg_sleep cancelled through the host list: %v after %v, want 57014 at once\n%s", err, took, rw.log())
+		}
+	}()
 	ro := startCLI(t, nil, "--upstream", uri("read-only"), "--ca-file", rootFile, "--auth", "relay")
 	if r := runPsql(t, ro.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.2|true" {
 		t.Fatalf("read-only: exit %d out %q err %q\n%s", r.code, r.out, r.err, ro.log())

@@ -210,7 +210,21 @@ func (ss *session) refused(cause chain.Reason) {
 func (ss *session) forwardCancel(ctx context.Context, pkt *startupPacket) {
 	ctx, cancel := context.WithTimeout(ctx, cancelWait+ss.route.StartupTimeout)
 	defer cancel()
-	up, _, err := ss.s.upstreamConn(ctx, ss.route)
+	var up net.Conn
+	var err error
+	if r := ss.route; len(r.Hosts) > 1 {
+		// The host that serves the session whose key this is; a key the
+		// proxy does not know (a session that ended) is not sent anywhere.
+		hi, ok := r.cancel.lookup(cancelBody(pkt.raw))
+		if !ok {
+			ss.log.Info("cancel request for no session of this proxy: not forwarded")
+			return
+		}
+		ss.log = ss.log.With("host", r.Hosts[hi].Addr)
+		up, _, err = ss.dialHost(ctx, r, hi)
+	} else {
+		up, _, err = ss.s.upstreamConn(ctx, ss.route)
+	}
 	if err != nil {
 		ss.log.Warn("cancel request not forwarded", "reason", upstreamError(ss.route, err).Reason.String(), "error", err.Error())
 		return
