@@ -122,3 +122,43 @@ func TestFailoverHostList(t *testing.T) {
 	}
 	t.Logf("promote to the first read-write session on the new primary: %v", time.Since(promoted).Round(time.Millisecond))
 }
+
+// TestHostListVerifiesEachHost: each host of a list is verified under its
+// own name. A host presenting a certificate valid for another host of the
+// list, and a host behind an interceptor (another CA), are refused, and
+// the route goes on with the host that verifies; the refused hosts never
+// get a startup message.
+func TestHostListVerifiesEachHost(t *testing.T) {
+	primary, _ := haPair(t)
+	standbyCert, err := testpki.IssueLeaf(pki.Intermediate, testpki.LeafOptions{CommonName: "127.0.0.2", IPs: []net.IP{net.ParseIP("127.0.0.2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongName, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: standbyCert.TLSCertificate(pki.Intermediate)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wrongName.Close)
+	mitm, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: pki.OtherLeaf.TLSCertificate(pki.OtherRoot)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mitm.Close)
+	hosts := fmt.Sprintf("%s,%s,127.0.0.1:%d", wrongName.Addr, mitm.Addr, primary.Port)
+	p := startCLI(t, nil, "--upstream", hosts, "--target-session-attrs", "read-write", "--ca-file", rootFile, "--auth", "relay")
+	r := runPsql(t, p.port, "user="+harness.ScramUser+" sslmode=disable", harness.ScramPassword, whereAmI)
+	if r.code != 0 || r.out != "127.0.0.1|false" {
+		t.Fatalf("through the host list: exit %d out %q err %q\n%s", r.code, r.out, r.err, p.log())
+	}
+	log := p.log()
+	for _, want := range []string{"host=" + wrongName.Addr, `is not valid for host name \"127.0.0.1\"`, "host=" + mitm.Addr, "unknown authority"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the proxy's log lacks %q:\n%s", want, log)
+		}
+	}
+	for _, s := range []*testpki.ScriptedServer{wrongName, mitm} {
+		if n := len(s.Startups()); n != 0 {
+			t.Errorf("host %s got %d startup messages, want none", s.Addr, n)
+		}
+	}
+}

@@ -49,6 +49,10 @@ type runConfig struct {
 	Auth            string        `mapstructure:"auth"`
 	ChannelBinding  string        `mapstructure:"channel_binding"`
 	AskPasswordFrom []string      `mapstructure:"ask_password_from"`
+	// TargetSessionAttrs and LoadBalanceHosts: libpq's, for an upstream
+	// host list (a URI's own parameters win).
+	TargetSessionAttrs string `mapstructure:"target_session_attrs"`
+	LoadBalanceHosts   string `mapstructure:"load_balance_hosts"`
 	// UnixSocketPermissions and UnixSocketGroup: the socket files of
 	// unix: listeners (octal mode; group name or number).
 	UnixSocketPermissions string `mapstructure:"unix_socket_permissions"`
@@ -99,6 +103,8 @@ type routeConfig struct {
 	ChannelBinding string   `mapstructure:"channel_binding"`
 	// AskPasswordFrom is the route's own or the top level's.
 	AskPasswordFrom       []string `mapstructure:"ask_password_from"`
+	TargetSessionAttrs    string   `mapstructure:"target_session_attrs"`
+	LoadBalanceHosts      string   `mapstructure:"load_balance_hosts"`
 	UnixSocketPermissions string   `mapstructure:"unix_socket_permissions"`
 	UnixSocketGroup       string   `mapstructure:"unix_socket_group"`
 	PasswordFile          string   `mapstructure:"password_file"`
@@ -116,7 +122,7 @@ type routeConfig struct {
 // routeKeys are the settings a route may carry.
 var routeKeys = []string{"name", "listen", "upstream", "server_name", "ca_file", "trust",
 	"upstream_cert", "upstream_key", "negotiation", "client_tls", "client_tls_cert", "client_tls_key",
-	"auth", "channel_binding", "ask_password_from", "unix_socket_permissions", "unix_socket_group", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
+	"auth", "channel_binding", "ask_password_from", "target_session_attrs", "load_balance_hosts", "unix_socket_permissions", "unix_socket_group", "password_file", "password_env", "password_command", "max_connections", "prewarm"}
 
 // option is one setting: its config key, flag name, default and help.
 type option struct {
@@ -147,6 +153,8 @@ var runOptions = []option{
 	{"auth", "auth", string(proxy.AuthAuto), "who logs in upstream: auto (the client's own exchange is relayed, except where the server offers SCRAM channel binding to a TLS client: there the proxy asks for the password inside that TLS and logs in with channel binding itself), passthrough (always the client's own exchange) or relay (the proxy always asks for the password and logs in itself)"},
 	{"unix_socket_permissions", "unix-socket-permissions", "0777", "mode of the socket files of unix: listeners, in octal, as PostgreSQL's unix_socket_permissions: 0777 lets every local user connect; 0770 with unix_socket_group only that group's members (narrow a stored-password route this way)"},
 	{"unix_socket_group", "unix-socket-group", "", "group (name or number) of the socket files of unix: listeners, as PostgreSQL's unix_socket_group; the proxy must be a member of it, or root"},
+	{"target_session_attrs", "target-session-attrs", "any", "with an upstream host list: libpq's target_session_attrs, the role a host must have to serve a session: any, read-write, read-only, primary, standby or prefer-standby (read from the ParameterStatus of PostgreSQL 14 and later; an upstream URI's own parameter wins)"},
+	{"load_balance_hosts", "load-balance-hosts", "disable", "with an upstream host list: libpq's load_balance_hosts, disable (try the hosts in order) or random"},
 	{"ask_password_from", "ask-password-from", proxy.DefaultAskPasswordFrom, "with auth auto and the generated client certificate: where the proxy may ask a TLS client for its password to log in for it with SCRAM-SHA-256-PLUS: loopback (and unix sockets), link (a client on the network of the address it reached, not through a default gateway: a compose or pod network), private (both addresses private), or CIDR prefixes; an empty list asks nowhere; elsewhere the client's own login is relayed (repeatable)"},
 	{"channel_binding", "channel-binding", "prefer", "SCRAM channel binding on the proxy's own logins (relay, and auto where it logs in): prefer, require or disable"},
 	{"password_file", "password-file", "", "with auth relay or auto: a file (mode 0600) holding the password to log in with, so clients need none (loopback and unix listeners only)"},
@@ -372,7 +380,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 			CAFile: rc.CAFile, Trust: rc.Trust, UpstreamCert: rc.UpstreamCert, UpstreamKey: rc.UpstreamKey,
 			Negotiation: rc.Negotiation, ClientTLS: rc.ClientTLS, ClientTLSCert: rc.ClientTLSCert, ClientTLSKey: rc.ClientTLSKey,
 			Auth: rc.Auth, ChannelBinding: rc.ChannelBinding, AskPasswordFrom: rc.AskPasswordFrom,
-			UnixSocketPermissions: rc.UnixSocketPermissions, UnixSocketGroup: rc.UnixSocketGroup, PasswordFile: rc.PasswordFile, PasswordEnv: rc.PasswordEnv,
+			UnixSocketPermissions: rc.UnixSocketPermissions, UnixSocketGroup: rc.UnixSocketGroup, PasswordFile: rc.PasswordFile,
+			TargetSessionAttrs: rc.TargetSessionAttrs, LoadBalanceHosts: rc.LoadBalanceHosts, PasswordEnv: rc.PasswordEnv,
 			PasswordCommand: rc.PasswordCommand, MaxConnections: rc.MaxConnections, Prewarm: rc.Prewarm,
 		}}, nil
 	}
@@ -387,7 +396,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 	top := map[string]string{"ca_file": rc.CAFile, "trust": rc.Trust, "upstream_cert": rc.UpstreamCert, "upstream_key": rc.UpstreamKey,
 		"negotiation": rc.Negotiation, "client_tls": rc.ClientTLS, "client_tls_cert": rc.ClientTLSCert, "client_tls_key": rc.ClientTLSKey,
 		"auth": rc.Auth, "channel_binding": rc.ChannelBinding,
-		"unix_socket_permissions": rc.UnixSocketPermissions, "unix_socket_group": rc.UnixSocketGroup}
+		"unix_socket_permissions": rc.UnixSocketPermissions, "unix_socket_group": rc.UnixSocketGroup,
+		"target_session_attrs": rc.TargetSessionAttrs, "load_balance_hosts": rc.LoadBalanceHosts}
 	// Certificate and key come as a pair: a route that sets either one
 	// inherits neither.
 	pairs := map[string]string{"upstream_cert": "upstream_key", "upstream_key": "upstream_cert",
@@ -413,7 +423,8 @@ func (rc *runConfig) routes() ([]routeConfig, error) {
 		fields := map[string]*string{"ca_file": &r.CAFile, "trust": &r.Trust, "upstream_cert": &r.UpstreamCert, "upstream_key": &r.UpstreamKey,
 			"negotiation": &r.Negotiation, "client_tls": &r.ClientTLS, "client_tls_cert": &r.ClientTLSCert, "client_tls_key": &r.ClientTLSKey,
 			"auth": &r.Auth, "channel_binding": &r.ChannelBinding,
-			"unix_socket_permissions": &r.UnixSocketPermissions, "unix_socket_group": &r.UnixSocketGroup}
+			"unix_socket_permissions": &r.UnixSocketPermissions, "unix_socket_group": &r.UnixSocketGroup,
+			"target_session_attrs": &r.TargetSessionAttrs, "load_balance_hosts": &r.LoadBalanceHosts}
 		for k, f := range fields {
 			if r.set[k] {
 				// A route's own value would silently beat a flag or a
@@ -505,6 +516,12 @@ func (r *routeConfig) validate() error {
 	}
 	if _, err := unixSocketMode(r.UnixSocketPermissions); err != nil {
 		return err
+	}
+	if _, err := proxy.ParseTargetSessionAttrs(r.TargetSessionAttrs); err != nil {
+		return err
+	}
+	if lb := r.LoadBalanceHosts; lb != "" && lb != "disable" && lb != "random" {
+		return fmt.Errorf("load_balance_hosts must be disable or random, not %s", strconv.Quote(lb))
 	}
 	stored := 0
 	for _, v := range []string{r.PasswordFile, r.PasswordEnv, r.PasswordCommand} {

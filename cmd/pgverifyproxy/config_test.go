@@ -73,7 +73,7 @@ func TestConfigPrecedenceFlagsEnvFile(t *testing.T) {
 		Listen: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, ClientTLS: "allow",
 		ConnectTimeout: 3 * time.Second, StartupTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", Negotiation: "postgres", Auth: "auto", ChannelBinding: "prefer", PasswordCommandTimeout: defaultPasswordCommandTimeout, PasswordCommandTTL: defaultPasswordCommandTTL, AdminHosts: []string{},
-		AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777",
+		AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777", TargetSessionAttrs: "any", LoadBalanceHosts: "disable",
 		TCPKeepalive: 30 * time.Second, ReadyWindow: 30 * time.Second, PrewarmMaxAge: 30 * time.Second, Relay: "loop",
 	}
 	rc.setBy = nil
@@ -211,12 +211,12 @@ routes:
 	}
 	want := []routeConfig{
 		{Name: "a", Upstream: "a.example:5432", Listen: []string{"127.0.0.1:6001", "unix:/run/a"}, CAFile: "/top/ca.pem",
-			Trust: "system", ClientTLS: "disable", Negotiation: "direct", Auth: "auto", ChannelBinding: "prefer", AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777"},
+			Trust: "system", ClientTLS: "disable", Negotiation: "direct", Auth: "auto", ChannelBinding: "prefer", AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777", TargetSessionAttrs: "any", LoadBalanceHosts: "disable"},
 		// Keys a route leaves out take the top-level value; an explicit
 		// ca_file: "" means "use a pin".
 		{Name: "b.example:6543", Upstream: "b.example:6543", ServerName: "b.internal", Listen: []string{"127.0.0.1:6002"},
 			CAFile: "", Trust: "tofu", ClientTLS: "require", Negotiation: "postgres",
-			UpstreamCert: "/b/c.crt", UpstreamKey: "/b/c.key", Auth: "auto", ChannelBinding: "prefer", AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777"},
+			UpstreamCert: "/b/c.crt", UpstreamKey: "/b/c.key", Auth: "auto", ChannelBinding: "prefer", AskPasswordFrom: []string{"loopback", "link"}, UnixSocketPermissions: "0777", TargetSessionAttrs: "any", LoadBalanceHosts: "disable"},
 	}
 	for i := range got {
 		got[i].set = nil

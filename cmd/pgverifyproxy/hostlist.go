@@ -22,10 +22,11 @@ type upstreamHost struct {
 // load_balance_hosts.
 type upstreamList struct {
 	Hosts []upstreamHost
-	// TargetSessionAttrs is libpq's: any (the default), read-write,
-	// read-only, primary, standby or prefer-standby.
+	// TargetSessionAttrs is libpq's: any, read-write, read-only, primary,
+	// standby or prefer-standby; "" when the URI does not say.
 	TargetSessionAttrs string
-	// LoadBalanceHosts is disable (the default: in order) or random.
+	// LoadBalanceHosts is disable (in order) or random; "" when the URI
+	// does not say.
 	LoadBalanceHosts string
 	// Ignored lists the parts of a URI the proxy does not use.
 	Ignored []string
@@ -45,7 +46,9 @@ func parseUpstreamList(s string) (upstreamList, error) {
 	if s == "" {
 		return upstreamList{}, errors.New("upstream is empty")
 	}
-	out := upstreamList{TargetSessionAttrs: "any", LoadBalanceHosts: "disable"}
+	// Empty TargetSessionAttrs and LoadBalanceHosts: not in a URI (the
+	// route's settings then apply).
+	out := upstreamList{}
 	hostPart := s
 	isURI := strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 	if isURI {

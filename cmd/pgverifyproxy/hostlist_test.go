@@ -15,14 +15,14 @@ func TestParseUpstreamList(t *testing.T) {
 		ignored []string
 		err     string
 	}{
-		{in: "db.example.com", hosts: []upstreamHost{{"db.example.com", 5432}}, attrs: "any", lb: "disable"},
-		{in: "a:5432,b:5433,c", hosts: []upstreamHost{{"a", 5432}, {"b", 5433}, {"c", 5432}}, attrs: "any", lb: "disable"},
-		{in: "[2001:db8::1]:6432,[2001:db8::2]", hosts: []upstreamHost{{"2001:db8::1", 6432}, {"2001:db8::2", 5432}}, attrs: "any", lb: "disable"},
+		{in: "db.example.com", hosts: []upstreamHost{{"db.example.com", 5432}}, attrs: "", lb: ""},
+		{in: "a:5432,b:5433,c", hosts: []upstreamHost{{"a", 5432}, {"b", 5433}, {"c", 5432}}, attrs: "", lb: ""},
+		{in: "[2001:db8::1]:6432,[2001:db8::2]", hosts: []upstreamHost{{"2001:db8::1", 6432}, {"2001:db8::2", 5432}}, attrs: "", lb: ""},
 		{in: "postgres://u:secret@h1:5432,h2:5433/app?target_session_attrs=read-write&load_balance_hosts=random&sslmode=require",
 			hosts: []upstreamHost{{"h1", 5432}, {"h2", 5433}}, attrs: "read-write", lb: "random",
 			ignored: []string{"user", "password", "database", "sslmode=require"}},
-		{in: "postgresql://h1,h2:7000?target_session_attrs=prefer-standby", hosts: []upstreamHost{{"h1", 5432}, {"h2", 7000}}, attrs: "prefer-standby", lb: "disable"},
-		{in: "postgres://[::1]:5433,[::2]/db", hosts: []upstreamHost{{"::1", 5433}, {"::2", 5432}}, attrs: "any", lb: "disable", ignored: []string{"database"}},
+		{in: "postgresql://h1,h2:7000?target_session_attrs=prefer-standby", hosts: []upstreamHost{{"h1", 5432}, {"h2", 7000}}, attrs: "prefer-standby", lb: ""},
+		{in: "postgres://[::1]:5433,[::2]/db", hosts: []upstreamHost{{"::1", 5433}, {"::2", 5432}}, attrs: "", lb: "", ignored: []string{"database"}},
 		{in: "postgres://h1,h2?target_session_attrs=master", err: "target_session_attrs must be one of"},
 		{in: "postgres://h1,h2?load_balance_hosts=yes", err: "load_balance_hosts must be disable or random"},
 		{in: "a:5432,,b", err: "host 2: no host"},

@@ -157,8 +157,8 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		Listen:             r.Listen,
 		UpstreamAddr:       upstreamAddrs(rt, hosts),
 		Hosts:              hosts,
-		TargetSessionAttrs: list.TargetSessionAttrs,
-		LoadBalanceHosts:   list.LoadBalanceHosts,
+		TargetSessionAttrs: firstSet(list.TargetSessionAttrs, r.TargetSessionAttrs),
+		LoadBalanceHosts:   firstSet(list.LoadBalanceHosts, r.LoadBalanceHosts),
 		Trust:              rt.Describe,
 		RepinCommand:       rt.HintContext().Repin,
 		Dial:               rt.Dial,
@@ -529,4 +529,14 @@ func upstreamAddrs(rt *chain.RouteTrust, hosts []proxy.UpstreamHost) string {
 		addrs[i] = h.Addr
 	}
 	return strings.Join(addrs, ",")
+}
+
+// firstSet returns the first of values that is not empty.
+func firstSet(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
