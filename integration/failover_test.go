@@ -7,6 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,14 +111,50 @@ func TestFailoverHostList(t *testing.T) {
 		t.Fatalf("passthrough, next connection: exit %d out %q err %q\n%s", r.code, r.out, r.err, pt.log())
 	}
 
+	// libpq parity: psql straight to the same host list with the same
+	// target_session_attrs picks the same server as the proxy does.
+	for _, attrs := range []string{"any", "read-write", "read-only", "primary", "standby", "prefer-standby"} {
+		p := startCLI(t, nil, "--upstream", uri(attrs), "--ca-file", rootFile, "--auth", "relay")
+		via := runPsql(t, p.port, scram, harness.ScramPassword, whereAmI)
+		direct := psqlDSN(t, fmt.Sprintf("host=127.0.0.2,127.0.0.1 port=%d,%d dbname=postgres user=%s target_session_attrs=%s sslmode=verify-full sslrootcert=%s connect_timeout=20",
+			standby.Port, primary.Port, harness.ScramUser, attrs, rootFile), harness.ScramPassword, whereAmI)
+		if via.code != 0 || direct.code != 0 || via.out != direct.out {
+			t.Errorf("target_session_attrs=%s: the proxy chose %q (exit %d, %q), libpq chose %q (exit %d, %q)", attrs, via.out, via.code, via.err, direct.out, direct.code, direct.err)
+		}
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// pgbench through the read-write route across the failover, a new
+	// connection per transaction: it must end on its own (no session
+	// hangs); only transactions in flight at the failover may fail.
+	script := filepath.Join(t.TempDir(), "select.sql")
+	if err := os.WriteFile(script, []byte("select 1;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bench := exec.CommandContext(ctx, "pgbench", "-n", "-C", "-c", "2", "-T", "6", "-f", script,
+		"-h", "127.0.0.1", "-p", strconv.Itoa(rw.port), "-U", harness.ScramUser, "postgres")
+	bench.Env = append(cleanEnv(), "PGPASSWORD="+harness.ScramPassword, "PGSSLMODE=disable")
+	var benchOut syncBuffer
+	bench.Stdout, bench.Stderr = &benchOut, &benchOut
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
 	if err := primary.StopServer(ctx); err != nil {
 		t.Fatal(err)
 	}
 	promoted := time.Now()
 	if err := standby.Promote(ctx); err != nil {
 		t.Fatal(err)
+	}
+	benchDone := make(chan error, 1)
+	go func() { benchDone <- bench.Wait() }()
+	select {
+	case err := <-benchDone:
+		t.Logf("pgbench across the failover ended (%v):\n%s", err, benchOut.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pgbench across the failover still runs 30 s after a 6 s run: a session hangs\n%s\nproxy log:\n%s", benchOut.String(), rw.log())
 	}
 	r := runPsql(t, rw.port, scram, harness.ScramPassword, whereAmI)
 	if r.code != 0 || r.out != "127.0.0.2|false" {
