@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,6 +195,35 @@ func TestHostListVerifiesEachHost(t *testing.T) {
 	for _, want := range []string{"host=" + wrongName.Addr, `is not valid for host name \"127.0.0.1\"`, "host=" + mitm.Addr, "unknown authority"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("the proxy's log lacks %q:\n%s", want, log)
+		}
+	}
+	// /readyz: the route is ready while one of its hosts verifies.
+	adminPort, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withAdmin := startCLI(t, nil, "--upstream", hosts, "--ca-file", rootFile, "--admin", fmt.Sprintf("127.0.0.1:%d", adminPort))
+	ready := false
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && !ready; time.Sleep(200 * time.Millisecond) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort))
+		if err == nil {
+			ready = resp.StatusCode == http.StatusOK
+			resp.Body.Close()
+		}
+	}
+	if !ready {
+		t.Errorf("/readyz of a host list whose third host verifies is not 200 after 15 s\n%s", withAdmin.log())
+	}
+
+	// check reports each host on its own.
+	out, code := runCLI(t, nil, "check", "--upstream", hosts, "--ca-file", rootFile)
+	for _, want := range []string{
+		"== upstream " + wrongName.Addr + " ==", "FAILED: upstream " + wrongName.Addr,
+		"== upstream " + mitm.Addr + " ==", "FAILED: upstream " + mitm.Addr,
+		fmt.Sprintf("OK: upstream 127.0.0.1:%d: verify-full passes", primary.Port),
+	} {
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("check of the host list: exit %d, want 1 and %q in:\n%s", code, want, out)
 		}
 	}
 	for _, s := range []*testpki.ScriptedServer{wrongName, mitm} {

@@ -568,11 +568,28 @@ func (s *Server) Probe(ctx context.Context, route string) error {
 	if r == nil {
 		return fmt.Errorf("proxy: probe: no route named %q", route)
 	}
-	c, err := s.dialUpstream(ctx, r)
-	if err != nil {
-		return err
+	if len(r.Hosts) < 2 {
+		c, err := s.dialUpstream(ctx, r)
+		if err != nil {
+			return err
+		}
+		return c.Close()
 	}
-	return c.Close()
+	// A host list is ready when one host is: each is dialled and
+	// verified in turn until one passes.
+	var errs []error
+	for _, h := range r.Hosts {
+		start := time.Now()
+		c, err := h.Dial(ctx)
+		if ctx.Err() == nil {
+			s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+		}
+		if err == nil {
+			return c.Close()
+		}
+		errs = append(errs, fmt.Errorf("host %s: %w", h.Addr, err))
+	}
+	return errors.Join(errs...)
 }
 
 // upstreamConn returns a verified upstream connection for a session: a

@@ -70,7 +70,10 @@ func keepAlive(d time.Duration) *net.KeepAliveConfig {
 type builtRoute struct {
 	route proxy.Route
 	trust *chain.RouteTrust
-	conf  routeConfig
+	// hostTrusts are the trusts of a host list's hosts (trust is the
+	// first's); nil for one host.
+	hostTrusts []*chain.RouteTrust
+	conf       routeConfig
 }
 
 // buildRoute turns one route's plain configuration into a proxy route and
@@ -110,6 +113,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 	// each); the first host's trust stands for the route in the start-up
 	// check and the readiness probe.
 	var hosts []proxy.UpstreamHost
+	var hostTrusts []*chain.RouteTrust
 	var rt *chain.RouteTrust
 	if len(list.Hosts) > 1 {
 		if r.ServerName != "" {
@@ -123,6 +127,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 				return builtRoute{}, fmt.Errorf("host %s: %w", hr.Upstream, err)
 			}
 			hosts = append(hosts, proxy.UpstreamHost{Addr: hr.Upstream, Dial: ht.Dial})
+			hostTrusts = append(hostTrusts, ht)
 			if rt == nil {
 				rt = ht
 			}
@@ -184,7 +189,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		// reload builds new routes).
 		route.TrustGeneration = rt.Pins.Generation
 	}
-	return builtRoute{route: route, trust: rt, conf: r}, nil
+	return builtRoute{route: route, trust: rt, hostTrusts: hostTrusts, conf: r}, nil
 }
 
 // loadRoutes reads and checks the whole configuration and builds every
@@ -347,6 +352,28 @@ func (r *runner) startChecks(routes []builtRoute) {
 	for _, b := range routes {
 		// Each route is checked on its own: one upstream that cannot be
 		// trusted does not stop the others.
+		// A host list: each further host is prepared (its pin) and
+		// checked on its own; the first one's goroutine below also
+		// probes the route.
+		for _, ht := range b.hostTrusts[min(1, len(b.hostTrusts)):] {
+			go func(rt *chain.RouteTrust, log *slog.Logger) {
+				prepareTrust(ctx, rt, log, warn)
+				if ctx.Err() != nil {
+					return
+				}
+				checkUpstream(ctx, rt, log, warn)
+				logTick := time.NewTicker(12 * time.Hour)
+				defer logTick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-logTick.C:
+						checkUpstream(ctx, rt, log, warn)
+					}
+				}
+			}(ht, r.log.With("route", b.conf.Name, "host", ht.Addr()))
+		}
 		go func(rt *chain.RouteTrust, name string, log *slog.Logger) {
 			prepareTrust(ctx, rt, log, warn)
 			if ctx.Err() != nil {

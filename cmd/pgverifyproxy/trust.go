@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,7 +86,23 @@ func loadRouteTrusts(fs *pflag.FlagSet, configFile, route string) (runConfig, []
 	for _, r := range routes {
 		names = append(names, r.Name)
 		if route == "" || r.Name == route {
-			out = append(out, routeTrust{name: r.Name, tc: rc.trustConfig(r)})
+			// A host list: each host on its own (its own name, its own
+			// pin with tofu), as run dials them.
+			hosts := []string{r.Upstream}
+			if l, err := parseUpstreamList(r.Upstream); err == nil && len(l.Hosts) > 1 {
+				hosts = hosts[:0]
+				for _, h := range l.Hosts {
+					hosts = append(hosts, net.JoinHostPort(h.Host, strconv.Itoa(h.Port)))
+				}
+			}
+			for _, h := range hosts {
+				hr, name := r, r.Name
+				hr.Upstream = h
+				if len(hosts) > 1 {
+					name += " host " + h
+				}
+				out = append(out, routeTrust{name: name, tc: rc.trustConfig(hr)})
+			}
 		}
 	}
 	if len(out) == 0 {
