@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
 // UpstreamHost is one host of a route's upstream list: dialled and verified
@@ -248,4 +253,149 @@ func (r *Route) host(hi int) *Route {
 	h := *r
 	h.UpstreamAddr = r.Hosts[hi].Addr
 	return &h
+}
+
+// connect logs the session in on the first of the route's hosts that
+// connects and has the role the route wants (target_session_attrs), as
+// libpq goes through its host list: in order (or shuffled with
+// load_balance_hosts random), hosts on hold last, and with prefer-standby
+// a second pass that takes any host. It answers the client itself when it
+// fails (ok false). key is the session's cancel key when the route has
+// several hosts (the caller removes it at the end).
+func (ss *session) connect(dctx context.Context, r *Route, pkt *startupPacket, params map[string]string, deadline time.Time, clientPW *[]byte) (up net.Conn, ax *authExchange, key []byte, ok bool) {
+	if len(r.Hosts) == 0 {
+		// A route that did not go through validate (tests): its one host.
+		rc := *r
+		rc.Hosts = []UpstreamHost{{Addr: r.UpstreamAddr, Dial: r.Dial}}
+		if rc.TargetSessionAttrs == "" {
+			rc.TargetSessionAttrs = AttrsAny
+		}
+		r = &rc
+	}
+	order := r.hostOrder(r.holds)
+	passes := 1
+	if r.TargetSessionAttrs == AttrsPreferStandby {
+		passes = 2
+	}
+	var last *clientError
+	for pass := 0; pass < passes; pass++ {
+		for _, hi := range order {
+			for attempt := 0; ; attempt++ {
+				a := loginAttempt{host: hi, pass: pass, mayRetry: attempt == 0, clientPW: clientPW}
+				var next loginOutcome
+				var why *clientError
+				up, ax, key, next, why = ss.login(dctx, r, pkt, params, deadline, a)
+				switch next {
+				case loginOK:
+					return up, ax, key, true
+				case loginDone:
+					return nil, nil, nil, false
+				case loginRetry:
+					ss.log.Info("the server refused the cached stored password: logging in once more with a fresh one")
+					continue
+				}
+				last = why
+				if len(r.Hosts) > 1 {
+					ss.log.Info("upstream host skipped", "host", r.Hosts[hi].Addr, "why", why.Message)
+				}
+				break
+			}
+		}
+	}
+	if last == nil {
+		last = &clientError{Reason: chain.ReasonUpstreamProtocol, Message: "pgverifyproxy: no upstream host"}
+	}
+	if len(r.Hosts) > 1 {
+		last = &clientError{Reason: last.Reason, Cause: last.Cause,
+			Message: fmt.Sprintf("pgverifyproxy: no host of upstream %s could serve this session (target_session_attrs=%s); the last: %s",
+				r.UpstreamAddr, r.TargetSessionAttrs, strings.TrimPrefix(last.Message, "pgverifyproxy: ")),
+			Hint: last.Hint}
+	}
+	ss.refuse(last)
+	return nil, nil, nil, false
+}
+
+// loginAttempt is one login on one host.
+type loginAttempt struct {
+	host     int  // index in Route.Hosts
+	pass     int  // prefer-standby's second pass takes any role
+	mayRetry bool // a refused cached stored password may be retried
+	clientPW *[]byte
+}
+
+// dialHost opens a verified connection to host hi of r: a pre-dialled one
+// when the route has one host and prewarm.
+func (ss *session) dialHost(ctx context.Context, r *Route, hi int) (net.Conn, bool, error) {
+	if len(r.Hosts) == 1 {
+		return ss.s.upstreamConn(ctx, r)
+	}
+	start := time.Now()
+	c, err := r.Hosts[hi].Dial(ctx)
+	if err == nil || ctx.Err() == nil {
+		ss.s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+	}
+	return c, false, err
+}
+
+// checkRole reads what the server sends after AuthenticationOk up to
+// ReadyForQuery, and decides whether this host serves the session. On
+// loginOK the client has everything the server sent; on loginNext nothing
+// reached the client and up is closed by the caller.
+func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExchange) (key []byte, next loginOutcome, why *clientError) {
+	al, err := readAfterLogin(up)
+	switch {
+	case errors.Is(err, errUpstreamRejected):
+		if ferr := ax.flushHeld(); ferr == nil {
+			_, _ = ss.client.Write(al.raw)
+		}
+		ss.result = ResultAuthFailed
+		ss.log.Info("session refused by upstream after authentication (its error was forwarded to the client)", "host", r.Hosts[a.host].Addr)
+		return nil, loginDone, nil
+	case err != nil:
+		var ce *clientError
+		if !errors.As(err, &ce) {
+			ce = upstreamLost(r.host(a.host), err)
+		}
+		if ax.hold {
+			return nil, loginNext, ce
+		}
+		ss.refuse(ce)
+		return nil, loginDone, nil
+	}
+	ok, known := al.role.matches(r.TargetSessionAttrs, a.pass)
+	if ok && known {
+		if err := ax.flushHeld(); err != nil {
+			ss.log.Info("client left", "error", err.Error())
+			return nil, loginDone, nil
+		}
+		if _, err := ss.client.Write(al.raw); err != nil {
+			ss.log.Info("client left", "error", err.Error())
+			return nil, loginDone, nil
+		}
+		if r.cancel != nil {
+			r.cancel.add(al.cancelKey, a.host)
+		}
+		if len(r.Hosts) > 1 {
+			ss.log = ss.log.With("host", r.Hosts[a.host].Addr)
+		}
+		return al.cancelKey, loginOK, nil
+	}
+	what := al.role.describe()
+	if !known {
+		what = "a server that does not report in_hot_standby and default_transaction_read_only (PostgreSQL 13 or older)"
+	}
+	why = &clientError{Reason: chain.ReasonUpstreamRole,
+		Message: fmt.Sprintf("pgverifyproxy: upstream host %s is %s, and this route wants target_session_attrs=%s", r.Hosts[a.host].Addr, what, r.TargetSessionAttrs),
+		Hint:    "connect again: the proxy tries the route's next host (this one is put last for a few seconds)"}
+	if ax.hold {
+		return nil, loginNext, why
+	}
+	// The client answered this server itself: the login cannot move to
+	// another host unseen. As a server shutting down would, refuse with
+	// a SQLSTATE drivers and pools take for "reconnect".
+	if r.holds != nil {
+		r.holds.hold(r.Hosts[a.host].Addr)
+	}
+	ss.refuse(why)
+	return nil, loginDone, nil
 }
