@@ -103,6 +103,14 @@ func TestFailoverHostList(t *testing.T) {
 		t.Fatalf("prefer-standby: exit %d out %q err %q\n%s", r.code, r.out, r.err, ps.log())
 	}
 
+	// auth auto: a TLS client's SCRAM login is the proxy's own (it asks
+	// the client for its password), so the standby is skipped unseen; a
+	// plaintext client answers the server itself, as in passthrough.
+	auto := startCLI(t, nil, "--upstream", uri("read-write"), "--ca-file", rootFile)
+	if r := runPsql(t, auto.port, "user="+harness.ScramUser+" sslmode=require", harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.1|false" {
+		t.Fatalf("auto, sslmode=require: exit %d out %q err %q\n%s", r.code, r.out, r.err, auto.log())
+	}
+
 	pt := startCLI(t, nil, "--upstream", uri("read-write"), "--ca-file", rootFile, "--auth", "passthrough")
 	first := runPsql(t, pt.port, scram, harness.ScramPassword, whereAmI)
 	if first.code == 0 || !strings.Contains(first.err, "is a hot standby, and this route wants target_session_attrs=read-write") {
