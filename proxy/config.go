@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -154,10 +155,13 @@ type Route struct {
 	// route's trust never changes while it runs.
 	TrustGeneration func() uint64
 
-	pool   *prewarmPool // set by the Server when Prewarm > 0
-	holds  *hostHolds   // hosts on hold (wrong role for a relayed login)
-	cancel *cancelKeys  // which host serves which session's cancel key
-	ask    *askRule     // AskPasswordFrom, parsed by validate
+	pool  *prewarmPool // set by the Server when Prewarm > 0
+	holds *hostHolds   // hosts on hold (wrong role for a relayed login)
+	// preferred is the host that last served a session with the wanted
+	// role: the pre-dial pool dials it.
+	preferred *atomic.Int32
+	cancel    *cancelKeys // which host serves which session's cancel key
+	ask       *askRule    // AskPasswordFrom, parsed by validate
 }
 
 // Config is the whole proxy.
@@ -216,10 +220,7 @@ func (r *Route) validate() error {
 	default:
 		return fmt.Errorf("route %s: load_balance_hosts must be disable or random, not %q", r.Name, r.LoadBalanceHosts)
 	}
-	if len(r.Hosts) > 1 && r.Prewarm > 0 {
-		return fmt.Errorf("route %s: prewarm with several upstream hosts is not supported yet: set prewarm: 0 for this route", r.Name)
-	}
-	r.holds, r.cancel = &hostHolds{}, &cancelKeys{}
+	r.holds, r.cancel, r.preferred = &hostHolds{}, &cancelKeys{}, new(atomic.Int32)
 	if len(r.Listen) == 0 && len(r.Listeners) == 0 {
 		return fmt.Errorf("route %s: no listen address", r.Name)
 	}

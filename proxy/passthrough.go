@@ -49,6 +49,25 @@ var errUpstreamRejected = errors.New("upstream rejected the session during authe
 // session may log in once more with a fresh one.
 var errStaleStored = errors.New("upstream refused the cached stored password")
 
+// errHostUnavailable means the server answered the startup with "shutting
+// down" or "starting up" before the client saw anything: another host of
+// the route may serve the session.
+var errHostUnavailable = errors.New("upstream host unavailable (shutting down or starting up)")
+
+// isUnavailable tells whether an ErrorResponse says the server cannot
+// take sessions now: admin_shutdown, crash_shutdown, cannot_connect_now.
+func isUnavailable(m *message) bool {
+	var e pgproto3.ErrorResponse
+	if e.Decode(m.body()) != nil {
+		return false
+	}
+	switch e.Code {
+	case "57P01", "57P02", "57P03":
+		return true
+	}
+	return false
+}
+
 // isAuthFailure tells whether an ErrorResponse is an authentication
 // failure (SQLSTATE class 28: invalid_authorization_specification,
 // invalid_password).
@@ -138,6 +157,12 @@ type authExchange struct {
 	hold           bool
 	held           []byte
 	clientInvolved bool
+	// wrote tells that something of this exchange reached the client.
+	wrote bool
+	// otherHosts lets a server that is shutting down or starting up
+	// (57P01, 57P02, 57P03, before the client saw anything) end the
+	// exchange with errHostUnavailable, so that the next host is tried.
+	otherHosts bool
 	// clientPassword, when set, keeps the password the client gave the
 	// proxy for the session's next login attempts (another host); the
 	// session zeroes it.
@@ -194,6 +219,7 @@ func (a *authExchange) toClient(b []byte) error {
 		a.held = append(a.held, b...)
 		return nil
 	}
+	a.wrote = true
 	_, err := a.client.Write(b)
 	return err
 }
@@ -203,6 +229,7 @@ func (a *authExchange) flushHeld() error {
 	if len(a.held) == 0 {
 		return nil
 	}
+	a.wrote = true
 	_, err := a.client.Write(a.held)
 	a.held = nil
 	if err != nil {
@@ -223,6 +250,9 @@ func (a *authExchange) forwardError(m *message) error {
 	if a.passwordFrom == "stored" && a.storedRejected != nil && isAuthFailure(m) &&
 		a.storedRejected() && a.retryStale {
 		return errStaleStored
+	}
+	if a.otherHosts && !a.wrote && !a.clientInvolved && isUnavailable(m) {
+		return errHostUnavailable
 	}
 	if err := a.flushHeld(); err != nil {
 		return err

@@ -157,7 +157,13 @@ func (s *Server) startPools(routes []*Route) {
 	for _, r := range routes {
 		if r.Prewarm > 0 && r.pool == nil {
 			r := r
-			r.pool = newPrewarmPool(r, func(ctx context.Context) (net.Conn, error) { return s.dialUpstream(ctx, r) })
+			dial := func(ctx context.Context) (net.Conn, error) { return s.dialUpstream(ctx, r) }
+			if len(r.Hosts) > 1 {
+				// A host list: pre-dial the host that last served a
+				// session with the wanted role.
+				dial = func(ctx context.Context) (net.Conn, error) { return s.dialPreferred(ctx, r) }
+			}
+			r.pool = newPrewarmPool(r, dial)
 			r.pool.log = s.log.With("route", r.Name)
 			r.pool.start()
 		}

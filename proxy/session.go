@@ -277,7 +277,10 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 			stored = func() ([]byte, error) { return slices.Clone(pw), nil }
 		}
 	}
-	up, warm, err := ss.dialHost(dctx, r, a.host)
+	up, warm, err := a.conn, true, error(nil)
+	if up == nil {
+		up, warm, err = ss.dialHost(dctx, r, a.host)
+	}
 	if err != nil {
 		if len(r.Hosts) > 1 && dctx.Err() == nil {
 			return nil, nil, nil, loginNext, upstreamError(r.host(a.host), err)
@@ -305,7 +308,8 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 	ax := &authExchange{client: ss.client, upstream: up, clientTLS: ss.tls, mode: r.Auth, user: params["user"],
 		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
 		retryStale: a.mayRetry, hold: r.TargetSessionAttrs != AttrsAny, clientPassword: a.clientPW,
-		noAsk: r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
+		otherHosts: len(r.Hosts) > 1,
+		noAsk:      r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
 		fallback: func(reason string) {
 			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
 		}}
@@ -325,6 +329,13 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 	switch {
 	case errors.Is(err, errStaleStored):
 		return nil, nil, nil, loginRetry, nil
+	case errors.Is(err, errHostUnavailable):
+		return nil, nil, nil, loginNext, &clientError{Reason: chain.ReasonUpstreamClosed, Cause: err,
+			Message: fmt.Sprintf("pgverifyproxy: upstream host %s is shutting down or starting up", r.Hosts[a.host].Addr)}
+	case len(r.Hosts) > 1 && !ax.wrote && !ax.clientInvolved && errors.As(err, new(*upstreamIOError)):
+		// The host closed before the client saw anything (a pre-dialled
+		// connection to a server that has since stopped): the next.
+		return nil, nil, nil, loginNext, upstreamLost(r.host(a.host), err)
 	case errors.Is(err, errUpstreamRejected):
 		ss.result = ResultAuthFailed
 		attrs := []any{}

@@ -278,10 +278,27 @@ func (ss *session) connect(dctx context.Context, r *Route, pkt *startupPacket, p
 		passes = 2
 	}
 	var last *clientError
+	// With prewarm, a pre-dialled connection to the host that served last
+	// goes first (a topology unchanged since, the host libpq's order
+	// picks).
+	var warm *hostConn
+	if len(r.Hosts) > 1 {
+		if warm = takeWarm(r); warm != nil {
+			order = append([]int{warm.host}, slices.DeleteFunc(slices.Clone(order), func(h int) bool { return h == warm.host })...)
+			defer func() {
+				if warm != nil {
+					warm.Conn.Close()
+				}
+			}()
+		}
+	}
 	for pass := 0; pass < passes; pass++ {
 		for _, hi := range order {
 			for attempt := 0; ; attempt++ {
 				a := loginAttempt{host: hi, pass: pass, mayRetry: attempt == 0, clientPW: clientPW}
+				if warm != nil && hi == warm.host {
+					a.conn, warm = warm.Conn, nil
+				}
 				var next loginOutcome
 				var why *clientError
 				up, ax, key, next, why = ss.login(dctx, r, pkt, params, deadline, a)
@@ -321,10 +338,53 @@ type loginAttempt struct {
 	pass     int  // prefer-standby's second pass takes any role
 	mayRetry bool // a refused cached stored password may be retried
 	clientPW *[]byte
+	conn     net.Conn // a pre-dialled connection to the host, or nil
 }
 
-// dialHost opens a verified connection to host hi of r: a pre-dialled one
-// when the route has one host and prewarm.
+// hostConn is a pre-dialled connection of a host list, with the host it
+// goes to.
+type hostConn struct {
+	net.Conn
+	host int
+}
+
+// dialPreferred pre-dials the host of r that last served a session with
+// the wanted role (the prewarm pool's dialer for a host list).
+func (s *Server) dialPreferred(ctx context.Context, r *Route) (net.Conn, error) {
+	h := int(r.preferred.Load())
+	start := time.Now()
+	c, err := r.Hosts[h].Dial(ctx)
+	if ctx.Err() == nil {
+		s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &hostConn{Conn: c, host: h}, nil
+}
+
+// takeWarm returns a pre-dialled connection of a host list to its
+// preferred host, closing those to a host that is no longer preferred;
+// nil when the pool has none.
+func takeWarm(r *Route) *hostConn {
+	if r.pool == nil {
+		return nil
+	}
+	for {
+		c := r.pool.take()
+		if c == nil {
+			return nil
+		}
+		hc, ok := c.(*hostConn)
+		if ok && hc.host == int(r.preferred.Load()) {
+			return hc
+		}
+		c.Close()
+	}
+}
+
+// dialHost opens a verified connection to host hi of r: the attempt's
+// pre-dialled one, the route pool's when it has one host, else a dial.
 func (ss *session) dialHost(ctx context.Context, r *Route, hi int) (net.Conn, bool, error) {
 	if len(r.Hosts) == 1 {
 		return ss.s.upstreamConn(ctx, r)
@@ -374,6 +434,9 @@ func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExch
 		}
 		if r.cancel != nil {
 			r.cancel.add(al.cancelKey, a.host)
+		}
+		if r.preferred != nil {
+			r.preferred.Store(int32(a.host))
 		}
 		if len(r.Hosts) > 1 {
 			ss.log = ss.log.With("host", r.Hosts[a.host].Addr)
