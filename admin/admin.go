@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -89,6 +90,7 @@ type routeState struct {
 	anchorNotAfter time.Time
 	rootChange     string // the last change of root of a live-trust route; "" if none
 	rootChangedAt  time.Time
+	hostUp         map[string]bool // host:port → its last dial passed verify-full
 }
 
 // Admin collects the proxy's metrics and health and serves them over HTTP.
@@ -233,8 +235,10 @@ func (a *Admin) Refused(route string, cause chain.Reason) {
 }
 
 // UpstreamDialed records an upstream dial's duration in
-// pgverifyproxy_upstream_handshake_seconds and its outcome for readiness.
-func (a *Admin) UpstreamDialed(route string, took time.Duration, err error) {
+// pgverifyproxy_upstream_handshake_seconds, its outcome for readiness, and
+// the host's last outcome in pgverifyproxy_upstream_host_up (the hosts of
+// the route's configuration: a bounded set).
+func (a *Admin) UpstreamDialed(route, host string, took time.Duration, err error) {
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -246,6 +250,12 @@ func (a *Admin) UpstreamDialed(route string, took time.Duration, err error) {
 	st := a.routeLocked(route)
 	if st == nil {
 		return
+	}
+	if host != "" {
+		if st.hostUp == nil {
+			st.hostUp = map[string]bool{}
+		}
+		st.hostUp[host] = err == nil
 	}
 	if err != nil {
 		st.lastErr = err.Error()
@@ -329,6 +339,23 @@ func (a *Admin) health(now time.Time) []routeHealth {
 		h := routeHealth{route: r}
 		if st := a.state[r]; st != nil {
 			h.st = *st
+			h.st.hostUp = maps.Clone(st.hostUp)
+		}
+		// A host list is ready while one of its hosts is: a failed dial
+		// of another host does not count against it.
+		var down []string
+		if len(h.st.hostUp) > 1 {
+			up := false
+			for host, ok := range h.st.hostUp {
+				up = up || ok
+				if !ok {
+					down = append(down, host)
+				}
+			}
+			slices.Sort(down)
+			if up {
+				h.st.lastErr = ""
+			}
 		}
 		age := max(now.Sub(h.st.lastOK), 0)
 		switch {
@@ -344,6 +371,9 @@ func (a *Admin) health(now time.Time) []routeHealth {
 		}
 		if h.st.rootChange != "" {
 			h.detail += fmt.Sprintf("; %s %s ago (trust: live)", h.st.rootChange, roundAge(max(now.Sub(h.st.rootChangedAt), 0)))
+		}
+		if len(down) > 0 {
+			h.detail += "; hosts failing their last dial: " + strings.Join(down, ", ")
 		}
 		out = append(out, h)
 	}

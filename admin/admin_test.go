@@ -205,9 +205,9 @@ func TestStatsAtScrapeTime(t *testing.T) {
 func TestHandshakeHistogram(t *testing.T) {
 	a := New(Options{})
 	a.RoutesChanged([]string{"main"})
-	a.UpstreamDialed("main", 20*time.Millisecond, nil)
-	a.UpstreamDialed("main", 30*time.Millisecond, nil)
-	a.UpstreamDialed("main", 2*time.Second, errors.New("dial tcp: connection refused"))
+	a.UpstreamDialed("main", "db.example.com:5432", 20*time.Millisecond, nil)
+	a.UpstreamDialed("main", "db.example.com:5432", 30*time.Millisecond, nil)
+	a.UpstreamDialed("main", "db.example.com:5432", 2*time.Second, errors.New("dial tcp: connection refused"))
 	fams := scrape(t, a)
 	tests := []struct {
 		result string
@@ -413,7 +413,7 @@ func TestReadiness(t *testing.T) {
 			}
 			for _, d := range tt.dials {
 				clk.Add(start.Add(d.at).Sub(clk.Now()))
-				a.UpstreamDialed(d.route, 10*time.Millisecond, d.err)
+				a.UpstreamDialed(d.route, "db.example.com:5432", 10*time.Millisecond, d.err)
 			}
 			if tt.then != nil {
 				a.RoutesChanged(tt.then)
@@ -443,7 +443,7 @@ func TestReadyWindowOption(t *testing.T) {
 	clk := newClock()
 	a := New(Options{Now: clk.Now, ReadyWindow: time.Minute})
 	a.RoutesChanged([]string{"main"})
-	a.UpstreamDialed("main", time.Millisecond, nil)
+	a.UpstreamDialed("main", "db.example.com:5432", time.Millisecond, nil)
 	clk.Add(45 * time.Second)
 	if code, body := get(t, a.Handler(), "/readyz"); code != 200 {
 		t.Errorf("45s after a dial with a 1m window: %d %q, want 200", code, body)
@@ -586,7 +586,7 @@ func TestConcurrentObserver(t *testing.T) {
 		wg.Go(func() {
 			for j := range 100 {
 				a.SessionStarted("main")
-				a.UpstreamDialed("main", time.Millisecond, nil)
+				a.UpstreamDialed("main", "db.example.com:5432", time.Millisecond, nil)
 				a.SessionEnded("main", proxy.ResultCompleted)
 				a.Refused("main", chain.ReasonLimit)
 				if j%10 == 0 {
@@ -616,11 +616,11 @@ func TestRootChanged(t *testing.T) {
 	if got := value(t, scrape(t, a), "pgverifyproxy_upstream_root_changes_total", map[string]string{"route": "live"}); got != 0 {
 		t.Fatalf("root changes before any: %v, want a series at 0", got)
 	}
-	a.UpstreamDialed("live", time.Millisecond, nil)
-	a.UpstreamDialed("pinned", time.Millisecond, nil)
+	a.UpstreamDialed("live", "db.example.com:5432", time.Millisecond, nil)
+	a.UpstreamDialed("pinned", "db.example.com:5432", time.Millisecond, nil)
 	a.RootChanged("live", "CN=old root", "CN=new root\x1b[8m")
 	clk.Add(2 * time.Second)
-	a.UpstreamDialed("live", time.Millisecond, nil)
+	a.UpstreamDialed("live", "db.example.com:5432", time.Millisecond, nil)
 	code, body := get(t, a.Handler(), "/readyz")
 	want := "ok   live: upstream verified 0s ago; root CA changed from \"CN=old root\" to \"CN=new root\\x1b[8m\" 2s ago (trust: live)\nok   pinned: upstream verified 2s ago\n"
 	if code != 200 || body != want {
@@ -637,7 +637,7 @@ func TestRootChanged(t *testing.T) {
 func TestReadyzEscapesServerText(t *testing.T) {
 	a := New(Options{})
 	a.RoutesChanged([]string{"main"})
-	a.UpstreamDialed("main", time.Millisecond, errors.New("aia: HTTP 404 \x1b]0;owned\x07\u202e\nOK all good"))
+	a.UpstreamDialed("main", "db.example.com:5432", time.Millisecond, errors.New("aia: HTTP 404 \x1b]0;owned\x07\u202e\nOK all good"))
 	_, body := get(t, a.Handler(), "/readyz")
 	if want := "FAIL main: aia: HTTP 404 \\x1b]0;owned\\a\\u202e OK all good\n"; body != want {
 		t.Errorf("/readyz body %q, want %q", body, want)

@@ -20,6 +20,9 @@ var (
 		"Seconds until the NotAfter of the leaf certificate of the route's last verified upstream path (negative once expired).", []string{"route"}, nil)
 	anchorExpiryDesc = prometheus.NewDesc("pgverifyproxy_upstream_anchor_expiry_seconds",
 		"Seconds until the NotAfter of the trust anchor of the route's last verified upstream path (negative once expired).", []string{"route"}, nil)
+	hostUpDesc = prometheus.NewDesc("pgverifyproxy_upstream_host_up",
+		"1 when the last dial of this host of the route's upstream passed verify-full, 0 when it failed (the hosts of the route's configuration; absent until dialled).",
+		[]string{"route", "host"}, nil)
 	readyDesc = prometheus.NewDesc("pgverifyproxy_route_ready",
 		"1 when the route's upstream was reached and verified recently and its last dial succeeded, else 0.", []string{"route"}, nil)
 	buildDesc = prometheus.NewDesc("pgverifyproxy_build_info",
@@ -35,7 +38,7 @@ type liveCollector struct {
 
 // Describe sends the descriptions of the metrics liveCollector exports.
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, bytesDesc, startingDesc, startupWaitsDesc, leafExpiryDesc, anchorExpiryDesc, readyDesc, buildDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, bytesDesc, startingDesc, startupWaitsDesc, leafExpiryDesc, anchorExpiryDesc, readyDesc, hostUpDesc, buildDesc} {
 		ch <- d
 	}
 }
@@ -65,6 +68,13 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			ready = 1
 		}
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, ready, h.route)
+		for host, up := range h.st.hostUp {
+			v := 0.0
+			if up {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(hostUpDesc, prometheus.GaugeValue, v, h.route, host)
+		}
 		if !h.st.leafNotAfter.IsZero() {
 			ch <- prometheus.MustNewConstMetric(leafExpiryDesc, prometheus.GaugeValue, h.st.leafNotAfter.Sub(now).Seconds(), h.route)
 		}

@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestHostHeaderCheck(t *testing.T) {
@@ -48,5 +50,30 @@ func TestHostHeaderCheck(t *testing.T) {
 		if tc.want == 421 && !strings.Contains(rec.Body.String(), "admin_hosts") {
 			t.Errorf("Host %q: the refusal does not say what to do: %q", tc.host, rec.Body.String())
 		}
+	}
+}
+
+// TestHostListReadiness: a route with a host list is ready while one of
+// its hosts verifies, whatever the order of the dials; each host's last
+// outcome is a series of pgverifyproxy_upstream_host_up.
+func TestHostListReadiness(t *testing.T) {
+	a := New(Options{})
+	a.RoutesChanged([]string{"ha"})
+	a.UpstreamDialed("ha", "db2:5432", time.Millisecond, nil)
+	a.UpstreamDialed("ha", "db1:5432", time.Millisecond, errors.New("dial tcp: connection refused"))
+	h := a.health(time.Now())
+	if len(h) != 1 || !h[0].ready || !strings.Contains(h[0].detail, "hosts failing their last dial: db1:5432") {
+		t.Fatalf("health %+v: want ready, naming db1:5432", h)
+	}
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1:9543/metrics", nil))
+	for _, want := range []string{`pgverifyproxy_upstream_host_up{host="db1:5432",route="ha"} 0`, `pgverifyproxy_upstream_host_up{host="db2:5432",route="ha"} 1`, `pgverifyproxy_route_ready{route="ha"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	a.UpstreamDialed("ha", "db2:5432", time.Millisecond, errors.New("verification failed"))
+	if h := a.health(time.Now()); h[0].ready {
+		t.Fatalf("both hosts failing: %+v, want not ready", h)
 	}
 }

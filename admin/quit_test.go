@@ -43,7 +43,7 @@ func do(h http.Handler, method, path string, header map[string]string) *httptest
 func readyAdmin(o Options) *Admin {
 	a := New(o)
 	a.RoutesChanged([]string{"main"})
-	a.UpstreamDialed("main", 0, nil)
+	a.UpstreamDialed("main", "db.example.com:5432", 0, nil)
 	return a
 }
 

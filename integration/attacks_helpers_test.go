@@ -37,9 +37,9 @@ type attackObserver struct {
 	ended    map[string][]proxy.SessionResult
 }
 
-func (o *attackObserver) RoutesChanged([]string)                      {}
-func (o *attackObserver) SessionStarted(string)                       {}
-func (o *attackObserver) UpstreamDialed(string, time.Duration, error) {}
+func (o *attackObserver) RoutesChanged([]string)                              {}
+func (o *attackObserver) SessionStarted(string)                               {}
+func (o *attackObserver) UpstreamDialed(string, string, time.Duration, error) {}
 
 func (o *attackObserver) SessionEnded(route string, r proxy.SessionResult) {
 	o.mu.Lock()

@@ -192,7 +192,7 @@ func (o *recObserver) Refused(r string, cause chain.Reason) {
 	o.refused[r+"/"+cause.String()]++
 	o.mu.Unlock()
 }
-func (o *recObserver) UpstreamDialed(r string, _ time.Duration, err error) {
+func (o *recObserver) UpstreamDialed(r, _ string, _ time.Duration, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if err != nil {

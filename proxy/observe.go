@@ -44,9 +44,10 @@ type Observer interface {
 	// refused" line.
 	Refused(route string, cause chain.Reason)
 	// UpstreamDialed is called after each upstream dial (TCP connect,
-	// SSLRequest, TLS handshake and verification) with its duration and
-	// error, nil when the server passed verify-full.
-	UpstreamDialed(route string, took time.Duration, err error)
+	// SSLRequest, TLS handshake and verification) with the host dialled
+	// (host:port as configured: one of the route's hosts), its duration
+	// and error, nil when the server passed verify-full.
+	UpstreamDialed(route, host string, took time.Duration, err error)
 }
 
 // RouteStats are one route's live counters.
@@ -70,8 +71,8 @@ type RouteStats struct {
 // nopObserver is used when Config.Observer is nil.
 type nopObserver struct{}
 
-func (nopObserver) RoutesChanged([]string)                      {}
-func (nopObserver) SessionStarted(string)                       {}
-func (nopObserver) SessionEnded(string, SessionResult)          {}
-func (nopObserver) Refused(string, chain.Reason)                {}
-func (nopObserver) UpstreamDialed(string, time.Duration, error) {}
+func (nopObserver) RoutesChanged([]string)                              {}
+func (nopObserver) SessionStarted(string)                               {}
+func (nopObserver) SessionEnded(string, SessionResult)                  {}
+func (nopObserver) Refused(string, chain.Reason)                        {}
+func (nopObserver) UpstreamDialed(string, string, time.Duration, error) {}

@@ -588,7 +588,7 @@ func (s *Server) Probe(ctx context.Context, route string) error {
 		start := time.Now()
 		c, err := h.Dial(ctx)
 		if ctx.Err() == nil {
-			s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+			s.obs.UpstreamDialed(r.Name, h.Addr, time.Since(start), err)
 		}
 		if err == nil {
 			return c.Close()
@@ -621,7 +621,7 @@ func (s *Server) dialUpstream(ctx context.Context, r *Route) (net.Conn, error) {
 		// not a fact about the upstream, so not reported.
 		return c, err
 	}
-	s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+	s.obs.UpstreamDialed(r.Name, r.UpstreamAddr, time.Since(start), err)
 	return c, err
 }
 

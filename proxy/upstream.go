@@ -355,7 +355,7 @@ func (s *Server) dialPreferred(ctx context.Context, r *Route) (net.Conn, error) 
 	start := time.Now()
 	c, err := r.Hosts[h].Dial(ctx)
 	if ctx.Err() == nil {
-		s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+		s.obs.UpstreamDialed(r.Name, r.Hosts[h].Addr, time.Since(start), err)
 	}
 	if err != nil {
 		return nil, err
@@ -392,7 +392,7 @@ func (ss *session) dialHost(ctx context.Context, r *Route, hi int) (net.Conn, bo
 	start := time.Now()
 	c, err := r.Hosts[hi].Dial(ctx)
 	if err == nil || ctx.Err() == nil {
-		ss.s.obs.UpstreamDialed(r.Name, time.Since(start), err)
+		ss.s.obs.UpstreamDialed(r.Name, r.Hosts[hi].Addr, time.Since(start), err)
 	}
 	return c, false, err
 }
