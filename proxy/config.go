@@ -90,6 +90,14 @@ type Route struct {
 	// LoadBalanceHosts is libpq's load_balance_hosts: disable (the
 	// default, in order) or random.
 	LoadBalanceHosts string
+	// DNSRecheck, when positive, resolves the hosts given by name again
+	// this often and ends the sessions (and pre-dialled connections) held
+	// to an address the name no longer resolves to; a failed lookup
+	// changes nothing. Zero: off.
+	DNSRecheck time.Duration
+	// Resolve resolves a host name for DNSRecheck; nil means the system
+	// resolver.
+	Resolve ResolveFunc
 	// ClientTLS is the client-side TLS mode; "" means allow.
 	ClientTLS ClientTLSMode
 	// TLSConfig is the server-side TLS configuration for clients. Required
@@ -160,8 +168,9 @@ type Route struct {
 	// preferred is the host that last served a session with the wanted
 	// role: the pre-dial pool dials it.
 	preferred *atomic.Int32
-	cancel    *cancelKeys // which host serves which session's cancel key
-	ask       *askRule    // AskPasswordFrom, parsed by validate
+	dnsStop   context.CancelFunc // ends the DNS recheck (startDNS)
+	cancel    *cancelKeys        // which host serves which session's cancel key
+	ask       *askRule           // AskPasswordFrom, parsed by validate
 }
 
 // Config is the whole proxy.

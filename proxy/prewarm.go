@@ -224,3 +224,29 @@ func (p *prewarmPool) close() {
 		w.conn.Close()
 	}
 }
+
+// drop closes the pre-dialled connections for which stale reports true
+// (the DNS recheck: an address the name no longer resolves to).
+func (p *prewarmPool) drop(stale func(net.Conn) bool) {
+	p.mu.Lock()
+	var gone []net.Conn
+	kept := p.conns[:0]
+	for _, w := range p.conns {
+		if stale(w.conn) {
+			gone = append(gone, w.conn)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	p.conns = kept
+	p.mu.Unlock()
+	for _, c := range gone {
+		c.Close()
+	}
+	if len(gone) > 0 {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -26,16 +26,19 @@ type Server struct {
 	states    map[string]*routeState // by route name; kept across reloads
 	listeners []*listener
 	conns     map[net.Conn]io.Closer // a client connection → what closes its session
-	serveCtx  context.Context
-	cancel    context.CancelFunc // ends serveCtx: sessions' dials and logins stop at Close
-	serving   bool
-	loopErr   chan error
-	closed    bool
-	draining  bool
-	wg        sync.WaitGroup // sessions
-	loops     sync.WaitGroup // accept loops
-	relay     *relay.Pool    // relays authenticated sessions (internal/relay)
-	startup   *startupGate   // bounds the connections before admission
+	// upstreamAt is where each relayed session's upstream goes, for the
+	// DNS recheck (routes with DNSRecheck only).
+	upstreamAt map[net.Conn]upstreamAt
+	serveCtx   context.Context
+	cancel     context.CancelFunc // ends serveCtx: sessions' dials and logins stop at Close
+	serving    bool
+	loopErr    chan error
+	closed     bool
+	draining   bool
+	wg         sync.WaitGroup // sessions
+	loops      sync.WaitGroup // accept loops
+	relay      *relay.Pool    // relays authenticated sessions (internal/relay)
+	startup    *startupGate   // bounds the connections before admission
 }
 
 // routeState is what a route keeps across reloads: its live counters.
@@ -99,7 +102,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Routes = nil
 	return &Server{cfg: cfg, log: log, obs: obs, routes: routes, states: map[string]*routeState{},
-		conns: map[net.Conn]io.Closer{}, loopErr: make(chan error, 1), relay: pool,
+		conns: map[net.Conn]io.Closer{}, upstreamAt: map[net.Conn]upstreamAt{}, loopErr: make(chan error, 1), relay: pool,
 		startup: newStartupGate(maxStartup, log)}, nil
 }
 
@@ -148,6 +151,7 @@ func (s *Server) Listen() error {
 	}
 	s.listeners = ls
 	s.startPools(s.routes)
+	s.startDNS(s.routes)
 	s.obs.RoutesChanged(routeNames(s.routes))
 	return nil
 }
@@ -478,6 +482,7 @@ func (s *Server) untrack(c net.Conn, r *Route, st *routeState) {
 	st.active.Add(-1)
 	s.mu.Lock()
 	delete(s.conns, c)
+	delete(s.upstreamAt, c)
 	s.mu.Unlock()
 	s.wg.Done()
 }
@@ -516,6 +521,7 @@ func (s *Server) Reload(routes []Route) error {
 		old[l] = true
 	}
 	stopPools(s.routes)
+	stopDNS(s.routes)
 	inService := map[string]bool{}
 	for _, r := range nr {
 		inService[r.Name] = true
@@ -527,6 +533,7 @@ func (s *Server) Reload(routes []Route) error {
 	}
 	s.listeners, s.routes = ls, nr
 	s.startPools(nr)
+	s.startDNS(nr)
 	if s.serving {
 		for _, l := range ls {
 			if !old[l] {
@@ -635,6 +642,7 @@ func (s *Server) Close() error {
 			s.cancel()
 		}
 		stopPools(s.routes)
+		stopDNS(s.routes)
 		for _, l := range s.listeners {
 			l.shut()
 		}
@@ -657,6 +665,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.shut()
 	}
 	stopPools(s.routes)
+	stopDNS(s.routes)
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

@@ -304,6 +304,7 @@ func (ss *session) connect(dctx context.Context, r *Route, pkt *startupPacket, p
 				up, ax, key, next, why = ss.login(dctx, r, pkt, params, deadline, a)
 				switch next {
 				case loginOK:
+					ss.s.upstreamChosen(ss.conn, r, hi, up)
 					return up, ax, key, true
 				case loginDone:
 					return nil, nil, nil, false

@@ -68,6 +68,7 @@ type runConfig struct {
 	Prewarm                int           `mapstructure:"prewarm"`
 	PrewarmMaxAge          time.Duration `mapstructure:"prewarm_max_age"`
 	TCPKeepalive           time.Duration `mapstructure:"tcp_keepalive"`
+	DNSRecheck             time.Duration `mapstructure:"dns_recheck"`
 	Relay                  string        `mapstructure:"relay"`
 	RelayLoops             int           `mapstructure:"relay_loops"`
 	Admin                  string        `mapstructure:"admin"`
@@ -166,6 +167,7 @@ var runOptions = []option{
 	{"max_startup_connections", "max-startup-connections", 0, "most connections in their startup phase at once over all routes (accepted, no startup message or TLS handshake yet, not past max_connections); beyond it the proxy accepts no more until one is admitted or its startup_timeout runs out (0: a quarter of the open-files limit, 64 to 4096)"},
 	{"prewarm", "prewarm", 0, "keep this many upstream connections per route already verified (TCP, TLS, verify-full; nothing sent), so new clients skip those round trips"},
 	{"prewarm_max_age", "prewarm-max-age", proxy.DefaultPrewarmMaxAge, "replace a pre-dialled upstream connection after this long: 1s to 50s, below the server's authentication_timeout (60s by default)"},
+	{"dns_recheck", "dns-recheck", time.Duration(0), "resolve upstream host names again this often and end the sessions and pre-dialled connections held to an address the name no longer resolves to (managed endpoints fail over by moving their name); a failed lookup changes nothing (0: off)"},
 	{"tcp_keepalive", "tcp-keepalive", 30 * time.Second, "TCP keepalive idle time and probe interval on both legs (0 turns keepalive off)"},
 	{"relay", "relay", string(proxy.RelayLoop), "how authenticated sessions are relayed: loop (on Linux, event loops own both sockets of each session: less CPU and latency per message), goroutine (two goroutines per session: the loop's fallback) or portable (nothing but net.Conn: every other system's relay; elsewhere loop and goroutine mean portable)"},
 	{"relay_loops", "relay-loops", 0, "with relay loop: how many event loops share the sessions (0: one per four CPUs of GOMAXPROCS, at least one)"},
@@ -579,6 +581,9 @@ func (rc *runConfig) validate() error {
 	}
 	if rc.MaxStartupConnections < 0 {
 		return fmt.Errorf("max_startup_connections must be 0 (from the open-files limit) or more, not %d", rc.MaxStartupConnections)
+	}
+	if rc.DNSRecheck < 0 || (rc.DNSRecheck > 0 && rc.DNSRecheck < time.Second) {
+		return fmt.Errorf("dns_recheck must be 0 (off) or at least 1s, not %s", rc.DNSRecheck)
 	}
 	if rc.TCPKeepalive < 0 {
 		return fmt.Errorf("tcp_keepalive must be 0 (off) or a positive duration, not %s", rc.TCPKeepalive)

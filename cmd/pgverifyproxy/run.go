@@ -164,6 +164,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		Hosts:              hosts,
 		TargetSessionAttrs: firstSet(list.TargetSessionAttrs, r.TargetSessionAttrs),
 		LoadBalanceHosts:   firstSet(list.LoadBalanceHosts, r.LoadBalanceHosts),
+		DNSRecheck:         rc.DNSRecheck,
 		Trust:              rt.Describe,
 		RepinCommand:       rt.HintContext().Repin,
 		Dial:               rt.Dial,
