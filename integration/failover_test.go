@@ -95,6 +95,7 @@ func TestFailoverHostList(t *testing.T) {
 		}
 	}()
 	// prewarm: the pool pre-dials the host that served last.
+	waitForLog(t, rw, fmt.Sprintf("host=127.0.0.1:%d upstream_addr=127.0.0.1:%d", primary.Port, primary.Port))
 	warm := startCLI(t, nil, "--upstream", uri("read-write"), "--ca-file", rootFile, "--auth", "relay", "--prewarm", "2")
 	for i := 0; i < 2; i++ {
 		if r := runPsql(t, warm.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.1|false" {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgverifyproxy/pgverifyproxy/chain"
 )
 
@@ -424,6 +426,21 @@ func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExch
 		return nil, loginDone, nil
 	}
 	ok, known := al.role.matches(r.TargetSessionAttrs, a.pass)
+	if !known && ax.hold {
+		// A server older than PostgreSQL 14 reports no role: where the
+		// proxy logged in itself, ask it, as libpq does, before the
+		// client sees anything.
+		if role, err := queryRole(up); err == nil {
+			al.role = role
+			ok, known = al.role.matches(r.TargetSessionAttrs, a.pass)
+		} else {
+			var ce *clientError
+			if !errors.As(err, &ce) {
+				ce = upstreamLost(r.host(a.host), err)
+			}
+			return nil, loginNext, ce
+		}
+	}
 	if ok && known {
 		if err := ax.flushHeld(); err != nil {
 			ss.log.Info("client left", "error", err.Error())
@@ -440,7 +457,7 @@ func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExch
 			r.preferred.Store(int32(a.host))
 		}
 		if len(r.Hosts) > 1 {
-			ss.log = ss.log.With("host", r.Hosts[a.host].Addr)
+			ss.log = ss.log.With("host", r.Hosts[a.host].Addr, "upstream_addr", up.RemoteAddr().String())
 		}
 		return al.cancelKey, loginOK, nil
 	}
@@ -462,4 +479,46 @@ func (ss *session) checkRole(r *Route, a loginAttempt, up net.Conn, ax *authExch
 	}
 	ss.refuse(why)
 	return nil, loginDone, nil
+}
+
+// roleQuery asks a server that does not report its role (PostgreSQL 13 and
+// older) what libpq asks it.
+const roleQuery = "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('transaction_read_only')"
+
+// queryRole runs roleQuery on an idle session (after its first
+// ReadyForQuery) and reads the answer up to the next ReadyForQuery; none of
+// it reaches the client.
+func queryRole(up net.Conn) (serverRole, error) {
+	q, _ := (&pgproto3.Query{String: roleQuery}).Encode(nil)
+	if _, err := up.Write(q); err != nil {
+		return serverRole{}, &upstreamIOError{err: fmt.Errorf("upstream: asking the server's role: %w", err)}
+	}
+	var role serverRole
+	got := false
+	for {
+		m, err := readMessage(up, maxUpstreamAuthMessage)
+		if err != nil {
+			return serverRole{}, &upstreamIOError{err: fmt.Errorf("upstream: reading the server's role: %w", err)}
+		}
+		switch m.typ {
+		case 'D':
+			var row pgproto3.DataRow
+			if err := row.Decode(m.body()); err != nil || len(row.Values) != 2 {
+				return serverRole{}, upstreamProtocol("upstream answered the role query with a malformed row")
+			}
+			role = serverRole{hotStandby: string(row.Values[0]) == "t", readOnly: string(row.Values[1]) == "on",
+				knownStandby: true, knownReadOnly: true}
+			got = true
+		case 'T', 'C', 'N', 'S':
+		case 'E':
+			return serverRole{}, upstreamProtocol("upstream refused the role query")
+		case 'Z':
+			if !got {
+				return serverRole{}, upstreamProtocol("upstream answered the role query with no row")
+			}
+			return role, nil
+		default:
+			return serverRole{}, upstreamProtocol(fmt.Sprintf("upstream sent unexpected message %q in answer to the role query", m.typ))
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,14 @@ type ScriptedOptions struct {
 	// SCRAMIterations is the iteration count the server asks for; zero
 	// means PostgreSQL's default, 4096.
 	SCRAMIterations int
+	// Standby makes the server a hot standby: with RoleParams it reports
+	// in_hot_standby on (and default_transaction_read_only on) at the end
+	// of the login as PostgreSQL 14+ does; without, it reports neither (as
+	// PostgreSQL 13) and answers a query holding pg_is_in_recovery with
+	// its recovery state and transaction_read_only.
+	Standby bool
+	// RoleParams reports in_hot_standby and default_transaction_read_only.
+	RoleParams bool
 	// SCRAMSignature tampers with the server's proof of the password:
 	// "forge" sends a wrong signature in AuthenticationSASLFinal, "omit"
 	// sends AuthenticationOk without AuthenticationSASLFinal ("" is the
@@ -81,15 +90,16 @@ type ScriptedServer struct {
 	l    net.Listener
 	wg   sync.WaitGroup
 
-	mu       sync.Mutex
-	startups []map[string]string
-	cancels  []ScriptedCancel
-	alpn     []string
-	peers    []string // client certificate subjects
-	waiting  map[string]chan struct{}
-	pid      uint32
-	scram    []ScriptedSCRAM
-	logins   int
+	mu          sync.Mutex
+	startups    []map[string]string
+	cancels     []ScriptedCancel
+	alpn        []string
+	peers       []string // client certificate subjects
+	waiting     map[string]chan struct{}
+	pid         uint32
+	scram       []ScriptedSCRAM
+	roleQueries int
+	logins      int
 }
 
 // Logins returns how many sessions have logged in (AuthenticationOk sent).
@@ -97,6 +107,14 @@ func (s *ScriptedServer) Logins() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.logins
+}
+
+// RoleQueries returns how many role queries (pg_is_in_recovery) the
+// server answered.
+func (s *ScriptedServer) RoleQueries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.roleQueries
 }
 
 // SCRAMExchanges returns the SCRAM exchanges seen.
@@ -272,6 +290,11 @@ func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessag
 	be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "17.0 (pgverifyproxy scripted server)"})
 	be.Send(&pgproto3.ParameterStatus{Name: "client_encoding", Value: "UTF8"})
 	be.Send(&pgproto3.ParameterStatus{Name: "standard_conforming_strings", Value: "on"})
+	onOff := map[bool]string{true: "on", false: "off"}
+	if s.opts.RoleParams {
+		be.Send(&pgproto3.ParameterStatus{Name: "in_hot_standby", Value: onOff[s.opts.Standby]})
+		be.Send(&pgproto3.ParameterStatus{Name: "default_transaction_read_only", Value: onOff[s.opts.Standby]})
+	}
 	be.Send(&pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret})
 	be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
 	if be.Flush() != nil {
@@ -299,6 +322,15 @@ func (s *ScriptedServer) session(be *pgproto3.Backend, m *pgproto3.StartupMessag
 					be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "XX000",
 						Message: "scripted server: no cancel request arrived"})
 				}
+			} else if strings.Contains(q.String, "pg_is_in_recovery") {
+				s.mu.Lock()
+				s.roleQueries++
+				s.mu.Unlock()
+				be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{
+					{Name: []byte("pg_is_in_recovery"), DataTypeOID: 16, DataTypeSize: 1, TypeModifier: -1},
+					{Name: []byte("transaction_read_only"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
+				be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(map[bool]string{true: "t", false: "f"}[s.opts.Standby]), []byte(onOff[s.opts.Standby])}})
+				be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
 			} else {
 				be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("echo"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}})
 				be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(q.String)}})

@@ -125,3 +125,93 @@ func TestDNSRecheckEndsSessionsOnOldAddress(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestHostListRoles: a host list whose first host is a standby. With the
+// role reported at login (PostgreSQL 14+) or asked with a query where the
+// server does not report it (13 and older), the proxy skips the standby
+// unseen and the client lands on the primary; only the old-style servers
+// get a query.
+func TestHostListRoles(t *testing.T) {
+	pki, err := testpki.NewPKI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, params := range []bool{true, false} {
+		t.Run(fmt.Sprintf("role reported at login: %v", params), func(t *testing.T) {
+			var servers []*testpki.ScriptedServer
+			var hosts []UpstreamHost
+			for _, standby := range []bool{true, false} {
+				s, err := testpki.StartScriptedServer(testpki.ScriptedOptions{Cert: pki.Leaf.TLSCertificate(pki.Intermediate), Standby: standby, RoleParams: params})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(s.Close)
+				servers = append(servers, s)
+				addr := s.Addr
+				hosts = append(hosts, UpstreamHost{Addr: addr, Dial: func(ctx context.Context) (net.Conn, error) {
+					c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+					if err != nil {
+						return nil, err
+					}
+					if _, err := c.Write(sslRequest()); err != nil {
+						return nil, err
+					}
+					var b [1]byte
+					if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
+						c.Close()
+						return nil, fmt.Errorf("no TLS: %q %v", b, err)
+					}
+					tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root)})
+					return tc, tc.HandshakeContext(ctx)
+				}})
+			}
+			route := Route{Name: "ha", Listen: []string{"127.0.0.1:0"}, ClientTLS: ClientTLSDisable, StartupTimeout: 10 * time.Second,
+				Hosts: hosts, TargetSessionAttrs: AttrsReadWrite}
+			srv, err := New(Config{Routes: []Route{route}, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Listen(); err != nil {
+				t.Fatal(err)
+			}
+			go srv.Serve(context.Background())
+			t.Cleanup(func() { srv.Close() })
+			c := dialProxy(t, srv.Addrs()[0].String())
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			fe := pgproto3.NewFrontend(c, c)
+			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "alice", "database": "db"}})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			oks := 0
+			for {
+				m, err := fe.Receive()
+				if err != nil {
+					t.Fatalf("login: %v", err)
+				}
+				if _, ok := m.(*pgproto3.AuthenticationOk); ok {
+					oks++
+				}
+				if e, ok := m.(*pgproto3.ErrorResponse); ok {
+					t.Fatalf("FATAL %s %s", e.Code, e.Message)
+				}
+				if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+					break
+				}
+			}
+			if oks != 1 {
+				t.Fatalf("the client saw %d AuthenticationOk, want one login", oks)
+			}
+			if n := len(servers[1].Startups()); n != 1 {
+				t.Fatalf("the primary got %d sessions, want the client's", n)
+			}
+			wantQueries := 0
+			if !params {
+				wantQueries = 1
+			}
+			if q := servers[0].RoleQueries(); q != wantQueries {
+				t.Fatalf("the standby got %d role queries, want %d", q, wantQueries)
+			}
+		})
+	}
+}
