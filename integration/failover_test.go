@@ -181,6 +181,35 @@ func TestFailoverHostList(t *testing.T) {
 		t.Fatalf("read-write after the failover: exit %d out %q err %q\n%s", r.code, r.out, r.err, rw.log())
 	}
 	firstSession := time.Since(promoted)
+	// Every auth mode, psql and pgx, reaches the new primary.
+	for _, p := range []struct {
+		name string
+		px   *cliProxy
+		ssl  string
+	}{{"auto, sslmode=require", auto, "require"}, {"auto, sslmode=disable", auto, "disable"}, {"passthrough", pt, "disable"}} {
+		var r psqlResult
+		for try := 0; try < 2; try++ {
+			// A relayed login may meet the old order once (57P03).
+			if r = runPsql(t, p.px.port, "user="+harness.ScramUser+" sslmode="+p.ssl, harness.ScramPassword, whereAmI); r.code == 0 {
+				break
+			}
+		}
+		if r.code != 0 || r.out != "127.0.0.2|false" {
+			t.Fatalf("%s after the failover: exit %d out %q err %q\n%s", p.name, r.code, r.out, r.err, p.px.log())
+		}
+	}
+	func() {
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable",
+			rw.port, harness.ScramUser, harness.ScramPassword))
+		if err != nil {
+			t.Fatalf("pgx after the failover: %v", err)
+		}
+		defer conn.Close(context.Background())
+		var where string
+		if err := conn.QueryRow(ctx, whereAmI).Scan(&where); err != nil || where != "127.0.0.2|false" {
+			t.Fatalf("pgx after the failover: %q, %v", where, err)
+		}
+	}()
 	// The prewarm pool held connections to the old primary: the session
 	// goes on to the new one.
 	if r := runPsql(t, warm.port, scram, harness.ScramPassword, whereAmI); r.code != 0 || r.out != "127.0.0.2|false" {
