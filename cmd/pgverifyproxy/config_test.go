@@ -299,8 +299,13 @@ func TestExampleRoutesLoad(t *testing.T) {
 		t.Fatalf("the example routes do not validate: %v", err)
 	}
 	routes, _ := rc.routes()
-	if len(routes) != 5 {
-		t.Fatalf("got %d routes from the example, want 5", len(routes))
+	if len(routes) != 6 {
+		t.Fatalf("got %d routes from the example, want 6", len(routes))
+	}
+	ha := routes[5]
+	l, err := parseUpstreamList(ha.Upstream)
+	if err != nil || len(l.Hosts) != 3 || ha.TargetSessionAttrs != "read-write" {
+		t.Fatalf("the example's HA route: %+v, %v, target_session_attrs %q", l, err, ha.TargetSessionAttrs)
 	}
 }
 
