@@ -86,6 +86,10 @@ const (
 	// target_session_attrs asks for (or the one that answered a relayed
 	// login had the wrong one).
 	ReasonUpstreamRole
+	// ReasonIdentityChanged: the server's chain no longer leads to the
+	// pinned anchor (a new root where the pin stood): the one event the
+	// proxy exists for, counted apart from the other verify-full failures.
+	ReasonIdentityChanged
 
 	// firstNotRefusal ends the refusals.
 	firstNotRefusal
@@ -100,9 +104,9 @@ const (
 	ReasonShutdown Reason = firstNotRefusal + iota
 )
 
-const reasonNames = "noneupstream_unreachableupstream_refused_tlsupstream_injectionupstream_tlsclient_certificateuntrustedverificationupstream_tls_alertupstream_closedupstream_protocolunsupported_authrelay_loginstored_passwordchannel_bindingclient_protocolunsupported_protocolclient_tls_requiredlimitstartup_timeoutupstream_roleshutdown"
+const reasonNames = "noneupstream_unreachableupstream_refused_tlsupstream_injectionupstream_tlsclient_certificateuntrustedverificationupstream_tls_alertupstream_closedupstream_protocolunsupported_authrelay_loginstored_passwordchannel_bindingclient_protocolunsupported_protocolclient_tls_requiredlimitstartup_timeoutupstream_roleidentity_changedshutdown"
 
-var reasonIndex = [...]uint16{0, 4, 24, 44, 62, 74, 92, 101, 113, 131, 146, 163, 179, 190, 205, 220, 235, 255, 274, 279, 294, 307, 315}
+var reasonIndex = [...]uint16{0, 4, 24, 44, 62, 74, 92, 101, 113, 131, 146, 163, 179, 190, 205, 220, 235, 255, 274, 279, 294, 307, 323, 331}
 
 // An "invalid array index" compiler error here means the constants above
 // changed: update reasonNames and reasonIndex (and the test's table).
@@ -129,7 +133,8 @@ func _() {
 	_ = x[ReasonLimit-18]
 	_ = x[ReasonStartupTimeout-19]
 	_ = x[ReasonUpstreamRole-20]
-	_ = x[ReasonShutdown-21]
+	_ = x[ReasonIdentityChanged-21]
+	_ = x[ReasonShutdown-22]
 }
 
 // String is the reason's word, as in metrics and logs.
@@ -192,7 +197,7 @@ func Explain(err error, hc HintContext) (Reason, string) {
 	}
 	var ve *VerifyError
 	if errors.As(err, &ve) {
-		return ReasonVerification, VerifyHint(ve, hc)
+		return verifyReason(ve), VerifyHint(ve, hc)
 	}
 	return ReasonUpstreamUnreachable, hintUnreachable
 }
@@ -211,6 +216,10 @@ func (e *DialError) explain(hc HintContext) (Reason, string) {
 		errors.As(e.Err, &te)
 		return ReasonUntrusted, trustHint(te, hc, e.Addr)
 	case e.Step == StepVerify:
+		var ve *VerifyError
+		if errors.As(e.Err, &ve) {
+			return verifyReason(ve), VerifyHint(e.Err, hc)
+		}
 		return ReasonVerification, VerifyHint(e.Err, hc)
 	case e.Alert != "" && ClientCertAlert(e.Alert):
 		return ReasonClientCertificate, ClientCertHint
@@ -231,4 +240,13 @@ func trustHint(te *TrustError, hc HintContext, addr string) string {
 		fetch = "pgverifyproxy chain fetch --upstream " + addr
 	}
 	return "the proxy relays nothing to an upstream it cannot trust; fix what the message says, or pin explicitly with: " + fetch
+}
+
+// verifyReason is the refusal cause of a failed verify-full check: a chain
+// that no longer leads to the pin has its own.
+func verifyReason(ve *VerifyError) Reason {
+	if ve.Kind == KindIdentityChanged {
+		return ReasonIdentityChanged
+	}
+	return ReasonVerification
 }

@@ -37,6 +37,7 @@ func TestReasonWords(t *testing.T) {
 		{ReasonLimit, "limit", true},
 		{ReasonStartupTimeout, "startup_timeout", true},
 		{ReasonUpstreamRole, "upstream_role", true},
+		{ReasonIdentityChanged, "identity_changed", true},
 		{ReasonShutdown, "shutdown", false},
 	}
 	all := Reasons()
@@ -77,6 +78,7 @@ func TestExplain(t *testing.T) {
 	repin := "pgverifyproxy chain fetch --upstream " + addr + " --pin-dir /pins --repin"
 	pinned := HintContext{Trust: "the pinned anchor in /pins/db", Repin: repin}
 	verifyErr := &VerifyError{Kind: KindHostname, Err: errors.New("certificate is not valid for host name")}
+	changedErr := &VerifyError{Kind: KindIdentityChanged, Err: errors.New("THE UPSTREAM'S IDENTITY CHANGED")}
 	trustErr := &TrustError{Kind: KindSelfSigned, Reason: "self-signed", Hint: "retry later, or keep trying with --wait 45m"}
 	tests := []struct {
 		name   string
@@ -112,6 +114,8 @@ func TestExplain(t *testing.T) {
 			ReasonVerification, VerifyHint(verifyErr, pinned)},
 		{"a trust decision on its own (chain fetch, check)", trustErr, pinned, ReasonUntrusted, trustErr.Hint},
 		{"a verification on its own", fmt.Errorf("checking: %w", verifyErr), pinned, ReasonVerification, VerifyHint(verifyErr, pinned)},
+		{"identity changed", &DialError{Addr: addr, Step: StepVerify, Err: changedErr}, pinned,
+			ReasonIdentityChanged, VerifyHint(changedErr, pinned)},
 		{"anything else", errors.New("boom"), pinned, ReasonUpstreamUnreachable, "check the upstream address and that the server is up"},
 	}
 	for _, tc := range tests {

@@ -156,7 +156,7 @@ func TestBadUpstreamsFailClosed(t *testing.T) {
 			reason: "verification", code: "08006", cause: []string{`localhost\nOK: verified\x1b[8m`}, hint: "intercepting", notEchoed: "\x1b",
 			after: func(t *testing.T) {}},
 		{name: "new root after pinning", answer: sw.answer,
-			reason: "verification", code: "08006",
+			reason: "identity_changed", code: "08006",
 			cause: []string{"THE UPSTREAM'S IDENTITY CHANGED", "pgverifyproxy test root CA", "attack new root", chain.SPKIHash(newRoot.Cert), "system trust store"},
 			hint:  "--repin",
 			setup: func(t *testing.T, d *chain.Dialer) string {

@@ -628,3 +628,47 @@ func TestOpsPrewarm(t *testing.T) {
 		t.Error("handshake counter went backwards")
 	}
 }
+
+// TestIdentityChangedIsItsOwnCause: a pinned route whose server moves to a
+// chain under another root is refused with the cause identity_changed,
+// counted apart from a wrong-name refusal (verification) on another route.
+func TestIdentityChangedIsItsOwnCause(t *testing.T) {
+	restoreClusterCert(t)
+	serveCert(t, pki.Leaf.ChainPEM(pki.Intermediate, pki.Root), pki.Leaf.KeyPEM)
+	upstream := fmt.Sprintf("localhost:%d", cluster.Port)
+	pinDir := t.TempDir()
+	if out, code := runCLI(t, nil, "chain", "fetch", "--upstream", upstream, "--pin-dir", pinDir, "--trust", "tofu"); code != 0 {
+		t.Fatalf("pinning: exit %d\n%s", code, out)
+	}
+	ports := freePorts(t, 3)
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, cfg, fmt.Sprintf(`pin_dir: %s
+admin: %s
+routes:
+  - name: pinned
+    listen: [127.0.0.1:%d]
+    upstream: %s
+  - name: wrong-name
+    listen: [127.0.0.1:%d]
+    upstream: %s
+    server_name: db.wrong.example
+    ca_file: %s
+`, pinDir, admin, ports[0], upstream, ports[1], upstream, rootFile))
+	p := startCLIArgs(t, nil, "run", "--config", cfg)
+	waitForLog(t, p, "admin endpoint")
+	if r := runPsql(t, ports[1], "sslmode=disable user="+harness.MD5User, harness.MD5Password, "select 1"); r.code == 0 || !strings.Contains(r.err, "db.wrong.example") {
+		t.Fatalf("the wrong-name route: %+v", r)
+	}
+	serveCert(t, pki.OtherLeaf.ChainPEM(pki.OtherRoot), pki.OtherLeaf.KeyPEM)
+	if r := runPsql(t, ports[0], "sslmode=disable user="+harness.MD5User, harness.MD5Password, "select 1"); r.code == 0 || !strings.Contains(r.err, "IDENTITY CHANGED") {
+		t.Fatalf("the pinned route after a change of root: %+v\n%s", r, p.log())
+	}
+	waitFor(t, "both refusals are counted, each under its cause", func() bool {
+		m := scrape(t, admin)
+		return m[`pgverifyproxy_refused_total{cause="identity_changed",route="pinned"}`] == 1 &&
+			m[`pgverifyproxy_refused_total{cause="verification",route="wrong-name"}`] == 1 &&
+			m[`pgverifyproxy_refused_total{cause="verification",route="pinned"}`] == 0
+	})
+	waitForLog(t, p, "reason=identity_changed")
+}

@@ -30,7 +30,7 @@ func sqlstate(r chain.Reason) string {
 	case chain.ReasonUpstreamUnreachable, chain.ReasonStartupTimeout:
 		return codeUnableToConnect
 	case chain.ReasonUpstreamRefusedTLS, chain.ReasonUpstreamInjection, chain.ReasonUpstreamTLS,
-		chain.ReasonClientCertificate, chain.ReasonUntrusted, chain.ReasonVerification,
+		chain.ReasonClientCertificate, chain.ReasonUntrusted, chain.ReasonVerification, chain.ReasonIdentityChanged,
 		chain.ReasonUpstreamTLSAlert, chain.ReasonUpstreamClosed:
 		return codeConnectionFailure
 	case chain.ReasonUpstreamProtocol, chain.ReasonClientProtocol:
@@ -141,7 +141,7 @@ func upstreamError(r *Route, err error) *clientError {
 		return ce
 	}
 	ce.Message = "pgverifyproxy: " + de.Error()
-	if reason == chain.ReasonVerification {
+	if reason == chain.ReasonVerification || reason == chain.ReasonIdentityChanged {
 		ce.Detail = "the proxy stopped at the TLS handshake: no startup message, user name or password was sent to the server"
 	}
 	return ce
