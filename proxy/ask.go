@@ -188,10 +188,10 @@ func interfacePrefixes() []netip.Prefix {
 		bits, _ := n.Mask.Size()
 		ip = ip.Unmap()
 		if ip.Is4() && bits > 32 {
-			bits -= 96
+			bits -= 96 // a 16-byte mask of an IPv4 address
 		}
-		if p, err := ip.Prefix(bits); err == nil {
-			out = append(out, netip.PrefixFrom(ip, p.Bits()))
+		if p := netip.PrefixFrom(ip, bits); p.IsValid() {
+			out = append(out, p)
 		}
 	}
 	return out

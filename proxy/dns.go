@@ -33,14 +33,7 @@ func (s *Server) upstreamChosen(c net.Conn, r *Route, host int, up net.Conn) {
 }
 
 // remoteIP is a connection's peer address.
-func remoteIP(c net.Conn) (netip.Addr, bool) {
-	ta, ok := c.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	ip, ok := netip.AddrFromSlice(ta.IP)
-	return ip.Unmap(), ok
-}
+func remoteIP(c net.Conn) (netip.Addr, bool) { return addrOf(c.RemoteAddr()) }
 
 // hostName returns the name of a host:port when it is a name, not an
 // address literal.

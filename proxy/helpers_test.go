@@ -471,3 +471,30 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// scriptedDial dials the scripted server at addr as the chain dialer
+// would: SSLRequest, 'S', then TLS verified against pki's root for the
+// name localhost.
+func scriptedDial(pki *testpki.PKI, addr string) DialFunc {
+	return func(ctx context.Context) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Write(sslRequest()); err != nil {
+			c.Close()
+			return nil, err
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
+			c.Close()
+			return nil, fmt.Errorf("no TLS: %q %v", b, err)
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root), MinVersion: tls.VersionTLS12})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -280,26 +279,10 @@ func TestProxyLogin(t *testing.T) {
 			}
 			t.Cleanup(s.Close)
 			var dials atomic.Int32
+			scripted := scriptedDial(pki, s.Addr)
 			dial := func(ctx context.Context) (net.Conn, error) {
 				dials.Add(1)
-				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", s.Addr)
-				if err != nil {
-					return nil, err
-				}
-				if _, err := c.Write([]byte{0, 0, 0, 8, 4, 210, 22, 47}); err != nil {
-					return nil, err
-				}
-				var b [1]byte
-				if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
-					c.Close()
-					return nil, fmt.Errorf("no TLS: %q %v", b, err)
-				}
-				tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root), MinVersion: tls.VersionTLS12})
-				if err := tc.HandshakeContext(ctx); err != nil {
-					c.Close()
-					return nil, err
-				}
-				return tc, nil
+				return scripted(ctx)
 			}
 			route := Route{Name: "login", Listen: []string{"127.0.0.1:0"}, UpstreamAddr: s.Addr, Dial: dial,
 				TLSConfig: testTLSConfig(t), ClientTLSGenerated: true, StartupTimeout: 10 * time.Second,

@@ -167,10 +167,12 @@ type authExchange struct {
 	// proxy for the session's next login attempts (another host); the
 	// session zeroes it.
 	clientPassword *[]byte
-	// noAsk, when set, says why auth auto may not ask this client for its
-	// password (a listener off loopback with only the generated
-	// certificate): the exchange is passed through instead.
-	noAsk string
+	// whyNoAsk, when set, says why auth auto may not ask this client for
+	// its password ("" when it may); it is asked only when the proxy
+	// would ask (the link rule reads the interface table), at most once.
+	whyNoAsk func() string
+	noAskSet bool
+	noAskWhy string
 	// fallback is called when auth auto passes through an exchange it
 	// would have taken over, with the reason (for the log).
 	fallback func(reason string)
@@ -270,6 +272,15 @@ func (a *authExchange) loggingIn() bool {
 	return a.mode == AuthRelay || a.stored != nil
 }
 
+// noAsk says why auth auto may not ask this client for its password, or
+// "" when it may (whyNoAsk, read once).
+func (a *authExchange) noAsk() string {
+	if !a.noAskSet && a.whyNoAsk != nil {
+		a.noAskWhy, a.noAskSet = a.whyNoAsk(), true
+	}
+	return a.noAskWhy
+}
+
 // bindingRequired tells whether this login must end bound to the verified
 // server with SCRAM-SHA-256-PLUS: channel_binding require, in relay and in
 // auto (where the proxy can bind only by logging in itself), as libpq's
@@ -286,8 +297,8 @@ func (a *authExchange) unboundRelay(mechs []string) error {
 	switch {
 	case !slices.Contains(mechs, scramSHA256Plus) || a.upstreamTLS == nil:
 		return errBindingRequired("the server did not offer SCRAM-SHA-256-PLUS")
-	case a.noAsk != "":
-		return errBindingRequired("binding needs the client's password, and " + a.noAsk)
+	case a.noAsk() != "":
+		return errBindingRequired("binding needs the client's password, and " + a.noAsk())
 	}
 	return errBindingRequired("binding needs the client's password, which the proxy asks for only inside the client's TLS, and this client connected without TLS")
 }
@@ -300,9 +311,9 @@ func (a *authExchange) takeOverSASL(mechs []string) bool {
 	if a.mode != AuthAuto || !a.clientTLS || a.upstreamTLS == nil || !slices.Contains(mechs, scramSHA256Plus) {
 		return false
 	}
-	if a.noAsk != "" {
+	if a.noAsk() != "" {
 		if a.fallback != nil {
-			a.fallback(a.noAsk)
+			a.fallback(a.noAsk())
 		}
 		return false
 	}
@@ -509,8 +520,8 @@ func (a *authExchange) channelBindingError(what string) *clientError {
 func (a *authExchange) channelBindingHint() string {
 	var route string
 	switch {
-	case a.mode == AuthAuto && a.noAsk != "":
-		route = "Give this route a certificate of its own (client_tls_cert and client_tls_key): the proxy then asks for the password inside the client's TLS and logs in with channel binding itself (" + a.noAsk + ")"
+	case a.mode == AuthAuto && a.noAsk() != "":
+		route = "Give this route a certificate of its own (client_tls_cert and client_tls_key): the proxy then asks for the password inside the client's TLS and logs in with channel binding itself (" + a.noAsk() + ")"
 	case a.mode == AuthAuto:
 		route = "Set auth: relay for this route: the proxy then logs in for every client itself, with channel binding to the server"
 	default:

@@ -165,7 +165,7 @@ func TestChannelBindingHintNamesTheRouteFixFirst(t *testing.T) {
 		first string
 	}{
 		{"passthrough", authExchange{mode: AuthPassthrough, clientTLS: true}, "Set auth: auto (the default)"},
-		{"auto where it may not ask", authExchange{mode: AuthAuto, clientTLS: true, noAsk: "why"}, "Give this route a certificate of its own (client_tls_cert and client_tls_key)"},
+		{"auto where it may not ask", authExchange{mode: AuthAuto, clientTLS: true, whyNoAsk: func() string { return "why" }}, "Give this route a certificate of its own (client_tls_cert and client_tls_key)"},
 		{"auto, plaintext client", authExchange{mode: AuthAuto}, "Set auth: relay for this route"},
 	}
 	for _, tc := range tests {

@@ -592,11 +592,7 @@ func (s *Server) Probe(ctx context.Context, route string) error {
 	// verified in turn until one passes.
 	var errs []error
 	for _, h := range r.Hosts {
-		start := time.Now()
-		c, err := h.Dial(ctx)
-		if ctx.Err() == nil {
-			s.obs.UpstreamDialed(r.Name, h.Addr, time.Since(start), err)
-		}
+		c, err := s.dialReported(ctx, r, h.Addr, h.Dial)
 		if err == nil {
 			return c.Close()
 		}
@@ -621,14 +617,20 @@ func (s *Server) upstreamConn(ctx context.Context, r *Route) (c net.Conn, warm b
 // dialUpstream opens a verified upstream connection for r and reports the
 // dial to the Observer.
 func (s *Server) dialUpstream(ctx context.Context, r *Route) (net.Conn, error) {
+	return s.dialReported(ctx, r, r.UpstreamAddr, r.Dial)
+}
+
+// dialReported dials one host of r (addr, as configured) with dial and
+// reports the dial to the Observer.
+func (s *Server) dialReported(ctx context.Context, r *Route, addr string, dial DialFunc) (net.Conn, error) {
 	start := time.Now()
-	c, err := r.Dial(ctx)
+	c, err := dial(ctx)
 	if err != nil && ctx.Err() != nil {
 		// The caller gave up (a client's startup deadline, a shutdown):
 		// not a fact about the upstream, so not reported.
 		return c, err
 	}
-	s.obs.UpstreamDialed(r.Name, r.UpstreamAddr, time.Since(start), err)
+	s.obs.UpstreamDialed(r.Name, addr, time.Since(start), err)
 	return c, err
 }
 

@@ -309,7 +309,7 @@ func (ss *session) login(dctx context.Context, r *Route, pkt *startupPacket, par
 		upstreamTLS: upstreamTLSState(up), channelBinding: r.ChannelBinding, stored: stored, storedRejected: r.StoredRejected,
 		retryStale: a.mayRetry, hold: r.TargetSessionAttrs != AttrsAny, clientPassword: a.clientPW,
 		otherHosts: len(r.Hosts) > 1,
-		noAsk:      r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()),
+		whyNoAsk:   func() string { return r.noAsk(ss.conn.LocalAddr(), ss.conn.RemoteAddr()) },
 		fallback: func(reason string) {
 			ss.log.Info("auth auto: relaying the client's own login instead of logging in for it", "why", reason)
 		}}

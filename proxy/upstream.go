@@ -355,11 +355,7 @@ type hostConn struct {
 // the wanted role (the prewarm pool's dialer for a host list).
 func (s *Server) dialPreferred(ctx context.Context, r *Route) (net.Conn, error) {
 	h := int(r.preferred.Load())
-	start := time.Now()
-	c, err := r.Hosts[h].Dial(ctx)
-	if ctx.Err() == nil {
-		s.obs.UpstreamDialed(r.Name, r.Hosts[h].Addr, time.Since(start), err)
-	}
+	c, err := s.dialReported(ctx, r, r.Hosts[h].Addr, r.Hosts[h].Dial)
 	if err != nil {
 		return nil, err
 	}
@@ -392,11 +388,7 @@ func (ss *session) dialHost(ctx context.Context, r *Route, hi int) (net.Conn, bo
 	if len(r.Hosts) == 1 {
 		return ss.s.upstreamConn(ctx, r)
 	}
-	start := time.Now()
-	c, err := r.Hosts[hi].Dial(ctx)
-	if err == nil || ctx.Err() == nil {
-		ss.s.obs.UpstreamDialed(r.Name, r.Hosts[hi].Addr, time.Since(start), err)
-	}
+	c, err := ss.s.dialReported(ctx, r, r.Hosts[hi].Addr, r.Hosts[hi].Dial)
 	return c, false, err
 }
 

@@ -2,9 +2,7 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -30,26 +28,7 @@ func TestDNSRecheckEndsSessionsOnOldAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	dial := func(ctx context.Context) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", s.Addr)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Write(sslRequest()); err != nil {
-			return nil, err
-		}
-		var b [1]byte
-		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
-			c.Close()
-			return nil, fmt.Errorf("no TLS: %q %v", b, err)
-		}
-		tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root)})
-		if err := tc.HandshakeContext(ctx); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return tc, nil
-	}
+	dial := scriptedDial(pki, s.Addr)
 	type answer struct {
 		addrs []netip.Addr
 		err   error
@@ -147,23 +126,7 @@ func TestHostListRoles(t *testing.T) {
 				}
 				t.Cleanup(s.Close)
 				servers = append(servers, s)
-				addr := s.Addr
-				hosts = append(hosts, UpstreamHost{Addr: addr, Dial: func(ctx context.Context) (net.Conn, error) {
-					c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-					if err != nil {
-						return nil, err
-					}
-					if _, err := c.Write(sslRequest()); err != nil {
-						return nil, err
-					}
-					var b [1]byte
-					if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'S' {
-						c.Close()
-						return nil, fmt.Errorf("no TLS: %q %v", b, err)
-					}
-					tc := tls.Client(c, &tls.Config{ServerName: "localhost", RootCAs: testpki.Pool(pki.Root)})
-					return tc, tc.HandshakeContext(ctx)
-				}})
+				hosts = append(hosts, UpstreamHost{Addr: s.Addr, Dial: scriptedDial(pki, s.Addr)})
 			}
 			route := Route{Name: "ha", Listen: []string{"127.0.0.1:0"}, ClientTLS: ClientTLSDisable, StartupTimeout: 10 * time.Second,
 				Hosts: hosts, TargetSessionAttrs: AttrsReadWrite}
