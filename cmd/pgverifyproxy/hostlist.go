@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -16,6 +17,9 @@ type upstreamHost struct {
 	Host string
 	Port int
 }
+
+// addr is host:port, as dialled and named in messages.
+func (h upstreamHost) addr() string { return net.JoinHostPort(h.Host, strconv.Itoa(h.Port)) }
 
 // upstreamList is a parsed upstream with libpq's multi-host options
 // (issue 25): the hosts in order, target_session_attrs and

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -121,7 +121,7 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 		}
 		for _, h := range list.Hosts {
 			hr := r
-			hr.Upstream = net.JoinHostPort(h.Host, strconv.Itoa(h.Port))
+			hr.Upstream = h.addr()
 			ht, err := buildTrust(rc.trustConfig(hr), log.With("host", hr.Upstream), adjust)
 			if err != nil {
 				return builtRoute{}, fmt.Errorf("host %s: %w", hr.Upstream, err)
@@ -157,13 +157,17 @@ func buildRoute(r routeConfig, rc runConfig, log *slog.Logger, adm *admin.Admin)
 	if err != nil {
 		return builtRoute{}, err
 	}
+	upstreamAddr := rt.Addr()
+	if len(hosts) > 1 {
+		upstreamAddr = "" // proxy.Route names a host list itself
+	}
 	route := proxy.Route{
 		Name:               r.Name,
 		Listen:             r.Listen,
-		UpstreamAddr:       upstreamAddrs(rt, hosts),
+		UpstreamAddr:       upstreamAddr,
 		Hosts:              hosts,
-		TargetSessionAttrs: firstSet(list.TargetSessionAttrs, r.TargetSessionAttrs),
-		LoadBalanceHosts:   firstSet(list.LoadBalanceHosts, r.LoadBalanceHosts),
+		TargetSessionAttrs: cmp.Or(list.TargetSessionAttrs, r.TargetSessionAttrs),
+		LoadBalanceHosts:   cmp.Or(list.LoadBalanceHosts, r.LoadBalanceHosts),
 		DNSRecheck:         rc.DNSRecheck,
 		Trust:              rt.Describe,
 		RepinCommand:       rt.HintContext().Repin,
@@ -352,60 +356,53 @@ func (r *runner) startChecks(routes []builtRoute) {
 	warn, window := r.rc.ExpiryWarning, r.rc.ReadyWindow
 	for _, b := range routes {
 		// Each route is checked on its own: one upstream that cannot be
-		// trusted does not stop the others.
-		// A host list: each further host is prepared (its pin) and
-		// checked on its own; the first one's goroutine below also
-		// probes the route.
-		for _, ht := range b.hostTrusts[min(1, len(b.hostTrusts)):] {
-			go func(rt *chain.RouteTrust, log *slog.Logger) {
-				prepareTrust(ctx, rt, log, warn)
-				if ctx.Err() != nil {
-					return
-				}
-				checkUpstream(ctx, rt, log, warn)
-				logTick := time.NewTicker(12 * time.Hour)
-				defer logTick.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-logTick.C:
-						checkUpstream(ctx, rt, log, warn)
-					}
-				}
-			}(ht, r.log.With("route", b.conf.Name, "host", ht.Addr()))
+		// trusted does not stop the others. A host list: each host is
+		// prepared (its pin) and checked on its own; the first host's
+		// goroutine also probes the route.
+		log := r.log.With("route", b.conf.Name)
+		probe := r.adm != nil
+		if len(b.hostTrusts) == 0 {
+			go r.watchUpstream(ctx, b.trust, b.conf.Name, log, warn, window, probe)
+			continue
 		}
-		go func(rt *chain.RouteTrust, name string, log *slog.Logger) {
-			prepareTrust(ctx, rt, log, warn)
+		for i, ht := range b.hostTrusts {
+			go r.watchUpstream(ctx, ht, b.conf.Name, log.With("host", ht.Addr()), warn, window, probe && i == 0)
+		}
+	}
+}
+
+// watchUpstream prepares one upstream's trust (its pin), logs one
+// verification and repeats it every 12 hours, and with probe, probes
+// route every third of the ready window until ctx ends.
+func (r *runner) watchUpstream(ctx context.Context, rt *chain.RouteTrust, route string, log *slog.Logger, warn, window time.Duration, probe bool) {
+	prepareTrust(ctx, rt, log, warn)
+	if ctx.Err() != nil {
+		return
+	}
+	checkUpstream(ctx, rt, log, warn)
+	logTick := time.NewTicker(12 * time.Hour)
+	defer logTick.Stop()
+	var probeTick <-chan time.Time
+	if probe {
+		_ = r.srv.Probe(ctx, route)
+		t := time.NewTicker(window / 3)
+		defer t.Stop()
+		probeTick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-logTick.C:
+			checkUpstream(ctx, rt, log, warn)
+		case <-probeTick:
 			if ctx.Err() != nil {
 				return
 			}
-			checkUpstream(ctx, rt, log, warn)
-			logTick := time.NewTicker(12 * time.Hour)
-			defer logTick.Stop()
-			var probe <-chan time.Time
-			if r.adm != nil {
-				_ = r.srv.Probe(ctx, name)
-				t := time.NewTicker(window / 3)
-				defer t.Stop()
-				probe = t.C
+			if err := r.srv.Probe(ctx, route); err != nil && ctx.Err() == nil {
+				log.Debug("readiness probe failed", "error", err.Error())
 			}
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-logTick.C:
-					checkUpstream(ctx, rt, log, warn)
-				case <-probe:
-					if ctx.Err() != nil {
-						return
-					}
-					if err := r.srv.Probe(ctx, name); err != nil && ctx.Err() == nil {
-						log.Debug("readiness probe failed", "error", err.Error())
-					}
-				}
-			}
-		}(b.trust, b.conf.Name, r.log.With("route", b.conf.Name))
+		}
 	}
 }
 
@@ -544,27 +541,4 @@ func adminHosts(rc *runConfig) []string {
 		}
 	}
 	return hosts
-}
-
-// upstreamAddrs names a route's upstream in messages: its one host, or the
-// host list.
-func upstreamAddrs(rt *chain.RouteTrust, hosts []proxy.UpstreamHost) string {
-	if len(hosts) < 2 {
-		return rt.Addr()
-	}
-	addrs := make([]string, len(hosts))
-	for i, h := range hosts {
-		addrs[i] = h.Addr
-	}
-	return strings.Join(addrs, ",")
-}
-
-// firstSet returns the first of values that is not empty.
-func firstSet(values ...string) string {
-	for _, v := range values {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -92,7 +90,7 @@ func loadRouteTrusts(fs *pflag.FlagSet, configFile, route string) (runConfig, []
 			if l, err := parseUpstreamList(r.Upstream); err == nil && len(l.Hosts) > 1 {
 				hosts = hosts[:0]
 				for _, h := range l.Hosts {
-					hosts = append(hosts, net.JoinHostPort(h.Host, strconv.Itoa(h.Port)))
+					hosts = append(hosts, h.addr())
 				}
 			}
 			for _, h := range hosts {

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -26,67 +24,18 @@ func (u upstreamSpec) addr() string { return net.JoinHostPort(u.Host, strconv.It
 
 // parseUpstream accepts HOST, HOST:PORT, [IPv6]:PORT or a libpq URI
 // (postgres://user:pw@host:port/db?sslmode=require) as a provider's console
-// shows it. From a URI only the host and port are used.
+// shows it, naming one host (parseUpstreamList reads host lists). From a
+// URI only the host and port are used (and, by the route, its
+// target_session_attrs and load_balance_hosts).
 func parseUpstream(s string) (upstreamSpec, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return upstreamSpec{}, errors.New("upstream is empty")
-	}
-	if strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") {
-		return parseUpstreamURI(s)
-	}
-	if strings.Contains(s, "://") {
-		return upstreamSpec{}, fmt.Errorf("upstream %q: only postgres:// and postgresql:// URIs are understood", s)
-	}
-	host, port, err := splitHostPort(s)
+	l, err := parseUpstreamList(s)
 	if err != nil {
-		return upstreamSpec{}, fmt.Errorf("upstream %q: %w", s, err)
+		return upstreamSpec{}, err
 	}
-	return upstreamSpec{Host: host, Port: port}, nil
-}
-
-func parseUpstreamURI(s string) (upstreamSpec, error) {
-	u, err := url.Parse(s)
-	if err != nil {
-		// Do not echo the URI: it may hold a password.
-		return upstreamSpec{}, errors.New("upstream URI cannot be parsed")
+	if len(l.Hosts) != 1 {
+		return upstreamSpec{}, fmt.Errorf("upstream names several hosts (%d) where one is expected", len(l.Hosts))
 	}
-	if strings.Contains(u.Host, ",") {
-		return upstreamSpec{}, errors.New("upstream URI names several hosts; give one upstream per route")
-	}
-	if u.Host == "" {
-		return upstreamSpec{}, errors.New("upstream URI has no host (unix-socket upstreams are not supported: the proxy's point is TLS)")
-	}
-	host, port, err := splitHostPort(u.Host)
-	if err != nil {
-		return upstreamSpec{}, fmt.Errorf("upstream URI: %w", err)
-	}
-	spec := upstreamSpec{Host: host, Port: port}
-	if u.User != nil {
-		spec.Ignored = append(spec.Ignored, "user")
-		if _, has := u.User.Password(); has {
-			spec.Ignored = append(spec.Ignored, "password")
-		}
-	}
-	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
-		spec.Ignored = append(spec.Ignored, "database")
-	}
-	q := u.Query()
-	keys := make([]string, 0, len(q))
-	for k := range q {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if k == "sslmode" {
-			// Harmless and worth showing: the proxy does verify-full anyway.
-			spec.Ignored = append(spec.Ignored, k+"="+q.Get(k))
-			continue
-		}
-		spec.Ignored = append(spec.Ignored, k) // values may be secrets
-
-	}
-	return spec, nil
+	return upstreamSpec{Host: l.Hosts[0].Host, Port: l.Hosts[0].Port, Ignored: l.Ignored}, nil
 }
 
 // splitHostPort splits host[:port], defaulting the port to 5432.
